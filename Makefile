@@ -1,0 +1,82 @@
+# CoucheStor — build, generate, test.
+# The two commands of the README: `make run-local` (later `make demo`) and `make test`.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+
+LOCALBIN ?= $(CURDIR)/bin
+CONTROLLER_GEN_VERSION ?= v0.23.0
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+GO_TEST_FLAGS ?= -count=1 -timeout 30m
+# KUBEBUILDER_ASSETS is resolved lazily so targets that do not need it stay fast.
+ENVTEST_ASSETS = $(shell hack/envtest.sh)
+
+.PHONY: all
+all: build
+
+##@ Generation
+
+$(CONTROLLER_GEN):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	mv -f $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## deepcopy functions from the API types
+	$(CONTROLLER_GEN) object paths=./apis/...
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## CRDs, RBAC and webhook manifests from the code's markers
+	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./apis/storage/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) crd paths=./apis/mayastor/... output:crd:artifacts:config=config/crd/external
+	$(CONTROLLER_GEN) rbac:roleName=couchestor-manager paths=./controllers/... paths=./webhooks/... output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) webhook paths=./webhooks/... output:webhook:artifacts:config=config/webhook
+
+.PHONY: verify-generated
+verify-generated: generate manifests ## fail when a generated file is stale
+	@if [ -n "$$(git status --porcelain -- apis config bundle helm-charts)" ]; then \
+	  echo "generated files are stale; run 'make generate manifests' and commit:"; \
+	  git status --porcelain -- apis config bundle helm-charts; git diff --stat -- apis config; exit 1; fi
+
+##@ Build
+
+.PHONY: build
+build: ## the operator binary
+	@mkdir -p $(LOCALBIN)
+	CGO_ENABLED=0 go build -o $(LOCALBIN)/couchestor .
+
+.PHONY: envtest
+envtest: ## kube-apiserver, etcd and kubectl for tests (built once, cached by version)
+	@hack/envtest.sh
+
+.PHONY: prometheus
+prometheus: ## a real Prometheus for integration tests
+	@hack/prometheus.sh
+
+##@ Test
+
+.PHONY: vet
+vet:
+	go vet ./...
+
+.PHONY: test
+test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest and e2e suites
+	@assets="$(ENVTEST_ASSETS)"; \
+	prom="$$(hack/prometheus.sh)"; \
+	echo "KUBEBUILDER_ASSETS=$$assets PROMETHEUS=$$prom"; \
+	KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN="$(LOCALBIN)/couchestor" \
+	  go test $(GO_TEST_FLAGS) ./...
+
+.PHONY: bench
+bench: ## benchmarks (not timed tests; compare ratios within one run)
+	@assets="$(ENVTEST_ASSETS)"; KUBEBUILDER_ASSETS="$$assets" go test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.txt
+
+##@ Run
+
+.PHONY: run-local
+run-local: build ## local control plane + CRDs + the operator; kubeconfig in .local/kubeconfig
+	@assets="$(ENVTEST_ASSETS)"; KUBEBUILDER_ASSETS="$$assets" go run ./hack/runlocal --bin $(LOCALBIN)/couchestor
+
+.PHONY: clean
+clean:
+	rm -rf $(LOCALBIN) .local
