@@ -1,0 +1,156 @@
+// Command couchestor is the CoucheStor operator: one controller-runtime manager
+// that runs the Go reconcilers, the admission webhooks, metrics, health probes
+// and leader election. Every setting is a flag; `couchestor --help` lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/billyronks/couchestor/internal/scheme"
+)
+
+// options are the operator's flags.
+type options struct {
+	metricsAddr       string
+	probeAddr         string
+	leaderElect       bool
+	leaderElectionID  string
+	leaderElectionNS  string
+	leaseDuration     time.Duration
+	renewDeadline     time.Duration
+	retryPeriod       time.Duration
+	mayastorNamespace string
+	webhookPort       int
+	webhookCertDir    string
+	webhooksEnabled   bool
+	gracefulShutdown  time.Duration
+	zapOpts           zap.Options
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("couchestor", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `couchestor — storage tiering and erasure coding for OpenEBS Mayastor.
+
+Usage: couchestor [flags]
+
+Runs the operator: reconcilers for StoragePolicy, ErasureCodingPolicy and
+ECStripe, the admission webhooks, /metrics, /healthz and /readyz.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus /metrics endpoint (plain HTTP; the install chart decides secure serving). \"0\" disables it.")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz. /readyz fails until the informer caches have synced (and the webhook certificate is ready where webhooks run).")
+	fs.BoolVar(&o.leaderElect, "leader-elect", true, "Elect a leader with a coordination.k8s.io Lease so only one replica acts at a time.")
+	fs.StringVar(&o.leaderElectionID, "leader-election-id", "couchestor.storage.billyronks.io", "Name of the leader-election Lease.")
+	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace, or the kubeconfig's).")
+	fs.DurationVar(&o.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a non-leader waits before it may take over an unrenewed lease.")
+	fs.DurationVar(&o.renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew before it gives up leadership (and exits).")
+	fs.DurationVar(&o.retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often leader-election clients retry.")
+	fs.StringVar(&o.mayastorNamespace, "mayastor-namespace", "mayastor", "Namespace of Mayastor's DiskPool and MayastorVolume objects.")
+	fs.BoolVar(&o.webhooksEnabled, "enable-webhooks", true, "Serve the admission webhooks.")
+	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port of the admission webhook server (TLS).")
+	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Directory holding tls.crt and tls.key for the webhook server (OLM mounts them here).")
+	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long runnables get to stop after SIGTERM.")
+	o.zapOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.mayastorNamespace == "" {
+		return nil, errors.New("--mayastor-namespace: must not be empty")
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
+		fmt.Fprintf(os.Stderr, "couchestor: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o *options) error {
+	o.zapOpts.TimeEncoder = zapcore.RFC3339NanoTimeEncoder
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zapOpts)))
+	log := ctrl.Log.WithName("setup")
+
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	mgrOpts := ctrl.Options{
+		Scheme:                        scheme.New(),
+		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress:        o.probeAddr,
+		LeaderElection:                o.leaderElect,
+		LeaderElectionID:              o.leaderElectionID,
+		LeaderElectionNamespace:       o.leaderElectionNS,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &o.leaseDuration,
+		RenewDeadline:                 &o.renewDeadline,
+		RetryPeriod:                   &o.retryPeriod,
+		GracefulShutdownTimeout:       &o.gracefulShutdown,
+	}
+	if o.webhooksEnabled {
+		mgrOpts.WebhookServer = webhook.NewServer(webhook.Options{Port: o.webhookPort, CertDir: o.webhookCertDir})
+	}
+	mgr, err := ctrl.NewManager(cfg, mgrOpts)
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+
+	// --- controllers (each reconciler registers itself here) ---
+
+	// --- webhooks ---
+
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("add healthz check: %w", err)
+	}
+	// Readiness reflects the informer caches, not a constant OK.
+	if err := mgr.AddReadyzCheck("informers", cacheSynced(mgr)); err != nil {
+		return fmt.Errorf("add readyz check: %w", err)
+	}
+
+	log.Info("starting manager", "leaderElection", o.leaderElect, "mayastorNamespace", o.mayastorNamespace)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("run manager: %w", err)
+	}
+	log.Info("stopped cleanly")
+	return nil
+}
+
+// cacheSynced is ready once the manager's informer caches have synced.
+func cacheSynced(mgr ctrl.Manager) healthz.Checker {
+	return func(req *http.Request) error {
+		ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("informer caches have not synced")
+		}
+		return nil
+	}
+}
