@@ -41,9 +41,9 @@ type JournalConfig struct {
 }
 
 // ErasureCodingPolicySpec says how cold data is protected (schema section 2.2).
-// +kubebuilder:validation:XValidation:rule="self.dataShards + self.parityShards <= 255",message="spec.dataShards + spec.parityShards must not exceed 255 (shard indices are u8)"
-// +kubebuilder:validation:XValidation:rule="!has(self.minHealthyShards) || (self.minHealthyShards >= self.dataShards && self.minHealthyShards <= self.dataShards + self.parityShards)",message="spec.minHealthyShards must lie in [spec.dataShards, spec.dataShards + spec.parityShards]",fieldPath=".minHealthyShards"
-// +kubebuilder:validation:XValidation:rule="self.algorithm != 'LRC' || (self.parityShards >= 2 && self.dataShards % (self.parityShards / 2) == 0)",message="spec.algorithm LRC needs spec.parityShards >= 2 and spec.dataShards divisible by the number of local groups (parityShards / 2, rounded down)"
+// +kubebuilder:validation:XValidation:rule="!has(self.dataShards) || !has(self.parityShards) || self.dataShards + self.parityShards <= 255",message="spec.dataShards + spec.parityShards must not exceed 255 (shard indices are u8)"
+// +kubebuilder:validation:XValidation:rule="!has(self.minHealthyShards) || !has(self.dataShards) || !has(self.parityShards) || (self.minHealthyShards >= self.dataShards && self.minHealthyShards <= self.dataShards + self.parityShards)",message="spec.minHealthyShards must lie in [spec.dataShards, spec.dataShards + spec.parityShards]",fieldPath=".minHealthyShards"
+// +kubebuilder:validation:XValidation:rule="!has(self.algorithm) || !has(self.dataShards) || !has(self.parityShards) || self.algorithm != 'LRC' || (self.parityShards >= 2 && self.dataShards % (self.parityShards / 2) == 0)",message="spec.algorithm LRC needs spec.parityShards >= 2 and spec.dataShards divisible by the number of local groups (parityShards / 2, rounded down)"
 type ErasureCodingPolicySpec struct {
 	// DataShards (k) per stripe.
 	// +kubebuilder:default=4

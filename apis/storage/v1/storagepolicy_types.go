@@ -6,8 +6,8 @@ import (
 
 // StoragePolicySpec says which volumes are tiered, by which IOPS watermarks,
 // onto which pools (schema section 2.1).
-// +kubebuilder:validation:XValidation:rule="self.highWatermarkIOPS > self.warmWatermarkIOPS",message="spec.highWatermarkIOPS must be greater than spec.warmWatermarkIOPS",fieldPath=".highWatermarkIOPS"
-// +kubebuilder:validation:XValidation:rule="self.warmWatermarkIOPS > self.lowWatermarkIOPS",message="spec.warmWatermarkIOPS must be greater than spec.lowWatermarkIOPS",fieldPath=".warmWatermarkIOPS"
+// +kubebuilder:validation:XValidation:rule="!has(self.highWatermarkIOPS) || !has(self.warmWatermarkIOPS) || self.highWatermarkIOPS > self.warmWatermarkIOPS",message="spec.highWatermarkIOPS must be greater than spec.warmWatermarkIOPS",fieldPath=".highWatermarkIOPS"
+// +kubebuilder:validation:XValidation:rule="!has(self.warmWatermarkIOPS) || !has(self.lowWatermarkIOPS) || self.warmWatermarkIOPS > self.lowWatermarkIOPS",message="spec.warmWatermarkIOPS must be greater than spec.lowWatermarkIOPS",fieldPath=".warmWatermarkIOPS"
 type StoragePolicySpec struct {
 	// HighWatermarkIOPS: a volume at or above this many IOPS over the sampling window is hot.
 	// +kubebuilder:default=5000
