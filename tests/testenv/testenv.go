@@ -62,6 +62,9 @@ func Start(t testing.TB, opts ...func(*envtest.Environment)) *Env {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// Start leaves etcd and kube-apiserver running when a later step
+		// (e.g. CRD installation) fails: stop them so no process leaks.
+		_ = env.Stop()
 		t.Fatalf("start envtest control plane: %v", err)
 	}
 	t.Cleanup(func() {
