@@ -8,8 +8,6 @@ LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
-# KUBEBUILDER_ASSETS is resolved lazily so targets that do not need it stay fast.
-ENVTEST_ASSETS = $(shell hack/envtest.sh)
 
 .PHONY: all
 all: build
@@ -61,21 +59,21 @@ vet:
 
 .PHONY: test
 test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest and e2e suites
-	@assets="$(ENVTEST_ASSETS)"; \
+	@assets="$$(hack/envtest.sh)"; \
 	prom="$$(hack/prometheus.sh)"; \
-	echo "KUBEBUILDER_ASSETS=$$assets PROMETHEUS=$$prom"; \
+	echo "KUBEBUILDER_ASSETS=$$assets COUCHESTOR_PROMETHEUS=$$prom"; \
 	KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN="$(LOCALBIN)/couchestor" \
 	  go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
 bench: ## benchmarks (not timed tests; compare ratios within one run)
-	@assets="$(ENVTEST_ASSETS)"; KUBEBUILDER_ASSETS="$$assets" go test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.txt
+	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" go test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.txt
 
 ##@ Run
 
 .PHONY: run-local
 run-local: build ## local control plane + CRDs + the operator; kubeconfig in .local/kubeconfig
-	@assets="$(ENVTEST_ASSETS)"; KUBEBUILDER_ASSETS="$$assets" go run ./hack/runlocal --bin $(LOCALBIN)/couchestor
+	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" go run ./hack/runlocal --bin $(LOCALBIN)/couchestor
 
 .PHONY: clean
 clean:
