@@ -41,6 +41,10 @@ type options struct {
 	zapOpts           zap.Options
 }
 
+// subcommands run instead of the operator when named as the first argument,
+// e.g. `couchestor shard-server --help`.
+var subcommands = map[string]func(ctx context.Context, args []string) error{}
+
 func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("couchestor", flag.ContinueOnError)
@@ -81,6 +85,16 @@ Flags:
 }
 
 func main() {
+	// --- subcommands (couchestor <name> ...) ---
+	if len(os.Args) > 1 {
+		if sub, ok := subcommands[os.Args[1]]; ok {
+			if err := sub(ctrl.SetupSignalHandler(), os.Args[2:]); err != nil {
+				fmt.Fprintf(os.Stderr, "couchestor %s: %v\n", os.Args[1], err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
