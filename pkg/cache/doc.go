@@ -1,0 +1,56 @@
+// Package cache owns CoucheStor's read cache: a RAM tier (L1, ristretto), a
+// persistent local-disk tier (L2, one checksummed file per entry on an NVMe
+// path) and the interface of the backing store (L3, the erasure-coded store,
+// plugged in from outside; MemoryStore stands in for it in tests).
+//
+// The data model is section 5.1 of the schema: CacheKey{Bucket, Key} and
+// CacheEntry{Data, Metadata} where EntryMetadata carries the size, created and
+// last-accessed time, access count, compression flag, codec and original size.
+//
+// # Truth and ordering
+//
+// L3 is the source of truth: the cache never holds the only copy of data.
+// Tiered.Put writes L3 first and only then refreshes the cache tiers; if the L3
+// write fails the cached copies are dropped and the error is returned. Data that
+// changes in L3 behind the cache's back must be announced with Invalidate.
+// Every mutation of one key (Put, Invalidate, Delete, promotion, demotion) runs
+// under that key's stripe lock, so tiers change in a fixed order and a read
+// never sees bytes older than the last completed Put or Invalidate.
+//
+// # Tiers
+//
+//   - L1 (MemoryCache) uses github.com/dgraph-io/ristretto/v2 with cost = bytes.
+//     Ristretto applies Set asynchronously through a buffer: a value just Set may
+//     not be readable yet (Get misses), and a Set may be dropped under contention
+//     or refused by the TinyLFU admission policy. MemoryCache.Wait applies the
+//     buffer; tests call it where they need determinism. Tiered calls it inside
+//     Put and Invalidate so that an old value still sitting in the buffer cannot
+//     surface after the call returns.
+//   - L2 (DiskCache) stores one file per entry, written as temp file + fsync +
+//     rename (+ directory fsync), each with an xxh3 checksum over header, key and
+//     payload. A corrupt, truncated or torn file is reported as a miss and
+//     removed, never returned. The index is rebuilt on open by scanning the
+//     directory; it is bounded in bytes with least-recently-used eviction.
+//   - L3 (Store) is an interface; its Get returns ErrNotFound for a missing key.
+//
+// Promotion: an L2 hit is copied into L1 (the L2 copy stays, so a later L1
+// eviction need not rewrite it); an L3 hit is copied into L1. Demotion: an entry
+// evicted from L1 is written to L2 by a background worker (ristretto's OnEvict
+// runs on its own goroutine, which must not block on disk). L2 eviction drops.
+//
+// # Compression
+//
+// LZ4 or zstd, applied only to values of at least MinSize bytes and kept only
+// when the result is smaller; otherwise the raw bytes are stored and the entry
+// records CodecNone. The codec is recorded per entry, so entries written with
+// different settings stay readable.
+//
+// # Metrics
+//
+// Prometheus collectors per tier (label tier="l1","l2","l3"): hits, misses,
+// evictions, bytes and a Get latency histogram. The latency of L1 Gets is
+// sampled (1 in 64) because two clock reads would cost a measurable share of a
+// sub-microsecond Get; L2 and L3 Gets are all timed.
+//
+// This package imports nothing from Kubernetes.
+package cache

@@ -1,0 +1,225 @@
+package cache
+
+import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// MemoryConfig configures the RAM tier.
+type MemoryConfig struct {
+	// CapacityBytes bounds the bytes held (payload plus key strings). Required.
+	CapacityBytes int64
+	// ExpectedItemSize sizes ristretto's admission counters (10 per expected
+	// item, as its authors advise); 0 means 4 KiB.
+	ExpectedItemSize int64
+	// Compression of values stored by MemoryCache.Set. Tiered ignores it and
+	// stores values in the form Tiered's own Compression produced.
+	Compression Compression
+	// Metrics receives the tier="l1" series; nil keeps unregistered counters.
+	Metrics *Metrics
+	// Now is the clock for created/last-accessed times; nil means time.Now.
+	Now func() time.Time
+
+	// onEvict / onReject are Tiered's hooks. They run on ristretto's policy
+	// goroutine and must not block.
+	onEvict  func(*memItem)
+	onReject func(*memItem)
+}
+
+// MemoryCache is the L1 tier: a ristretto cache with cost = bytes.
+//
+// Like ristretto, Set is asynchronous: the value becomes readable once
+// ristretto's policy goroutine has applied it (Wait forces that), and it may
+// be dropped under contention or refused by admission. Set always removes the
+// previous value of the key first, because ristretto refuses (and would keep
+// the older value) a second Set of a key whose first Set is still buffered.
+type MemoryCache struct {
+	c       *ristretto.Cache[uint64, *memItem]
+	comp    Compression
+	now     func() time.Time
+	tm      *tierMetrics
+	gen     atomic.Uint64 // generation of values Set directly on this tier
+	metrics *Metrics
+	// closing silences the hooks: ristretto's Close "evicts" every entry.
+	closing atomic.Bool
+}
+
+// memItem is what L1 stores. Payload and identity are immutable; the access
+// statistics update in place on every hit.
+type memItem struct {
+	key          CacheKey
+	gen          uint64
+	payload      []byte
+	codec        Codec
+	originalSize int
+	createdAt    int64
+	lastAccessed atomic.Int64
+	accessCount  atomic.Uint64
+}
+
+func (it *memItem) cost() int64 {
+	return int64(len(it.payload) + len(it.key.Bucket) + len(it.key.Key))
+}
+
+func (it *memItem) stored() *stored {
+	return &stored{
+		payload: it.payload, codec: it.codec, originalSize: it.originalSize, gen: it.gen,
+		createdAt: it.createdAt, lastAccessed: it.lastAccessed.Load(), accessCount: it.accessCount.Load(),
+	}
+}
+
+func newMemItem(key CacheKey, s *stored) *memItem {
+	it := &memItem{key: key, gen: s.gen, payload: s.payload, codec: s.codec, originalSize: s.originalSize, createdAt: s.createdAt}
+	it.lastAccessed.Store(s.lastAccessed)
+	it.accessCount.Store(s.accessCount)
+	return it
+}
+
+// NewMemoryCache builds the RAM tier.
+func NewMemoryCache(cfg MemoryConfig) (*MemoryCache, error) {
+	if cfg.CapacityBytes <= 0 {
+		return nil, fmt.Errorf("memory cache CapacityBytes %d: must be > 0", cfg.CapacityBytes)
+	}
+	if cfg.ExpectedItemSize < 0 {
+		return nil, fmt.Errorf("memory cache ExpectedItemSize %d: must be >= 0", cfg.ExpectedItemSize)
+	}
+	if err := cfg.Compression.validate(); err != nil {
+		return nil, fmt.Errorf("memory cache: %w", err)
+	}
+	itemSize := cfg.ExpectedItemSize
+	if itemSize == 0 {
+		itemSize = 4096
+	}
+	counters := max(10*cfg.CapacityBytes/itemSize, 1000)
+	m := cfg.Metrics
+	if m == nil {
+		var err error
+		if m, err = NewMetrics(nil); err != nil {
+			return nil, err
+		}
+	}
+	mc := &MemoryCache{comp: cfg.Compression, now: cfg.Now, tm: m.tier(TierL1), metrics: m}
+	if mc.now == nil {
+		mc.now = time.Now
+	}
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *memItem]{
+		NumCounters:        counters,
+		MaxCost:            cfg.CapacityBytes,
+		BufferItems:        64,
+		IgnoreInternalCost: true, // cost is our byte count, nothing else
+		KeyToHash:          func(h uint64) (uint64, uint64) { return h, 0 },
+		OnEvict: func(item *ristretto.Item[*memItem]) {
+			if mc.closing.Load() {
+				return
+			}
+			mc.tm.evictions.Inc()
+			if cfg.onEvict != nil && item.Value != nil {
+				cfg.onEvict(item.Value)
+			}
+		},
+		OnReject: func(item *ristretto.Item[*memItem]) {
+			if mc.closing.Load() {
+				return
+			}
+			if cfg.onReject != nil && item.Value != nil {
+				cfg.onReject(item.Value)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create ristretto cache (%d bytes): %w", cfg.CapacityBytes, err)
+	}
+	mc.c = rc
+	m.bytes.set(TierL1, mc.UsedBytes)
+	return mc, nil
+}
+
+// Get returns the entry and true on a hit, updating its access statistics.
+func (c *MemoryCache) Get(key CacheKey) (CacheEntry, bool) {
+	var start time.Time
+	timed := sampleLatency()
+	if timed {
+		start = time.Now()
+	}
+	it := c.lookup(key)
+	if it == nil {
+		c.tm.misses.Inc()
+		if timed {
+			c.tm.observeSince(start)
+		}
+		return CacheEntry{}, false
+	}
+	e, err := c.entry(it)
+	if err != nil {
+		// Only a bug can corrupt RAM-held bytes; still, never return them.
+		c.tm.corrupt.Inc()
+		c.Del(key)
+		c.tm.misses.Inc()
+		return CacheEntry{}, false
+	}
+	c.tm.hits.Inc()
+	if timed {
+		c.tm.observeSince(start)
+	}
+	return e, true
+}
+
+// lookup finds the item of key and records the access on it.
+func (c *MemoryCache) lookup(key CacheKey) *memItem {
+	it, ok := c.c.Get(key.hash64())
+	if !ok || it == nil || it.key != key {
+		return nil
+	}
+	it.accessCount.Add(1)
+	it.lastAccessed.Store(c.now().UnixNano())
+	return it
+}
+
+func (c *MemoryCache) entry(it *memItem) (CacheEntry, error) {
+	data, err := decode(it.payload, it.codec, it.originalSize)
+	if err != nil {
+		return CacheEntry{}, fmt.Errorf("l1 entry %s/%s: %w", it.key.Bucket, it.key.Key, err)
+	}
+	return CacheEntry{Data: data, Metadata: it.stored().metadata()}, nil
+}
+
+// Set stores data under key (compressed per the configured Compression). It
+// returns false when the write was dropped outright; true means it was
+// buffered, and admission may still refuse it. data must not be modified
+// afterwards when it is stored uncompressed.
+func (c *MemoryCache) Set(key CacheKey, data []byte) (bool, error) {
+	payload, codec, err := c.comp.encode(data)
+	if err != nil {
+		return false, fmt.Errorf("l1 set %s/%s: %w", key.Bucket, key.Key, err)
+	}
+	now := c.now().UnixNano()
+	s := &stored{payload: payload, codec: codec, originalSize: len(data), gen: c.gen.Add(1), createdAt: now, lastAccessed: now}
+	return c.setItem(newMemItem(key, s)), nil
+}
+
+func (c *MemoryCache) setItem(it *memItem) bool {
+	h := it.key.hash64()
+	// See the type comment: without this Del, a second Set racing the first
+	// through ristretto's buffer is refused and the older value stays.
+	c.c.Del(h)
+	return c.c.Set(h, it, it.cost())
+}
+
+// Del removes key. Its effect on the readable map is immediate for values
+// already applied; a value still buffered is removed when Wait returns.
+func (c *MemoryCache) Del(key CacheKey) { c.c.Del(key.hash64()) }
+
+// Wait blocks until every buffered Set and Del has been applied.
+func (c *MemoryCache) Wait() { c.c.Wait() }
+
+// UsedBytes is the bytes currently accounted in the tier.
+func (c *MemoryCache) UsedBytes() int64 { return c.c.MaxCost() - c.c.RemainingCost() }
+
+// Close releases ristretto's goroutines. The cache is unusable afterwards.
+func (c *MemoryCache) Close() {
+	c.closing.Store(true)
+	c.c.Close()
+}

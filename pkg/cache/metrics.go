@@ -1,0 +1,120 @@
+package cache
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds the Prometheus collectors of every tier, labelled tier="l1",
+// "l2" or "l3". One Metrics serves one Tiered cache (or standalone tiers).
+type Metrics struct {
+	hits       *prometheus.CounterVec
+	misses     *prometheus.CounterVec
+	evictions  *prometheus.CounterVec
+	corrupt    *prometheus.CounterVec
+	promotions *prometheus.CounterVec
+	demotions  *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	bytes      *bytesCollector
+	// demotionFailures counts L1 evictions that could not be written to L2.
+	demotionFailures prometheus.Counter
+}
+
+// NewMetrics creates the cache collectors and registers them on reg. A nil
+// reg leaves them unregistered (they still count, nobody scrapes them).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couchestor_cache_hits_total", Help: "Gets served by the tier.",
+		}, []string{"tier"}),
+		misses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couchestor_cache_misses_total", Help: "Gets the tier could not serve (absent, or corrupt and dropped).",
+		}, []string{"tier"}),
+		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couchestor_cache_evictions_total", Help: "Entries evicted by the tier's capacity bound.",
+		}, []string{"tier"}),
+		corrupt: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couchestor_cache_corrupt_entries_total", Help: "Entries found corrupt, torn or truncated (served as a miss and removed).",
+		}, []string{"tier"}),
+		promotions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couchestor_cache_promotions_total", Help: "Entries copied into L1 after a hit in the labelled lower tier.",
+		}, []string{"tier"}),
+		demotions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couchestor_cache_demotions_total", Help: "Entries written into the labelled tier after eviction from the tier above.",
+		}, []string{"tier"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "couchestor_cache_get_duration_seconds",
+			Help:    "Get latency per tier, hit or miss. L1 is sampled 1 in 64.",
+			Buckets: prometheus.ExponentialBuckets(100e-9, 4, 12), // 100 ns .. 0.4 s
+		}, []string{"tier"}),
+		demotionFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "couchestor_cache_demotion_failures_total", Help: "L1 evictions not written to L2 (too large or disk error; L3 still has the data).",
+		}),
+		bytes: &bytesCollector{
+			desc:  prometheus.NewDesc("couchestor_cache_bytes", "Bytes held by the tier (payload bytes, after compression).", []string{"tier"}, nil),
+			funcs: map[string]func() int64{},
+		},
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.hits, m.misses, m.evictions, m.corrupt, m.promotions, m.demotions, m.latency, m.bytes, m.demotionFailures} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register cache metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// tierMetrics is one tier's resolved children, so the hot path does no label lookup.
+type tierMetrics struct {
+	hits, misses, evictions, corrupt, promotions, demotions prometheus.Counter
+	latency                                                 prometheus.Observer
+}
+
+func (m *Metrics) tier(t Tier) *tierMetrics {
+	l := t.String()
+	return &tierMetrics{
+		hits:       m.hits.WithLabelValues(l),
+		misses:     m.misses.WithLabelValues(l),
+		evictions:  m.evictions.WithLabelValues(l),
+		corrupt:    m.corrupt.WithLabelValues(l),
+		promotions: m.promotions.WithLabelValues(l),
+		demotions:  m.demotions.WithLabelValues(l),
+		latency:    m.latency.WithLabelValues(l),
+	}
+}
+
+// sampleLatency decides whether this L1 Get is timed (1 in 64).
+func sampleLatency() bool { return rand.Uint32()&63 == 0 }
+
+func (tm *tierMetrics) observeSince(start time.Time) {
+	tm.latency.Observe(time.Since(start).Seconds())
+}
+
+// bytesCollector reports each tier's byte count at scrape time, so the hot
+// path never updates a gauge.
+type bytesCollector struct {
+	desc  *prometheus.Desc
+	mu    sync.Mutex
+	funcs map[string]func() int64
+}
+
+func (b *bytesCollector) set(t Tier, f func() int64) {
+	b.mu.Lock()
+	b.funcs[t.String()] = f
+	b.mu.Unlock()
+}
+
+func (b *bytesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- b.desc }
+
+func (b *bytesCollector) Collect(ch chan<- prometheus.Metric) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for tier, f := range b.funcs {
+		ch <- prometheus.MustNewConstMetric(b.desc, prometheus.GaugeValue, float64(f()), tier)
+	}
+}

@@ -1,0 +1,101 @@
+package cache
+
+import (
+	"errors"
+	"time"
+
+	"github.com/zeebo/xxh3"
+)
+
+// ErrNotFound is returned when no tier holds the key.
+var ErrNotFound = errors.New("cache: key not found")
+
+// CacheKey names a cached object: a bucket (namespace) and a key inside it.
+type CacheKey struct {
+	Bucket string
+	Key    string
+}
+
+// hash64 is the key's 64-bit hash, used as ristretto's key. Collisions are
+// tolerated: every stored item carries its full CacheKey and is compared.
+func (k CacheKey) hash64() uint64 {
+	return xxh3.HashStringSeed(k.Key, xxh3.HashString(k.Bucket)^uint64(len(k.Bucket)))
+}
+
+// CacheEntry is a cached value and its metadata. Data is the original
+// (decompressed) value; when the entry is stored uncompressed in L1 it is the
+// cached buffer itself (zero copy), so callers must not modify it.
+type CacheEntry struct {
+	Data     []byte
+	Metadata EntryMetadata
+}
+
+// EntryMetadata is the access statistics and storage form of an entry
+// (schema section 5.1).
+type EntryMetadata struct {
+	// Size is the number of bytes stored (compressed size when Compressed).
+	Size uint64
+	// CreatedAt is when the value was first written into the cache.
+	CreatedAt time.Time
+	// LastAccessed is the time of the most recent Get that returned the entry.
+	LastAccessed time.Time
+	// AccessCount counts the Gets that returned the entry.
+	AccessCount uint64
+	// Compressed says whether the stored bytes are compressed.
+	Compressed bool
+	// CompressionAlgorithm is the codec of the stored bytes (CodecNone when not compressed).
+	CompressionAlgorithm Codec
+	// OriginalSize is the length of the value before compression.
+	OriginalSize uint64
+}
+
+// Tier names the tier that served a read.
+type Tier uint8
+
+const (
+	// TierNone means no tier served the read (miss everywhere or error).
+	TierNone Tier = iota
+	// TierL1 is RAM.
+	TierL1
+	// TierL2 is local disk.
+	TierL2
+	// TierL3 is the backing (erasure-coded) store.
+	TierL3
+)
+
+func (t Tier) String() string {
+	switch t {
+	case TierL1:
+		return "l1"
+	case TierL2:
+		return "l2"
+	case TierL3:
+		return "l3"
+	default:
+		return "none"
+	}
+}
+
+// stored is the storage form of a value, decided once when it enters the cache
+// and carried unchanged between tiers.
+type stored struct {
+	payload      []byte
+	codec        Codec
+	originalSize int
+	gen          uint64
+	createdAt    int64 // unix nanoseconds
+	lastAccessed int64
+	accessCount  uint64
+}
+
+func (s *stored) metadata() EntryMetadata {
+	return EntryMetadata{
+		Size:                 uint64(len(s.payload)),
+		CreatedAt:            time.Unix(0, s.createdAt),
+		LastAccessed:         time.Unix(0, s.lastAccessed),
+		AccessCount:          s.accessCount,
+		Compressed:           s.codec != CodecNone,
+		CompressionAlgorithm: s.codec,
+		OriginalSize:         uint64(s.originalSize),
+	}
+}
