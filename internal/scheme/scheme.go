@@ -7,6 +7,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 
+	dataplanev1alpha1 "github.com/billyronks/couchestor/apis/dataplane/v1alpha1"
 	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
@@ -17,6 +18,7 @@ func New() *runtime.Scheme {
 	s := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(s))
 	utilruntime.Must(storagev1.AddToScheme(s))
+	utilruntime.Must(dataplanev1alpha1.AddToScheme(s))
 	utilruntime.Must(mayastorv1beta2.AddToScheme(s))
 	utilruntime.Must(mayastorv1alpha1.AddToScheme(s))
 	return s
