@@ -1,0 +1,119 @@
+package journal
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// StripeSink takes journaled data into the erasure-coded stripes. The sink
+// owns the read-modify-write: it merges the extents (the newest journal data
+// inside the stripe) into the stripe's current bytes, re-encodes and stores
+// the full stripe. Returning nil means the new stripe is durable; only then
+// is the journal trimmed. WriteStripe may be called again with the same data
+// after a crash, so it must be idempotent.
+type StripeSink interface {
+	WriteStripe(ctx context.Context, stripeIndex int64, extents []Extent) error
+}
+
+// DestagerConfig comes from journalConfig and the policy's stripeSizeBytes.
+type DestagerConfig struct {
+	StripeSizeBytes  int64         // stripeSizeBytes: destaging writes whole stripes
+	ThresholdPercent int           // destageThresholdPercent: destage once fill reaches it
+	Interval         time.Duration // destageInterval: destage at least this often
+	// Ticks replaces the Interval timer (tests inject a clock); nil uses a time.Ticker.
+	Ticks <-chan time.Time
+	// OnError hears destage failures; Run retries at the next trigger.
+	OnError func(error)
+}
+
+// Destager moves journaled writes into full stripes and then trims the journal.
+type Destager struct {
+	j    *Journal
+	sink StripeSink
+	cfg  DestagerConfig
+}
+
+// NewDestager checks cfg and returns a destager for j.
+func NewDestager(j *Journal, sink StripeSink, cfg DestagerConfig) (*Destager, error) {
+	if cfg.StripeSizeBytes < LBASize || cfg.StripeSizeBytes%LBASize != 0 {
+		return nil, fmt.Errorf("journal: stripeSizeBytes %d must be a positive multiple of %d", cfg.StripeSizeBytes, LBASize)
+	}
+	if cfg.ThresholdPercent < 0 || cfg.ThresholdPercent > 100 {
+		return nil, fmt.Errorf("journal: destageThresholdPercent %d must be within [0, 100]", cfg.ThresholdPercent)
+	}
+	if cfg.Ticks == nil && cfg.Interval <= 0 {
+		return nil, fmt.Errorf("journal: destageInterval %s must be positive", cfg.Interval)
+	}
+	return &Destager{j: j, sink: sink, cfg: cfg}, nil
+}
+
+// Run destages every Interval (or tick), whenever the fill reaches
+// ThresholdPercent, and whenever an Append waits for space, until ctx ends.
+func (d *Destager) Run(ctx context.Context) error {
+	ticks := d.cfg.Ticks
+	if ticks == nil {
+		t := time.NewTicker(d.cfg.Interval)
+		defer t.Stop()
+		ticks = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.j.done:
+			return ErrClosed
+		case <-ticks:
+		case <-d.j.wake:
+			used, size := d.j.Fill()
+			if d.j.waiting.Load() == 0 && used*100 < int64(d.cfg.ThresholdPercent)*size {
+				continue
+			}
+		}
+		if _, err := d.DestageOnce(ctx); err != nil && d.cfg.OnError != nil {
+			d.cfg.OnError(err)
+		}
+	}
+}
+
+// DestageOnce writes every stripe touched by the durable journal records to
+// the sink, newest data per LBA, then trims those records. It returns the
+// number of stripes written.
+func (d *Destager) DestageOnce(ctx context.Context) (int, error) {
+	through, entries := d.j.snapshot()
+	if len(entries) == 0 {
+		if through > 0 {
+			// Only epoch markers are left: trim them so the space is reused.
+			if err := d.j.trim(ctx, through); err != nil {
+				return 0, err
+			}
+		}
+		return 0, nil
+	}
+	span := uint64(d.cfg.StripeSizeBytes / LBASize)
+	touched := map[uint64]bool{}
+	for _, e := range entries {
+		for s := e.lba / span; s <= (e.lba+e.nlba-1)/span; s++ {
+			touched[s] = true
+		}
+	}
+	stripes := make([]uint64, 0, len(touched))
+	for s := range touched {
+		stripes = append(stripes, s)
+	}
+	sort.Slice(stripes, func(a, b int) bool { return stripes[a] < stripes[b] })
+	for _, s := range stripes {
+		extents, err := d.j.lookup(ctx, s*span, (s+1)*span, through)
+		if err != nil {
+			return 0, fmt.Errorf("journal: destage stripe %d: %w", s, err)
+		}
+		if err := d.sink.WriteStripe(ctx, int64(s), extents); err != nil {
+			return 0, fmt.Errorf("journal: destage stripe %d: sink: %w", s, err)
+		}
+	}
+	if err := d.j.trim(ctx, through); err != nil {
+		return len(stripes), fmt.Errorf("journal: trim after destaging through seq %d: %w", through, err)
+	}
+	return len(stripes), nil
+}
