@@ -20,6 +20,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/billyronks/couchestor/controllers"
 	"github.com/billyronks/couchestor/internal/scheme"
 )
 
@@ -39,6 +40,7 @@ type options struct {
 	webhooksEnabled   bool
 	gracefulShutdown  time.Duration
 	zapOpts           zap.Options
+	tiering           controllers.TieringOptions
 }
 
 // subcommands run instead of the operator when named as the first argument,
@@ -73,6 +75,7 @@ Flags:
 	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port of the admission webhook server (TLS).")
 	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Directory holding tls.crt and tls.key for the webhook server (OLM mounts them here).")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long runnables get to stop after SIGTERM.")
+	o.tiering.BindFlags(fs)
 	o.zapOpts.BindFlags(fs)
 	config.RegisterFlags(fs) // --kubeconfig; in-cluster config when absent
 	if err := fs.Parse(args); err != nil {
@@ -140,6 +143,22 @@ func run(ctx context.Context, o *options) error {
 	}
 
 	// --- controllers (each reconciler registers itself here) ---
+	meter, err := o.tiering.NewIOPSMeter()
+	if err != nil {
+		return err
+	}
+	if err := (&controllers.StoragePolicyReconciler{
+		Client:             mgr.GetClient(),
+		APIReader:          mgr.GetAPIReader(),
+		Recorder:           mgr.GetEventRecorder("couchestor-storagepolicy"),
+		Meter:              meter,
+		MayastorNamespace:  o.mayastorNamespace,
+		EvaluationInterval: o.tiering.EvaluationInterval,
+		ScrapeInterval:     o.tiering.ScrapeInterval,
+		GlobalDryRun:       o.tiering.DryRun,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up StoragePolicy controller: %w", err)
+	}
 
 	// --- webhooks ---
 

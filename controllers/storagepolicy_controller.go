@@ -1,0 +1,441 @@
+package controllers
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
+	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
+	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/iops"
+	"github.com/billyronks/couchestor/pkg/tiering"
+)
+
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=storagepolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=storagepolicies/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=erasurecodingpolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=persistentvolumes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch
+// +kubebuilder:rbac:groups=openebs.io,resources=mayastorvolumes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=openebs.io,resources=diskpools,verbs=get;list;watch
+
+// IOPSMeter measures the IOPS of a policy's volumes (iops.Meter in production).
+type IOPSMeter interface {
+	Measure(ctx context.Context, window time.Duration, vols []iops.Volume) iops.Report
+}
+
+// MigrationStarter receives the Move decisions of an evaluation that is not a
+// dry run. It is the migration engine of tiering part 2; it must return at
+// once (migrations run off the reconcile path). Nil: decisions are reported in
+// status, Events and metrics, and nothing moves.
+type MigrationStarter interface {
+	StartMigrations(ctx context.Context, policy *storagev1.StoragePolicy, moves []tiering.Decision)
+}
+
+// TieringOptions are the operator flags of the StoragePolicy controller.
+type TieringOptions struct {
+	PrometheusURL      string
+	BearerTokenFile    string
+	CAFile             string
+	QueryTimeout       time.Duration
+	ScrapeInterval     time.Duration
+	ReadMetric         string
+	WriteMetric        string
+	VolumeLabel        string
+	QueryTemplate      string
+	CoverageTemplate   string
+	MinCoverage        float64
+	MetricsCacheTTL    time.Duration
+	EvaluationInterval time.Duration
+	DryRun             bool
+}
+
+// BindFlags registers the flags on fs.
+func (o *TieringOptions) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.PrometheusURL, "prometheus-url", "http://prometheus-operated.monitoring.svc:9090", "Prometheus HTTP API that scrapes Mayastor's io-engine exporter (volume IOPS).")
+	fs.StringVar(&o.BearerTokenFile, "prometheus-bearer-token-file", "", "File holding a bearer token for Prometheus, re-read on every query. Empty: no Authorization header.")
+	fs.StringVar(&o.CAFile, "prometheus-ca-file", "", "PEM CA bundle for an https --prometheus-url. Empty: the system roots.")
+	fs.DurationVar(&o.QueryTimeout, "prometheus-timeout", 30*time.Second, "Timeout of one IOPS query.")
+	fs.DurationVar(&o.ScrapeInterval, "prometheus-scrape-interval", 30*time.Second, "Prometheus's scrape interval for the exporter. Must match Prometheus: it sets the coverage rule (samples expected per window) and the warning for sampling windows shorter than four intervals.")
+	fs.StringVar(&o.ReadMetric, "iops-read-metric", iops.DefaultReadMetric, "Cumulative read-operations counter of a volume.")
+	fs.StringVar(&o.WriteMetric, "iops-write-metric", iops.DefaultWriteMetric, "Cumulative write-operations counter of a volume.")
+	fs.StringVar(&o.VolumeLabel, "iops-volume-label", iops.DefaultVolumeLabel, "Label of the counters that holds the PersistentVolume name.")
+	fs.StringVar(&o.QueryTemplate, "iops-query-template", iops.DefaultQueryTemplate, "PromQL (Go text/template) giving IOPS per volume over the window. Fields: .Window (e.g. 5400s), .ReadMetric, .WriteMetric, .VolumeLabel.")
+	fs.StringVar(&o.CoverageTemplate, "iops-coverage-template", iops.DefaultCoverageTemplate, "PromQL (Go text/template) giving the number of samples per volume in the window, for the coverage rule. \"-\" disables the rule.")
+	fs.Float64Var(&o.MinCoverage, "iops-min-coverage", iops.DefaultMinCoverage, "Fraction of the sampling window a published volume's series must cover; below it the volume's IOPS are unknown (never moved).")
+	fs.DurationVar(&o.MetricsCacheTTL, "metrics-cache-ttl", iops.DefaultCacheTTL, "How long a volume's measured IOPS are reused before Prometheus is asked again. 0 disables the cache.")
+	fs.DurationVar(&o.EvaluationInterval, "evaluation-interval", time.Minute, "How often each StoragePolicy is evaluated (also on changes of PVs, PVCs, MayastorVolumes and DiskPools).")
+	fs.BoolVar(&o.DryRun, "dry-run", false, "Treat every StoragePolicy as dryRun: record what would move in migrationHistory, move nothing.")
+}
+
+// NewIOPSMeter builds the production meter from the options.
+func (o *TieringOptions) NewIOPSMeter() (*iops.Meter, error) {
+	src, err := iops.NewPrometheusSource(iops.PrometheusConfig{
+		Address: o.PrometheusURL, BearerTokenFile: o.BearerTokenFile, CAFile: o.CAFile, Timeout: o.QueryTimeout,
+		ReadMetric: o.ReadMetric, WriteMetric: o.WriteMetric, VolumeLabel: o.VolumeLabel,
+		QueryTemplate: o.QueryTemplate, CoverageTemplate: o.CoverageTemplate,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--prometheus-*/--iops-* flags: %w", err)
+	}
+	if o.MinCoverage <= 0 || o.MinCoverage > 1 {
+		return nil, fmt.Errorf("--iops-min-coverage=%v: must be in (0, 1]", o.MinCoverage)
+	}
+	if o.ScrapeInterval <= 0 {
+		return nil, fmt.Errorf("--prometheus-scrape-interval=%v: must be positive", o.ScrapeInterval)
+	}
+	return &iops.Meter{Querier: src, Cache: iops.NewMetricsCache(o.MetricsCacheTTL, nil), ScrapeInterval: o.ScrapeInterval, MinCoverage: o.MinCoverage}, nil
+}
+
+// StoragePolicyReconciler evaluates StoragePolicies: it finds the volumes each
+// one owns, measures their IOPS, decides (pkg/tiering) and reports the
+// decisions in status, Events and metrics. It moves nothing itself: Move
+// decisions go to the MigrationStarter, or only into history in dry run.
+type StoragePolicyReconciler struct {
+	Client client.Client
+	// APIReader reads the policy fresh from the API server when a status patch conflicts.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Meter     IOPSMeter
+	// Engine may be nil (tiering part 2 not wired).
+	Engine             MigrationStarter
+	MayastorNamespace  string
+	EvaluationInterval time.Duration
+	ScrapeInterval     time.Duration
+	// GlobalDryRun is --dry-run.
+	GlobalDryRun bool
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// SkipNameValidation lets tests run several managers in one process.
+	SkipNameValidation bool
+
+	mu     sync.Mutex
+	memory map[string]*policyMemory
+}
+
+// policyMemory is what the controller remembers between evaluations of one
+// policy, only to avoid repeating itself (Events, dry-run entries). Losing it
+// (a restart) costs at most one repeated Event per volume; dry-run entries are
+// also remembered in the history itself.
+type policyMemory struct {
+	uid       types.UID
+	decisions map[string]string    // volume -> decision key of the last evaluation
+	dryRun    map[string]time.Time // volume -> last dry-run entry recorded
+	summary   string               // last summary Event key
+}
+
+func (r *StoragePolicyReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *StoragePolicyReconciler) memoryFor(p *storagev1.StoragePolicy) *policyMemory {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.memory == nil {
+		r.memory = map[string]*policyMemory{}
+	}
+	m := r.memory[p.Name]
+	if m == nil || m.uid != p.UID {
+		m = &policyMemory{uid: p.UID, decisions: map[string]string{}, dryRun: map[string]time.Time{}}
+		r.memory[p.Name] = m
+	}
+	return m
+}
+
+func (r *StoragePolicyReconciler) forget(name string) {
+	r.mu.Lock()
+	delete(r.memory, name)
+	r.mu.Unlock()
+	forgetPolicyMetrics(name)
+}
+
+// Reconcile evaluates one policy and requeues itself after the evaluation interval.
+func (r *StoragePolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	start := time.Now()
+	var pol storagev1.StoragePolicy
+	if err := r.Client.Get(ctx, req.NamespacedName, &pol); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(req.Name)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("get StoragePolicy %s: %w", req.Name, err)
+	}
+	ev, result, err := r.evaluate(ctx, &pol)
+	if err != nil {
+		policyEvaluations.WithLabelValues(pol.Name, "error").Inc()
+		return ctrl.Result{}, err
+	}
+	if err := r.writeStatus(ctx, &pol, ev); err != nil {
+		policyEvaluations.WithLabelValues(pol.Name, "error").Inc()
+		return ctrl.Result{}, err
+	}
+	r.afterWrite(ctx, &pol, ev)
+	policyEvaluations.WithLabelValues(pol.Name, result).Inc()
+	policyEvaluationDuration.WithLabelValues(pol.Name).Observe(time.Since(start).Seconds())
+	if result == "disabled" || result == "invalid" {
+		return ctrl.Result{}, nil // a spec change wakes the policy up
+	}
+	return ctrl.Result{RequeueAfter: r.EvaluationInterval}, nil
+}
+
+// outcome is one evaluation, ready to be written into status.
+type outcome struct {
+	now            time.Time
+	phase          storagev1.StoragePolicyPhase
+	invalid        string // the spec's errors, when invalid
+	spec           *storagev1.StoragePolicySpec
+	dryRun         bool
+	window         time.Duration
+	cooldown       time.Duration
+	eval           tiering.Evaluation
+	report         iops.Report
+	volumes        int
+	conflicts      map[string]int // older owner policy -> volumes it takes from this one
+	ambiguous      []string       // pools matching several tier selectors
+	ecPolicyOK     bool
+	ecMissing      bool
+	engine         bool
+	scrapeInterval time.Duration
+	// dryRunEntries are appended to history by writeStatus; set there.
+	recorded []storagev1.MigrationHistoryEntry
+}
+
+func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.StoragePolicy) (*outcome, string, error) {
+	spec := pol.Spec.DeepCopy()
+	storagev1.DefaultStoragePolicySpec(spec)
+	o := &outcome{now: r.now(), spec: spec, engine: r.Engine != nil, scrapeInterval: r.ScrapeInterval}
+	if !*spec.Enabled {
+		o.phase = storagev1.StoragePolicyDisabled
+		return o, "disabled", nil
+	}
+	if errs, _ := storagev1.ValidateStoragePolicySpec(spec, field.NewPath("spec")); len(errs) > 0 {
+		o.phase, o.invalid = storagev1.StoragePolicyError, errs.ToAggregate().Error()
+		return o, "invalid", nil
+	}
+	// Validation passed, so these parse.
+	o.window, _ = storagev1.ParseDuration(spec.SamplingWindow)
+	o.cooldown, _ = storagev1.ParseDuration(spec.CooldownPeriod)
+	o.dryRun = r.GlobalDryRun || *spec.DryRun
+	selectors, err := tiering.CompileSelectors(spec.HotPoolSelector, spec.WarmPoolSelector, spec.ColdPoolSelector)
+	if err != nil {
+		o.phase, o.invalid = storagev1.StoragePolicyError, err.Error()
+		return o, "invalid", nil
+	}
+	policy := tiering.Policy{
+		Watermarks: tiering.Watermarks{High: float64(*spec.HighWatermarkIOPS), Warm: float64(*spec.WarmWatermarkIOPS), Low: float64(*spec.LowWatermarkIOPS)},
+		Selectors:  selectors, Cooldown: o.cooldown,
+		ECEnabled: spec.ECPolicyRef != "", ECMinVolumeSizeBytes: *spec.ECMinVolumeSizeBytes,
+	}
+	if spec.ECPolicyRef != "" {
+		var ecp storagev1.ErasureCodingPolicy
+		switch err := r.Client.Get(ctx, client.ObjectKey{Name: spec.ECPolicyRef}, &ecp); {
+		case apierrors.IsNotFound(err):
+			o.ecMissing = true
+		case err != nil:
+			return nil, "", fmt.Errorf("get ErasureCodingPolicy %s: %w", spec.ECPolicyRef, err)
+		default:
+			o.ecPolicyOK = true
+		}
+	}
+
+	vols, poolTiers, err := r.observe(ctx, pol, spec, selectors, o)
+	if err != nil {
+		return nil, "", err
+	}
+	ivols := make([]iops.Volume, len(vols))
+	for i, v := range vols {
+		ivols[i] = iops.Volume{Name: v.Name, Published: v.Published}
+	}
+	o.report = r.Meter.Measure(ctx, o.window, ivols)
+	o.eval = tiering.Evaluate(policy, vols, o.report.Measurements, poolTiers, o.now)
+	o.volumes = len(vols)
+	result := "ok"
+	switch {
+	case o.report.Err != nil:
+		result = "metrics_unavailable"
+		o.phase = pol.Status.Phase
+		if o.phase != storagev1.StoragePolicyActive {
+			o.phase = storagev1.StoragePolicyPending
+		}
+	default:
+		o.phase = storagev1.StoragePolicyActive
+	}
+	return o, result, nil
+}
+
+// observe lists what the policy looks at and returns the volumes it owns and
+// the tier of every pool.
+func (r *StoragePolicyReconciler) observe(ctx context.Context, pol *storagev1.StoragePolicy, spec *storagev1.StoragePolicySpec,
+	selectors tiering.TierSelectors, o *outcome) ([]tiering.Volume, map[string]tiering.Tier, error) {
+	var pools mayastorv1beta2.DiskPoolList
+	if err := r.Client.List(ctx, &pools, client.InNamespace(r.MayastorNamespace)); err != nil {
+		return nil, nil, fmt.Errorf("list DiskPools in %s: %w", r.MayastorNamespace, err)
+	}
+	poolTiers := make(map[string]tiering.Tier, len(pools.Items))
+	for i := range pools.Items {
+		var lbl map[string]string
+		if t := pools.Items[i].Spec.Topology; t != nil {
+			lbl = t.Labelled
+		}
+		t, amb := selectors.PoolTier(lbl)
+		if amb {
+			o.ambiguous = append(o.ambiguous, pools.Items[i].Name)
+		}
+		poolTiers[pools.Items[i].Name] = t
+	}
+
+	var msvs mayastorv1alpha1.MayastorVolumeList
+	if err := r.Client.List(ctx, &msvs, client.InNamespace(r.MayastorNamespace)); err != nil {
+		return nil, nil, fmt.Errorf("list MayastorVolumes in %s: %w", r.MayastorNamespace, err)
+	}
+	byHandle := make(map[string]*mayastorv1alpha1.MayastorVolume, len(msvs.Items))
+	for i := range msvs.Items {
+		byHandle[msvs.Items[i].Name] = &msvs.Items[i]
+	}
+
+	var policies storagev1.StoragePolicyList
+	if err := r.Client.List(ctx, &policies); err != nil {
+		return nil, nil, fmt.Errorf("list StoragePolicies: %w", err)
+	}
+	self, refs := tiering.PolicyRef{}, make([]tiering.PolicyRef, 0, len(policies.Items))
+	for i := range policies.Items {
+		p := &policies.Items[i]
+		ps := p.Spec.DeepCopy()
+		storagev1.DefaultStoragePolicySpec(ps)
+		sel, err := tiering.VolumeSelector(ps.VolumeSelector)
+		if err != nil {
+			continue // an invalid policy owns nothing
+		}
+		ref := tiering.PolicyRef{Name: p.Name, Created: p.CreationTimestamp.Time, StorageClass: ps.StorageClassName, VolumeSelector: sel}
+		if p.Name == pol.Name {
+			self = ref
+		}
+		if *ps.Enabled || p.Name == pol.Name {
+			refs = append(refs, ref)
+		}
+	}
+	if self.Name == "" { // not in the cache yet: use what we were given
+		sel, err := tiering.VolumeSelector(spec.VolumeSelector)
+		if err != nil {
+			return nil, nil, err
+		}
+		self = tiering.PolicyRef{Name: pol.Name, Created: pol.CreationTimestamp.Time, StorageClass: spec.StorageClassName, VolumeSelector: sel}
+		refs = append(refs, self)
+	}
+
+	var pvs corev1.PersistentVolumeList
+	if err := r.Client.List(ctx, &pvs); err != nil {
+		return nil, nil, fmt.Errorf("list PersistentVolumes: %w", err)
+	}
+	var pvcs corev1.PersistentVolumeClaimList
+	if err := r.Client.List(ctx, &pvcs); err != nil {
+		return nil, nil, fmt.Errorf("list PersistentVolumeClaims: %w", err)
+	}
+	claims := make(map[types.NamespacedName]*corev1.PersistentVolumeClaim, len(pvcs.Items))
+	for i := range pvcs.Items {
+		claims[types.NamespacedName{Namespace: pvcs.Items[i].Namespace, Name: pvcs.Items[i].Name}] = &pvcs.Items[i]
+	}
+
+	vols := make([]tiering.Volume, 0, len(pvs.Items))
+	o.conflicts = map[string]int{}
+	for i := range pvs.Items {
+		pv := &pvs.Items[i]
+		ref := tiering.VolumeRef{StorageClass: pv.Spec.StorageClassName}
+		handle := ""
+		if pv.Spec.CSI != nil {
+			ref.CSIDriver, handle = pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle
+		}
+		var pvc *corev1.PersistentVolumeClaim
+		if cr := pv.Spec.ClaimRef; cr != nil {
+			// A claimRef with a UID names one PVC incarnation; a recreated PVC of the same name is another.
+			if c, ok := claims[types.NamespacedName{Namespace: cr.Namespace, Name: cr.Name}]; ok && (cr.UID == "" || cr.UID == c.UID) {
+				pvc, ref.HasPVC, ref.PVCLabels = c, true, c.Labels
+			}
+		}
+		if !self.Selects(ref) {
+			continue
+		}
+		if owner := tiering.Owner(refs, ref); owner != pol.Name {
+			o.conflicts[owner]++
+			continue
+		}
+		v := tiering.Volume{Name: pv.Name, PVAnnotations: pv.Annotations}
+		if q, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok {
+			v.SizeBytes = q.Value()
+		}
+		if pvc != nil {
+			v.PVCAnnotations = pvc.Annotations
+		}
+		if msv := byHandle[handle]; msv != nil && handle != "" {
+			v.MayastorVolume = true
+			v.Published = msv.Status.Nexus != nil
+			if msv.Spec.Size > 0 {
+				v.SizeBytes = msv.Spec.Size
+			}
+			v.ReplicaPools = make([]string, 0, len(msv.Status.Replicas))
+			for _, rep := range msv.Status.Replicas {
+				v.ReplicaPools = append(v.ReplicaPools, rep.Pool)
+			}
+		}
+		vols = append(vols, v)
+	}
+	sort.Strings(o.ambiguous)
+	return vols, poolTiers, nil
+}
+
+// SetupWithManager registers the controller: StoragePolicies, and every PV,
+// PVC, MayastorVolume and DiskPool change re-evaluates the policies (the IOPS
+// cache keeps such bursts from reaching Prometheus).
+func (r *StoragePolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.EvaluationInterval <= 0 {
+		return fmt.Errorf("StoragePolicy controller: evaluation interval %v must be positive", r.EvaluationInterval)
+	}
+	if r.Meter == nil {
+		return fmt.Errorf("StoragePolicy controller: no IOPS meter")
+	}
+	allPolicies := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []reconcile.Request {
+		var list storagev1.StoragePolicyList
+		if err := mgr.GetClient().List(ctx, &list); err != nil {
+			log.FromContext(ctx).Error(err, "list StoragePolicies to re-evaluate")
+			return nil
+		}
+		reqs := make([]reconcile.Request, len(list.Items))
+		for i := range list.Items {
+			reqs[i] = reconcile.Request{NamespacedName: types.NamespacedName{Name: list.Items[i].Name}}
+		}
+		return reqs
+	})
+	inMayastorNS := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == r.MayastorNamespace })
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("storagepolicy").
+		// Status writes do not change the generation: no self-triggered loop.
+		For(&storagev1.StoragePolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.PersistentVolume{}, allPolicies).
+		Watches(&corev1.PersistentVolumeClaim{}, allPolicies, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Watches(&mayastorv1alpha1.MayastorVolume{}, allPolicies, builder.WithPredicates(inMayastorNS)).
+		Watches(&mayastorv1beta2.DiskPool{}, allPolicies, builder.WithPredicates(inMayastorNS)).
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(r.SkipNameValidation)}).
+		Complete(r)
+}
