@@ -1,0 +1,255 @@
+package shardserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// CAPEM is the PEM bundle that signs the shard servers' certificates.
+	CAPEM []byte
+	// Token is the bearer token of the shard servers.
+	Token string
+	// Timeout bounds one attempt of one request (default 30s).
+	Timeout time.Duration
+	// Retries is how many times a failed attempt is retried on a network
+	// error or a 5xx answer (default 3; 4xx answers are final).
+	Retries int
+	// Backoff is the wait before the first retry, doubled each time (default 100ms).
+	Backoff time.Duration
+}
+
+// Client talks to any number of shard servers over one HTTP/2 transport.
+type Client struct {
+	http *http.Client
+	cfg  ClientConfig
+}
+
+// NewClient checks cfg and returns a client.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Token == "" {
+		return nil, errors.New("shard client: token must not be empty")
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(cfg.CAPEM) {
+		return nil, errors.New("shard client: the CA bundle holds no PEM certificate")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Retries < 0 {
+		return nil, fmt.Errorf("shard client: retries %d must be >= 0", cfg.Retries)
+	}
+	if cfg.Retries == 0 {
+		cfg.Retries = 3
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = 100 * time.Millisecond
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:   true,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 5 * time.Second,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &Client{http: &http.Client{Transport: tr}, cfg: cfg}, nil
+}
+
+// Close drops idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+// httpError is a non-2xx answer.
+type httpError struct {
+	code int
+	body string
+}
+
+func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.code, e.body) }
+
+// do runs one request with retries; mk builds a fresh request body each attempt.
+func (c *Client) do(ctx context.Context, method, addr, path string, q url.Values, hdr http.Header, body []byte) (*http.Response, []byte, error) {
+	u := url.URL{Scheme: "https", Host: addr, Path: path, RawQuery: q.Encode()}
+	wait := c.cfg.Backoff
+	var last error
+	for attempt := 0; attempt <= c.cfg.Retries; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, nil, fmt.Errorf("%s %s: %w (last error: %v)", method, u.Redacted(), ctx.Err(), last)
+			case <-time.After(wait):
+			}
+			wait *= 2
+		}
+		resp, data, err := c.once(ctx, method, u.String(), hdr, body)
+		if err == nil {
+			if resp.StatusCode < 300 {
+				return resp, data, nil
+			}
+			herr := &httpError{code: resp.StatusCode, body: string(bytes.TrimSpace(data))}
+			if resp.StatusCode < 500 || resp.StatusCode == http.StatusInsufficientStorage {
+				return resp, data, mapStatus(herr, data)
+			}
+			last = herr
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("%s %s: %w", method, u.Redacted(), err)
+		}
+		last = err
+	}
+	return nil, nil, fmt.Errorf("%s %s: %d attempts failed: %w", method, u.Redacted(), c.cfg.Retries+1, last)
+}
+
+func (c *Client) once(ctx context.Context, method, u string, hdr http.Header, body []byte) (*http.Response, []byte, error) {
+	actx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(actx, method, u, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	if body != nil {
+		req.ContentLength = int64(len(body))
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read answer: %w", err)
+	}
+	return resp, data, nil
+}
+
+// ErrUnauthorized is returned when a server refuses the token.
+var ErrUnauthorized = errors.New("shard server refused the bearer token")
+
+func mapStatus(herr *httpError, body []byte) error {
+	switch herr.code {
+	case http.StatusNotFound:
+		return fmt.Errorf("%w (%v)", ErrNotFound, herr)
+	case http.StatusConflict:
+		se := &StaleError{}
+		if json.Unmarshal(body, se) == nil {
+			return se
+		}
+		return fmt.Errorf("%w (%v)", ErrStaleGeneration, herr)
+	case http.StatusInsufficientStorage:
+		return fmt.Errorf("%w (%v)", ErrNoSpace, herr)
+	case http.StatusBadRequest:
+		return fmt.Errorf("%w (%v)", ErrBadShard, herr)
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%w (%v)", ErrUnauthorized, herr)
+	}
+	return herr
+}
+
+// Put stores a shard on the server at addr ("host:port"). Retrying is safe:
+// the server recognises an identical shard and returns its location.
+func (c *Client) Put(ctx context.Context, addr string, h *ShardHeader, payload []byte) (Location, error) {
+	enc, err := encodeHeaderParam(h)
+	if err != nil {
+		return Location{}, err
+	}
+	_, data, err := c.do(ctx, http.MethodPut, addr, "/v1/shards", nil, http.Header{HeaderShard: {enc}}, payload)
+	if err != nil {
+		return Location{}, fmt.Errorf("put shard %s/%d/%d gen %d on %s: %w", h.Volume, h.StripeID, h.ShardIndex, h.Generation, addr, err)
+	}
+	var loc Location
+	if err := json.Unmarshal(data, &loc); err != nil {
+		return Location{}, fmt.Errorf("put shard on %s: decode answer: %w", addr, err)
+	}
+	return loc, nil
+}
+
+func expectQuery(x Expect) url.Values {
+	return url.Values{
+		"volume":     {x.Volume},
+		"stripe":     {strconv.FormatInt(x.StripeID, 10)},
+		"index":      {strconv.Itoa(x.ShardIndex)},
+		"generation": {strconv.FormatInt(x.Generation, 10)},
+	}
+}
+
+// Get reads the shard x at offset from addr: the payload as stored (verify it
+// against the recorded checksum) and the stored header.
+func (c *Client) Get(ctx context.Context, addr string, offset int64, x Expect) (*ShardHeader, []byte, error) {
+	resp, data, err := c.do(ctx, http.MethodGet, addr, "/v1/shards/"+strconv.FormatInt(offset, 10), expectQuery(x), nil, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("get shard %s/%d/%d at %d on %s: %w", x.Volume, x.StripeID, x.ShardIndex, offset, addr, err)
+	}
+	h, err := decodeHeaderParam(resp.Header.Get(HeaderShard))
+	if err != nil {
+		return nil, nil, fmt.Errorf("get shard on %s: %w", addr, err)
+	}
+	return h, data, nil
+}
+
+// Free releases shard x at offset on addr. ErrNotFound means it is not (or
+// no longer) there.
+func (c *Client) Free(ctx context.Context, addr string, offset int64, x Expect) error {
+	_, _, err := c.do(ctx, http.MethodDelete, addr, "/v1/shards/"+strconv.FormatInt(offset, 10), expectQuery(x), nil, nil)
+	if err != nil {
+		return fmt.Errorf("free shard %s/%d/%d gen %d at %d on %s: %w", x.Volume, x.StripeID, x.ShardIndex, x.Generation, offset, addr, err)
+	}
+	return nil
+}
+
+// FreeExtent releases an extent that has no valid header.
+func (c *Client) FreeExtent(ctx context.Context, addr string, offset int64) error {
+	_, _, err := c.do(ctx, http.MethodDelete, addr, "/v1/extents/"+strconv.FormatInt(offset, 10), nil, nil, nil)
+	if err != nil {
+		return fmt.Errorf("free extent at %d on %s: %w", offset, addr, err)
+	}
+	return nil
+}
+
+// List returns the shards stored for volume ("" = all) and unreadable extents.
+func (c *Client) List(ctx context.Context, addr, volume string) ([]StoredShard, error) {
+	_, data, err := c.do(ctx, http.MethodGet, addr, "/v1/shards", url.Values{"volume": {volume}}, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("list shards of %q on %s: %w", volume, addr, err)
+	}
+	var out []StoredShard
+	if err := json.Unmarshal(data, &out); err != nil {
+		return nil, fmt.Errorf("list shards on %s: decode: %w", addr, err)
+	}
+	return out, nil
+}
+
+// Space returns the pool's capacity and use.
+func (c *Client) Space(ctx context.Context, addr string) (Space, error) {
+	_, data, err := c.do(ctx, http.MethodGet, addr, "/v1/space", nil, nil, nil)
+	if err != nil {
+		return Space{}, fmt.Errorf("space of %s: %w", addr, err)
+	}
+	var sp Space
+	if err := json.Unmarshal(data, &sp); err != nil {
+		return Space{}, fmt.Errorf("space of %s: decode: %w", addr, err)
+	}
+	return sp, nil
+}

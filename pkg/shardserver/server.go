@@ -1,0 +1,220 @@
+// Package shardserver owns one pool's shard storage and its network service:
+// the on-disk store (a persisted allocator over one store file, every shard
+// with a self-describing header, fsync before acknowledgement), the HTTPS
+// (HTTP/2) server with bearer-token authentication, and the client writers,
+// readers and the operator use. It knows nothing about ECStripe objects: the
+// stripe layer (pkg/stripe) decides what to store where.
+//
+// API (all but /healthz need "Authorization: Bearer <token>"):
+//
+//	PUT    /v1/shards                 body = payload, header X-Shard-Header = base64(JSON ShardHeader) → Location
+//	GET    /v1/shards/{offset}?volume=&stripe=&index=&generation=   → payload (X-Shard-Header = stored header)
+//	DELETE /v1/shards/{offset}?volume=&stripe=&index=&generation=   frees it
+//	DELETE /v1/extents/{offset}       frees an extent without a valid header
+//	GET    /v1/shards?volume=         → []StoredShard
+//	GET    /v1/space                  → Space
+//	GET    /healthz                   → 200 when the store answers
+//
+// Status codes: 404 ErrNotFound, 409 ErrStaleGeneration (body: StaleError
+// JSON), 507 ErrNoSpace, 400 ErrBadShard, 401 bad token.
+package shardserver
+
+import (
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// HeaderShard is the HTTP header carrying a base64 JSON ShardHeader.
+const HeaderShard = "X-Shard-Header"
+
+// maxShardBytes bounds one request body: a 64 MiB stripe with k=1.
+const maxShardBytes = 64<<20 + 1
+
+// Server serves one Store over HTTP.
+type Server struct {
+	store *Store
+	token string
+	mux   *http.ServeMux
+}
+
+// NewServer returns the HTTP handler of a pool. token must not be empty.
+func NewServer(store *Store, token string) (*Server, error) {
+	if token == "" {
+		return nil, errors.New("shard server: a bearer token is required")
+	}
+	s := &Server{store: store, token: token, mux: http.NewServeMux()}
+	s.mux.HandleFunc("PUT /v1/shards", s.auth(s.putShard))
+	s.mux.HandleFunc("GET /v1/shards/{offset}", s.auth(s.getShard))
+	s.mux.HandleFunc("DELETE /v1/shards/{offset}", s.auth(s.deleteShard))
+	s.mux.HandleFunc("DELETE /v1/extents/{offset}", s.auth(s.deleteExtent))
+	s.mux.HandleFunc("GET /v1/shards", s.auth(s.listShards))
+	s.mux.HandleFunc("GET /v1/space", s.auth(s.space))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_ = s.store.Space()
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	return s, nil
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func (s *Server) auth(next http.HandlerFunc) http.HandlerFunc {
+	want := []byte("Bearer " + s.token)
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
+			return
+		}
+		next(w, r)
+	}
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	var stale *StaleError
+	switch {
+	case errors.As(err, &stale):
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusConflict)
+		_ = json.NewEncoder(w).Encode(stale)
+	case errors.Is(err, ErrNotFound):
+		http.Error(w, err.Error(), http.StatusNotFound)
+	case errors.Is(err, ErrNoSpace):
+		http.Error(w, err.Error(), http.StatusInsufficientStorage)
+	case errors.Is(err, ErrBadShard):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	default:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) putShard(w http.ResponseWriter, r *http.Request) {
+	h, err := decodeHeaderParam(r.Header.Get(HeaderShard))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if h.SizeBytes <= 0 || h.SizeBytes > maxShardBytes {
+		writeErr(w, fmt.Errorf("%w: sizeBytes %d must be within [1, %d]", ErrBadShard, h.SizeBytes, maxShardBytes))
+		return
+	}
+	payload := make([]byte, h.SizeBytes)
+	if _, err := io.ReadFull(r.Body, payload); err != nil {
+		writeErr(w, fmt.Errorf("%w: read %d payload bytes: %v", ErrBadShard, h.SizeBytes, err))
+		return
+	}
+	loc, err := s.store.Write(h, payload)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, loc)
+}
+
+func parseExpect(r *http.Request) (int64, Expect, error) {
+	off, err := strconv.ParseInt(r.PathValue("offset"), 10, 64)
+	if err != nil || off < 0 {
+		return 0, Expect{}, fmt.Errorf("%w: offset %q must be a non-negative integer", ErrBadShard, r.PathValue("offset"))
+	}
+	q := r.URL.Query()
+	x := Expect{Volume: q.Get("volume")}
+	var e1, e2, e3 error
+	x.StripeID, e1 = strconv.ParseInt(q.Get("stripe"), 10, 64)
+	idx, e2 := strconv.Atoi(q.Get("index"))
+	x.ShardIndex = idx
+	x.Generation, e3 = strconv.ParseInt(q.Get("generation"), 10, 64)
+	if x.Volume == "" || e1 != nil || e2 != nil || e3 != nil {
+		return 0, Expect{}, fmt.Errorf("%w: volume, stripe, index and generation query parameters are required", ErrBadShard)
+	}
+	return off, x, nil
+}
+
+func (s *Server) getShard(w http.ResponseWriter, r *http.Request) {
+	off, x, err := parseExpect(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	h, payload, err := s.store.Read(off, x)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	enc, err := encodeHeaderParam(h)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.Header().Set(HeaderShard, enc)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
+	_, _ = w.Write(payload)
+}
+
+func (s *Server) deleteShard(w http.ResponseWriter, r *http.Request) {
+	off, x, err := parseExpect(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := s.store.Free(off, x); err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) deleteExtent(w http.ResponseWriter, r *http.Request) {
+	off, err := strconv.ParseInt(r.PathValue("offset"), 10, 64)
+	if err != nil {
+		writeErr(w, fmt.Errorf("%w: offset %q", ErrBadShard, r.PathValue("offset")))
+		return
+	}
+	if err := s.store.FreeUnreadable(off); err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listShards(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, s.store.List(r.URL.Query().Get("volume")))
+}
+
+func (s *Server) space(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.store.Space()) }
+
+func encodeHeaderParam(h *ShardHeader) (string, error) {
+	js, err := json.Marshal(h)
+	if err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(js), nil
+}
+
+func decodeHeaderParam(v string) (*ShardHeader, error) {
+	if v == "" {
+		return nil, fmt.Errorf("%w: the %s header is required", ErrBadShard, HeaderShard)
+	}
+	js, err := base64.RawURLEncoding.DecodeString(strings.TrimSpace(v))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s is not base64url: %v", ErrBadShard, HeaderShard, err)
+	}
+	h := &ShardHeader{}
+	if err := json.Unmarshal(js, h); err != nil {
+		return nil, fmt.Errorf("%w: %s is not a shard header: %v", ErrBadShard, HeaderShard, err)
+	}
+	return h, nil
+}
