@@ -240,7 +240,7 @@ type failingStore struct{}
 
 var errDown = errors.New("store down")
 
-func (failingStore) Info(context.Context) (StoreInfo, error)                 { return StoreInfo{}, errDown }
+func (failingStore) Info(context.Context) (StoreInfo, error)                { return StoreInfo{}, errDown }
 func (failingStore) Scan(context.Context, uint64, func(Record) error) error { return errDown }
 func (failingStore) Read(context.Context, uint64) (Record, error)           { return Record{}, errDown }
 func (failingStore) Append(context.Context, []Record) error                 { return errDown }
