@@ -328,7 +328,7 @@ func (d *DiskCache) getStored(key CacheKey) (*stored, bool) {
 	meta := d.index[key]
 	if meta == nil || d.closed {
 		d.mu.Unlock()
-		d.tm.misses.Inc()
+		d.tm.misses.add(0)
 		return nil, false
 	}
 	d.lru.MoveToFront(meta.elem)
@@ -348,7 +348,7 @@ func (d *DiskCache) getStored(key CacheKey) (*stored, bool) {
 			d.removeLocked(meta)
 		}
 		d.mu.Unlock()
-		d.tm.misses.Inc()
+		d.tm.misses.add(0)
 		return nil, false
 	}
 	now := d.now().UnixNano()
@@ -359,7 +359,7 @@ func (d *DiskCache) getStored(key CacheKey) (*stored, bool) {
 		s.accessCount, s.lastAccessed = cur.accessCount, cur.lastAccessed
 	}
 	d.mu.Unlock()
-	d.tm.hits.Inc()
+	d.tm.hits.add(0)
 	return s, true
 }
 

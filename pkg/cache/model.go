@@ -16,10 +16,18 @@ type CacheKey struct {
 	Key    string
 }
 
-// hash64 is the key's 64-bit hash, used as ristretto's key. Collisions are
-// tolerated: every stored item carries its full CacheKey and is compared.
+// hash128 is the key's 128-bit hash. lo is ristretto's key and picks the
+// stripe; hi is stored in the L1 item and compared on Get, the way ristretto
+// itself guards against collisions, so a Get never dereferences the key's
+// strings. Two keys equal in all 128 bits would be confused (2^-128 a pair).
+func (k CacheKey) hash128() (lo, hi uint64) {
+	h := xxh3.HashString128Seed(k.Key, xxh3.HashString(k.Bucket)^uint64(len(k.Bucket)))
+	return h.Lo, h.Hi
+}
+
 func (k CacheKey) hash64() uint64 {
-	return xxh3.HashStringSeed(k.Key, xxh3.HashString(k.Bucket)^uint64(len(k.Bucket)))
+	lo, _ := k.hash128()
+	return lo
 }
 
 // CacheEntry is a cached value and its metadata. Data is the original

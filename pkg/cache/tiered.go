@@ -172,12 +172,12 @@ func (t *Tiered) Get(ctx context.Context, key CacheKey) (CacheEntry, Tier, error
 	t.tm3.observeSince(start)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			t.tm3.misses.Inc()
+			t.tm3.misses.add(0)
 			return CacheEntry{}, TierNone, fmt.Errorf("get %s/%s: %w", key.Bucket, key.Key, err)
 		}
 		return CacheEntry{}, TierNone, fmt.Errorf("get %s/%s from l3: %w", key.Bucket, key.Key, err)
 	}
-	t.tm3.hits.Inc()
+	t.tm3.hits.add(0)
 	s, err := t.newStored(data)
 	if err != nil {
 		return CacheEntry{}, TierNone, fmt.Errorf("get %s/%s: %w", key.Bucket, key.Key, err)
