@@ -1,0 +1,144 @@
+package migration
+
+import (
+	"context"
+	"fmt"
+	"maps"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
+	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
+)
+
+// Topology is a volume's pool topology: a pool is eligible when its labels
+// contain every Inclusion pair and none of the Exclusion pairs.
+type Topology struct {
+	Inclusion map[string]string `json:"inclusion,omitempty"`
+	Exclusion map[string]string `json:"exclusion,omitempty"`
+}
+
+func (t *Topology) clone() *Topology {
+	if t == nil {
+		return nil
+	}
+	return &Topology{Inclusion: maps.Clone(t.Inclusion), Exclusion: maps.Clone(t.Exclusion)}
+}
+
+// Replica is one replica of a volume.
+type Replica struct {
+	UUID   string
+	Pool   string
+	Node   string
+	State  string // Unknown, Online, Degraded, Faulted
+	Synced bool
+}
+
+// Healthy is Online and synced: a full copy of the data.
+func (r Replica) Healthy() bool { return r.State == string(mayastorv1alpha1.StateOnline) && r.Synced }
+
+// Faulted is a replica that will not become healthy.
+func (r Replica) Faulted() bool { return r.State == string(mayastorv1alpha1.StateFaulted) }
+
+// Volume is what the engine needs to know about a volume.
+type Volume struct {
+	ID          string
+	Size        int64
+	NumReplicas int32
+	Topology    *Topology
+	Replicas    []Replica
+}
+
+// Pool is a storage pool.
+type Pool struct {
+	Name      string
+	Node      string
+	Labels    map[string]string
+	Online    bool
+	Status    string
+	Capacity  int64
+	Used      int64
+	Available int64
+}
+
+// VolumeBackend reaches Mayastor's volumes and pools. The engine writes only
+// numReplicas and the topology.
+type VolumeBackend interface {
+	GetVolume(ctx context.Context, id string) (Volume, error)
+	// SetReplicas writes numReplicas and the topology (nil: no constraint) in
+	// one update. It must be idempotent.
+	SetReplicas(ctx context.Context, id string, numReplicas int32, topology *Topology) error
+	ListPools(ctx context.Context) ([]Pool, error)
+}
+
+// MayastorVolumeBackend implements VolumeBackend over the MayastorVolume
+// (openebs.io/v1alpha1) and DiskPool (openebs.io/v1beta2) kinds in Mayastor's
+// namespace. A volume's ID is its MayastorVolume's name.
+type MayastorVolumeBackend struct {
+	Client    client.Client
+	Namespace string
+}
+
+var _ VolumeBackend = (*MayastorVolumeBackend)(nil)
+
+// GetVolume reads the MayastorVolume.
+func (b *MayastorVolumeBackend) GetVolume(ctx context.Context, id string) (Volume, error) {
+	var msv mayastorv1alpha1.MayastorVolume
+	if err := b.Client.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: id}, &msv); err != nil {
+		return Volume{}, fmt.Errorf("get MayastorVolume %s/%s: %w", b.Namespace, id, err)
+	}
+	v := Volume{ID: id, Size: msv.Spec.Size, NumReplicas: msv.Spec.NumReplicas}
+	if t := msv.Spec.Topology; t != nil && t.Pool != nil && t.Pool.Labelled != nil {
+		v.Topology = &Topology{Inclusion: maps.Clone(t.Pool.Labelled.Inclusion), Exclusion: maps.Clone(t.Pool.Labelled.Exclusion)}
+	}
+	for _, r := range msv.Status.Replicas {
+		v.Replicas = append(v.Replicas, Replica{UUID: r.UUID, Pool: r.Pool, Node: r.Node, State: string(r.State), Synced: r.Synced})
+	}
+	return v, nil
+}
+
+// SetReplicas updates spec.numReplicas and spec.topology, retrying on conflict.
+func (b *MayastorVolumeBackend) SetReplicas(ctx context.Context, id string, n int32, topo *Topology) error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var msv mayastorv1alpha1.MayastorVolume
+		if err := b.Client.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: id}, &msv); err != nil {
+			return err
+		}
+		msv.Spec.NumReplicas = n
+		if topo == nil || (len(topo.Inclusion) == 0 && len(topo.Exclusion) == 0) {
+			msv.Spec.Topology = nil
+		} else {
+			msv.Spec.Topology = &mayastorv1alpha1.VolumeTopology{Pool: &mayastorv1alpha1.PoolTopology{
+				Labelled: &mayastorv1alpha1.LabelledTopology{Inclusion: maps.Clone(topo.Inclusion), Exclusion: maps.Clone(topo.Exclusion)},
+			}}
+		}
+		return b.Client.Update(ctx, &msv)
+	})
+	if err != nil {
+		return fmt.Errorf("set MayastorVolume %s/%s to %d replicas: %w", b.Namespace, id, n, err)
+	}
+	return nil
+}
+
+// ListPools lists the DiskPools.
+func (b *MayastorVolumeBackend) ListPools(ctx context.Context) ([]Pool, error) {
+	var list mayastorv1beta2.DiskPoolList
+	if err := b.Client.List(ctx, &list, client.InNamespace(b.Namespace)); err != nil {
+		return nil, fmt.Errorf("list DiskPools in %s: %w", b.Namespace, err)
+	}
+	out := make([]Pool, 0, len(list.Items))
+	for _, dp := range list.Items {
+		p := Pool{
+			Name: dp.Name, Node: dp.Spec.Node,
+			Online: dp.Status.PoolStatus == mayastorv1beta2.PoolOnline, Status: string(dp.Status.PoolStatus),
+			Capacity: dp.Status.Capacity, Used: dp.Status.Used, Available: dp.Status.Available,
+		}
+		if dp.Spec.Topology != nil {
+			p.Labels = maps.Clone(dp.Spec.Topology.Labelled)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
