@@ -32,7 +32,10 @@ const (
 // ShardHeader describes one stored shard: whose it is, which version, and the
 // stripe metadata needed to rebuild its ECStripe from the shards alone.
 type ShardHeader struct {
-	Volume     string `json:"volume"`
+	Volume string `json:"volume"`
+	// VolumeUID is the ECVolume's metadata.uid: a later volume of the same
+	// name never adopts these shards.
+	VolumeUID  string `json:"volumeUid,omitempty"`
 	PolicyRef  string `json:"policyRef"`
 	StripeID   int64  `json:"stripeId"`
 	ShardIndex int    `json:"shardIndex"`

@@ -477,9 +477,20 @@ func (x Expect) matches(h *ShardHeader) bool {
 	return h != nil && h.Volume == x.Volume && h.StripeID == x.StripeID && h.ShardIndex == x.ShardIndex && h.Generation == x.Generation
 }
 
-func (s *Store) lookup(off int64, x Expect) (*extent, error) {
+// matchesRead accepts an older generation too: a stripe whose shards were
+// partly rewritten (rebuild) records its newest generation, and the reader
+// binds the bytes by their recorded checksum anyway.
+func (x Expect) matchesRead(h *ShardHeader) bool {
+	return h != nil && h.Volume == x.Volume && h.StripeID == x.StripeID && h.ShardIndex == x.ShardIndex && h.Generation <= x.Generation
+}
+
+func (s *Store) lookup(off int64, x Expect, read bool) (*extent, error) {
 	e, ok := s.extents[off]
-	if !ok || e.pending || !x.matches(e.header) {
+	match := x.matches
+	if read {
+		match = x.matchesRead
+	}
+	if !ok || e.pending || !match(e.header) {
 		return nil, fmt.Errorf("%w: %s/%d/%d generation %d at offset %d", ErrNotFound, x.Volume, x.StripeID, x.ShardIndex, x.Generation, off)
 	}
 	return e, nil
@@ -489,7 +500,7 @@ func (s *Store) lookup(off int64, x Expect) (*extent, error) {
 // against the ECStripe) and its header as read from disk now.
 func (s *Store) Read(off int64, x Expect) (*ShardHeader, []byte, error) {
 	s.mu.Lock()
-	e, err := s.lookup(off, x)
+	e, err := s.lookup(off, x, true)
 	var length, hdrLen int64
 	if err == nil {
 		length, hdrLen = e.length, e.hdrLen
@@ -507,7 +518,7 @@ func (s *Store) Read(off int64, x Expect) (*ShardHeader, []byte, error) {
 		return nil, nil, fmt.Errorf("%w: header at offset %d is damaged", ErrNotFound, off)
 	}
 	h, err := decodeHeaderJSON(buf[recordPrefixLen:recordPrefixLen+n], sum)
-	if err != nil || !x.matches(h) {
+	if err != nil || !x.matchesRead(h) {
 		return nil, nil, fmt.Errorf("%w: header at offset %d is damaged or names another shard", ErrNotFound, off)
 	}
 	return h, buf[hdrLen:], nil
@@ -516,7 +527,7 @@ func (s *Store) Read(off int64, x Expect) (*ShardHeader, []byte, error) {
 // Free releases the shard at off after checking it is the expected one.
 func (s *Store) Free(off int64, x Expect) error {
 	s.mu.Lock()
-	e, err := s.lookup(off, x)
+	e, err := s.lookup(off, x, false)
 	if err != nil {
 		s.mu.Unlock()
 		return err

@@ -152,8 +152,8 @@ func TestStoreGenerations(t *testing.T) {
 	if err != nil || l6.Offset == l1.Offset {
 		t.Fatalf("newer generation must go to a new offset: %+v %v", l6, err)
 	}
-	if _, _, err := s.Read(l1.Offset, Expect{"v", 3, 1, 6}); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("read with the wrong generation: %v", err)
+	if _, _, err := s.Read(l1.Offset, Expect{"v", 3, 1, 4}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read expecting an older generation than stored: %v", err)
 	}
 	if err := s.Free(l1.Offset, Expect{"v", 3, 1, 6}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("free with the wrong identity: %v", err)
