@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -389,6 +390,12 @@ func (e *Engine) finish(ctx context.Context, t *task) error {
 		}
 		delete(ann, AnnotationMigration)
 		ann[AnnotationLastMigration] = now.Format(time.RFC3339)
+		if res.Success() {
+			delete(ann, AnnotationMigrationFailures)
+		} else {
+			n, _ := strconv.Atoi(ann[AnnotationMigrationFailures])
+			ann[AnnotationMigrationFailures] = strconv.Itoa(max(n, 0) + 1)
+		}
 		return true, nil
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/tiering"
 )
 
 // PV annotations the engine reads and writes.
@@ -18,8 +19,12 @@ const (
 	// into the StoragePolicy status (see Engine.Acknowledge).
 	AnnotationResults = "storage.billyronks.io/migration-results"
 	// AnnotationLastMigration is the cooldown annotation: the RFC 3339 time of
-	// the end of the last migration attempt, success or failure.
-	AnnotationLastMigration = "storage.billyronks.io/last-migration"
+	// the end of the last migration attempt, success or failure (read by
+	// pkg/tiering.Cooldown).
+	AnnotationLastMigration = tiering.AnnotationLastMigration
+	// AnnotationMigrationFailures counts consecutive failed attempts (the
+	// cooldown back-off of pkg/tiering); a success removes it.
+	AnnotationMigrationFailures = tiering.AnnotationMigrationFailures
 )
 
 // Event reasons.
