@@ -420,8 +420,8 @@ func (e *Engine) finish(ctx context.Context, t *task) error {
 	default:
 		e.event(ctx, t, corev1.EventTypeWarning, ReasonFailed, "volume %s %s -> %s failed: %s", t.in.VolumeID, t.in.FromTier, t.in.ToTier, res.Error)
 	}
+	e.hook(t.pv, PointFinished) // before release: a hook observer never sees more migrations than slots
 	e.release(t.in.VolumeID, t.in.Policy)
 	e.notify(t.in.Policy)
-	e.hook(t.pv, PointFinished)
 	return nil
 }
