@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/billyronks/couchestor/controllers"
+	"github.com/billyronks/couchestor/internal/helmhybrid"
 	"github.com/billyronks/couchestor/internal/scheme"
 )
 
@@ -143,6 +144,10 @@ func run(ctx context.Context, o *options) error {
 	}
 
 	// --- controllers (each reconciler registers itself here) ---
+	// Helm-managed kinds: watches.yaml and the charts it names, embedded (assets.go).
+	if err := helmhybrid.Setup(mgr, assets, helmhybrid.Options{}); err != nil {
+		return fmt.Errorf("set up Helm reconcilers: %w", err)
+	}
 	meter, err := o.tiering.NewIOPSMeter()
 	if err != nil {
 		return err
