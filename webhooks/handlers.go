@@ -29,6 +29,15 @@ import (
 
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=storagepolicies;erasurecodingpolicies;ecstripes,verbs=get;list;watch
 
+// refuseEarly: the API server runs mutating admission, then the CRD's schema
+// and CEL rules, then validating admission. The defaulters of StoragePolicy
+// and ErasureCodingPolicy therefore also judge the object-local rules, so a
+// user meets the Go message (field, value and rule, e.g. "spec.warmWatermarkIOPS:
+// Invalid value: 2000: must be greater than spec.lowWatermarkIOPS (3000)")
+// instead of CEL's terser one; CEL stays as the backstop where the webhooks
+// are not installed, and the validators judge everything again (with the
+// cross-object rules and warnings).
+
 // MaxReferrersNamed bounds the names a refusal lists; the count is always exact.
 const MaxReferrersNamed = 5
 
@@ -77,10 +86,12 @@ var (
 	_ admission.Validator[*storagev1.StoragePolicy] = &StoragePolicyWebhook{}
 )
 
-// Default fills every schema default.
+// Default fills every schema default, then judges the object-local rules
+// (see refuseEarly).
 func (w *StoragePolicyWebhook) Default(_ context.Context, p *storagev1.StoragePolicy) error {
 	storagev1.DefaultStoragePolicy(p)
-	return nil
+	errs, _ := storagev1.ValidateStoragePolicySpec(&p.Spec, specPath)
+	return invalid(gkStoragePolicy, p.Name, errs)
 }
 
 // ValidateCreate applies schema 6.1, warns about soft problems and overlap
@@ -128,10 +139,12 @@ var (
 	_ admission.Validator[*storagev1.ErasureCodingPolicy] = &ErasureCodingPolicyWebhook{}
 )
 
-// Default fills every default, minHealthyShards := dataShards included.
+// Default fills every default, minHealthyShards := dataShards included, then
+// judges the object-local rules (see refuseEarly).
 func (w *ErasureCodingPolicyWebhook) Default(_ context.Context, p *storagev1.ErasureCodingPolicy) error {
 	storagev1.DefaultErasureCodingPolicy(p)
-	return nil
+	errs, _ := storagev1.ValidateErasureCodingPolicySpec(&p.Spec, specPath)
+	return invalid(gkErasureCodingPolicy, p.Name, errs)
 }
 
 // ValidateCreate applies schema 6.2 and the LRC layout.
