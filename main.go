@@ -21,8 +21,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/billyronks/couchestor/controllers"
+	datacmd "github.com/billyronks/couchestor/internal/cmd"
 	"github.com/billyronks/couchestor/internal/helmhybrid"
 	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/webhooks"
 )
 
 // options are the operator's flags.
@@ -39,6 +41,9 @@ type options struct {
 	webhookPort       int
 	webhookCertDir    string
 	webhooksEnabled   bool
+	webhookCertMode   string
+	webhookNamespace  string
+	webhookLocalURL   string
 	gracefulShutdown  time.Duration
 	zapOpts           zap.Options
 	tiering           controllers.TieringOptions
@@ -46,7 +51,10 @@ type options struct {
 
 // subcommands run instead of the operator when named as the first argument,
 // e.g. `couchestor shard-server --help`.
-var subcommands = map[string]func(ctx context.Context, args []string) error{}
+var subcommands = map[string]func(ctx context.Context, args []string) error{
+	"shard-server": datacmd.ShardServer,
+	"ec":           datacmd.EC,
+}
 
 func parseFlags(args []string) (*options, error) {
 	o := &options{}
@@ -75,6 +83,9 @@ Flags:
 	fs.BoolVar(&o.webhooksEnabled, "enable-webhooks", true, "Serve the admission webhooks.")
 	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port of the admission webhook server (TLS).")
 	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Directory holding tls.crt and tls.key for the webhook server (OLM mounts them here).")
+	fs.StringVar(&o.webhookCertMode, "webhook-cert-mode", string(webhooks.CertModeSelfSigned), "Who provides the webhook certificate: self-signed (rotated in-process, Secret + caBundle injection, /readyz waits for it), cert-manager (config/certmanager) or olm (mounted by OLM at --webhook-cert-dir). One mode per deployment.")
+	fs.StringVar(&o.webhookNamespace, "webhook-namespace", envOr("POD_NAMESPACE", webhooks.DefaultNamespace), "Namespace of the webhook Service and of the self-signed certificate Secret (default: $POD_NAMESPACE, else couchestor-system).")
+	fs.StringVar(&o.webhookLocalURL, "webhook-local-url", "", "Serve the webhooks from outside the cluster (make run-local): install the webhook configurations pointing at this https URL, e.g. https://localhost:9443, and write the self-signed certificate into --webhook-cert-dir. Needs --webhook-cert-mode=self-signed.")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long runnables get to stop after SIGTERM.")
 	o.tiering.BindFlags(fs)
 	o.zapOpts.BindFlags(fs)
@@ -166,6 +177,21 @@ func run(ctx context.Context, o *options) error {
 	}
 
 	// --- webhooks ---
+	if o.webhooksEnabled {
+		webhooksReady, err := webhooks.Setup(ctx, mgr, webhooks.Options{
+			CertMode:  webhooks.CertMode(o.webhookCertMode),
+			CertDir:   o.webhookCertDir,
+			Namespace: o.webhookNamespace,
+			LocalURL:  o.webhookLocalURL,
+		})
+		if err != nil {
+			return fmt.Errorf("set up webhooks: %w", err)
+		}
+		// Not ready until the certificate is in place and the webhooks answer.
+		if err := mgr.AddReadyzCheck("webhooks", webhooksReady); err != nil {
+			return fmt.Errorf("add webhooks readyz check: %w", err)
+		}
+	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add healthz check: %w", err)
@@ -193,4 +219,12 @@ func cacheSynced(mgr ctrl.Manager) healthz.Checker {
 		}
 		return nil
 	}
+}
+
+// envOr is the environment variable's value, or def when it is unset or empty.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

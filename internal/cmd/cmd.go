@@ -1,0 +1,258 @@
+// Package cmd holds the data-plane subcommands of the couchestor binary:
+// `couchestor shard-server` (serve one pool) and `couchestor ec ...`
+// (recover, gc). main.go dispatches to them by name.
+package cmd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/shardserver"
+	"github.com/billyronks/couchestor/pkg/stripe"
+)
+
+func kubeClient(kubeconfig string) (client.Client, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		kubeconfig = os.Getenv("KUBECONFIG")
+	}
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return c, nil
+}
+
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("--token-file is required")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--token-file %s is empty", path)
+	}
+	return tok, nil
+}
+
+// ShardServer is `couchestor shard-server`: serve one pool's shard store over
+// HTTPS (HTTP/2) and keep its registry Lease.
+func ShardServer(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("shard-server", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "", "Directory of the pool's shard store (in production a filesystem on a volume pinned to the node's cold DiskPool). Required.")
+	pool := fs.String("pool", "", "Name of the DiskPool this server serves. Required.")
+	node := fs.String("node", os.Getenv("NODE_NAME"), "Node name (default $NODE_NAME). Required.")
+	listen := fs.String("listen", ":8443", "Address to listen on (HTTPS).")
+	advertise := fs.String("advertise-address", "", "host:port others reach this server at (default: the listen address when it names a host).")
+	capacity := fs.Int64("capacity-bytes", 0, "Bytes the store may use (default: the data directory filesystem's size).")
+	certFile := fs.String("tls-cert-file", "", "Serving certificate (PEM). Required.")
+	keyFile := fs.String("tls-key-file", "", "Serving key (PEM). Required.")
+	tokenFile := fs.String("token-file", "", "File holding the bearer token clients must present. Required.")
+	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
+	ns := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
+	leaseDur := fs.Duration("lease-duration", 15*time.Second, "Registry Lease duration; renewed every third of it.")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	for name, v := range map[string]string{"--data-dir": *dataDir, "--pool": *pool, "--node": *node, "--tls-cert-file": *certFile, "--tls-key-file": *keyFile} {
+		if v == "" {
+			return fmt.Errorf("%s is required", name)
+		}
+	}
+	tok, err := readToken(*tokenFile)
+	if err != nil {
+		return err
+	}
+	addr := *advertise
+	if addr == "" {
+		host, _, err := net.SplitHostPort(*listen)
+		if err != nil || host == "" || host == "0.0.0.0" || host == "::" {
+			return fmt.Errorf("--advertise-address is required when --listen %q names no host", *listen)
+		}
+		addr = *listen
+	}
+	if *capacity == 0 {
+		if err := os.MkdirAll(*dataDir, 0o750); err != nil {
+			return err
+		}
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(*dataDir, &st); err != nil {
+			return fmt.Errorf("--capacity-bytes: statfs %s: %w", *dataDir, err)
+		}
+		*capacity = int64(st.Blocks) * int64(st.Bsize)
+	}
+	store, err := shardserver.OpenStore(*dataDir, *capacity)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	srv, err := shardserver.NewServer(store, tok)
+	if err != nil {
+		return err
+	}
+	kp, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	if err != nil {
+		return fmt.Errorf("load --tls-cert-file/--tls-key-file: %w", err)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *listen, err)
+	}
+	hs := &http.Server{Handler: srv, TLSConfig: &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}, ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.ServeTLS(ln, "", "") }()
+
+	kc, err := kubeClient(*kubeconfig)
+	if err != nil {
+		hs.Close()
+		return err
+	}
+	reg := &registry.Registrar{Client: kc, Namespace: *ns, Pool: *pool, Node: *node, Address: addr, LeaseDuration: *leaseDur}
+	regCtx, stopReg := context.WithCancel(ctx)
+	regErr := make(chan error, 1)
+	go func() {
+		regErr <- reg.Run(regCtx, func(err error) { fmt.Fprintf(os.Stderr, "shard-server: %v\n", err) })
+	}()
+	fmt.Fprintf(os.Stderr, "shard-server: pool %s on node %s serving %s at %s (capacity %d bytes)\n", *pool, *node, *dataDir, addr, *capacity)
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-serveErr:
+	case runErr = <-regErr:
+	}
+	stopReg()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	if err := <-regErr; runErr == nil && err != nil && !errors.Is(err, context.Canceled) {
+		runErr = err
+	}
+	if errors.Is(runErr, http.ErrServerClosed) {
+		runErr = nil
+	}
+	return runErr
+}
+
+// storeFlags are the flags every `ec` command shares.
+type storeFlags struct {
+	kubeconfig, registryNS, mayastorNS, secret, caFile, tokenFile string
+}
+
+func (f *storeFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
+	fs.StringVar(&f.registryNS, "registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
+	fs.StringVar(&f.mayastorNS, "mayastor-namespace", "mayastor", "Namespace of the DiskPools.")
+	fs.StringVar(&f.secret, "shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
+	fs.StringVar(&f.caFile, "ca-file", "", "CA bundle of the shard servers (PEM).")
+	fs.StringVar(&f.tokenFile, "token-file", "", "Bearer token file of the shard servers.")
+}
+
+func (f *storeFlags) open(ctx context.Context) (*stripe.Store, error) {
+	kc, err := kubeClient(f.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	var cc shardserver.ClientConfig
+	switch {
+	case f.secret != "":
+		ns, name, ok := strings.Cut(f.secret, "/")
+		if !ok {
+			return nil, fmt.Errorf("--shard-secret %q must be namespace/name", f.secret)
+		}
+		if cc, err = registry.ClientConfigFromSecret(ctx, kc, ns, name); err != nil {
+			return nil, err
+		}
+	case f.caFile != "":
+		if cc.CAPEM, err = os.ReadFile(f.caFile); err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		if cc.Token, err = readToken(f.tokenFile); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errors.New("either --shard-secret or --ca-file with --token-file is required")
+	}
+	sc, err := shardserver.NewClient(cc)
+	if err != nil {
+		return nil, err
+	}
+	return &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: f.registryNS}, MayastorNamespace: f.mayastorNS}, nil
+}
+
+// EC is `couchestor ec <recover|gc> ...`.
+func EC(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: couchestor ec recover --volume NAME | couchestor ec gc --volume NAME [--grace 10m]")
+	}
+	var sf storeFlags
+	fs := flag.NewFlagSet("ec "+args[0], flag.ContinueOnError)
+	sf.bind(fs)
+	volume := fs.String("volume", "", "ECVolume name. Required.")
+	grace := fs.Duration("grace", 10*time.Minute, "gc: free unreferenced shards written longer ago than this (must exceed the longest write).")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if *volume == "" {
+		return errors.New("--volume is required")
+	}
+	st, err := sf.open(ctx)
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "recover":
+		v, err := st.OpenVolume(ctx, *volume)
+		if err != nil {
+			return err
+		}
+		rep, err := st.Recover(ctx, v)
+		fmt.Printf("volume %s: %d ECStripes restored %v, %d degraded %v, %d already present, %d unrecoverable %v\n",
+			*volume, len(rep.Restored), rep.Restored, len(rep.Degraded), rep.Degraded, rep.Existing, len(rep.Lost), rep.Lost)
+		for _, s := range rep.Skipped {
+			fmt.Printf("skipped: %s\n", s)
+		}
+		if err == nil && len(rep.Lost) > 0 {
+			err = fmt.Errorf("%d stripes have too few shards left to restore: %v", len(rep.Lost), rep.Lost)
+		}
+		return err
+	case "gc":
+		rep, err := st.CollectOrphans(ctx, *volume, *grace)
+		fmt.Printf("volume %s: freed %d orphaned shards (%d bytes), %d younger than %s kept\n", *volume, rep.Freed, rep.FreedBytes, rep.Young, *grace)
+		return err
+	default:
+		return fmt.Errorf("unknown ec command %q: want recover or gc", args[0])
+	}
+}
