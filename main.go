@@ -175,6 +175,13 @@ func run(ctx context.Context, o *options) error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up StoragePolicy controller: %w", err)
 	}
+	if err := (&controllers.ECVolumeReconciler{
+		Client:            mgr.GetClient(),
+		Recorder:          mgr.GetEventRecorder("couchestor-ecvolume"),
+		MayastorNamespace: o.mayastorNamespace,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up ECVolume controller: %w", err)
+	}
 
 	// --- webhooks ---
 	if o.webhooksEnabled {

@@ -58,9 +58,10 @@ import (
 // than a label value may be).
 const LabelVolume = "storage.billyronks.io/volume"
 
-// EventRecorder is the part of client-go's record.EventRecorder used here.
+// EventRecorder is client-go's events.EventRecorder (what a manager's
+// GetEventRecorder returns).
 type EventRecorder interface {
-	Eventf(object k8sruntime.Object, eventtype, reason, messageFmt string, args ...interface{})
+	Eventf(regarding, related k8sruntime.Object, eventtype, reason, action, note string, args ...interface{})
 }
 
 // Store writes and reads ECVolumes. Its fields are set once; it is safe for
@@ -342,8 +343,8 @@ func (pl *placer) unreserve(t *target, need int64) {
 
 // ---- events ----
 
-func (s *Store) warn(vol *storagev1.ECVolume, reason, format string, args ...any) {
+func (s *Store) warn(vol *storagev1.ECVolume, reason, action, format string, args ...any) {
 	if s.Events != nil {
-		s.Events.Eventf(vol, corev1.EventTypeWarning, reason, format, args...)
+		s.Events.Eventf(vol, nil, corev1.EventTypeWarning, reason, action, format, args...)
 	}
 }

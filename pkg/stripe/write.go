@@ -235,7 +235,7 @@ func (s *Store) putShards(ctx context.Context, v *Volume, pl *placer, id, gen in
 		return nil, err
 	}
 	if shared && warned.CompareAndSwap(false, true) {
-		s.warn(v.Object, "ShardsShareNodes", "fewer nodes with usable shard servers than the %d shards of a stripe: shards of stripe %d and later are placed on distinct pools, some on the same node; losing one node may lose more than one shard", n, id)
+		s.warn(v.Object, "ShardsShareNodes", "PlaceShards", "fewer nodes with usable shard servers than the %d shards of a stripe: shards of stripe %d and later are placed on distinct pools, some on the same node; losing one node may lose more than one shard", n, id)
 	}
 	writes := make([]shardWrite, n)
 	hdr := func(i int) *shardserver.ShardHeader {

@@ -1,0 +1,206 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/shardserver"
+	"github.com/billyronks/couchestor/pkg/stripe"
+)
+
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecvolumes,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecvolumes/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecvolumes/finalizers,verbs=update
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecstripes,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=erasurecodingpolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+
+// ECVolumeReconciler keeps an ECVolume's finalizer and status, and collects
+// orphaned shards of the volume. Deleting an ECVolume frees every shard of
+// it on the live shard servers and deletes its ECStripes before the
+// finalizer is removed: the only way stripes and their space go away.
+type ECVolumeReconciler struct {
+	Client    client.Client
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	// ShardSecret holds the shard servers' ca.crt and token.
+	ShardSecret types.NamespacedName
+	// RegistryNamespace holds the shard-server Leases.
+	RegistryNamespace string
+	MayastorNamespace string
+	// OrphanGrace: unreferenced shards younger than this are kept (a write
+	// in flight); default 10m. GCInterval: how often orphans are collected
+	// per volume; default 5m.
+	OrphanGrace time.Duration
+	GCInterval  time.Duration
+	// Store, when set, is used instead of one built from ShardSecret.
+	Store *stripe.Store
+
+	mu     sync.Mutex
+	direct client.Client // uncached: stripe writes use resourceVersion preconditions
+}
+
+// SetupWithManager registers the reconciler.
+func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.OrphanGrace == 0 {
+		r.OrphanGrace = 10 * time.Minute
+	}
+	if r.GCInterval == 0 {
+		r.GCInterval = 5 * time.Minute
+	}
+	if r.ShardSecret.Name == "" {
+		r.ShardSecret = types.NamespacedName{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"}
+	}
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
+	if err != nil {
+		return fmt.Errorf("ECVolume reconciler: uncached client: %w", err)
+	}
+	r.direct = direct
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&storagev1.ECVolume{}).
+		Named("ecvolume").
+		Complete(r)
+}
+
+// store returns the stripe store, building it from the Secret on first use
+// (the Secret may appear after the operator starts).
+func (r *ECVolumeReconciler) store(ctx context.Context) (*stripe.Store, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.Store != nil {
+		return r.Store, nil
+	}
+	cc, err := registry.ClientConfigFromSecret(ctx, r.APIReader, r.ShardSecret.Namespace, r.ShardSecret.Name)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := shardserver.NewClient(cc)
+	if err != nil {
+		return nil, err
+	}
+	r.Store = &stripe.Store{Client: r.direct, Shards: sc, Registry: &registry.Lookup{Client: r.APIReader, Namespace: r.RegistryNamespace}, MayastorNamespace: r.MayastorNamespace, Events: r.Recorder}
+	return r.Store, nil
+}
+
+// Reconcile handles one ECVolume.
+func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	vol := &storagev1.ECVolume{}
+	if err := r.Client.Get(ctx, req.NamespacedName, vol); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !vol.DeletionTimestamp.IsZero() {
+		return r.finalize(ctx, vol)
+	}
+	if !controllerutil.ContainsFinalizer(vol, storagev1.ECVolumeFinalizer) {
+		controllerutil.AddFinalizer(vol, storagev1.ECVolumeFinalizer)
+		if err := r.Client.Update(ctx, vol); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer to ECVolume %s: %w", vol.Name, err)
+		}
+	}
+
+	before := vol.Status.DeepCopy()
+	res := ctrl.Result{RequeueAfter: r.GCInterval}
+	ready := metav1.Condition{Type: storagev1.ECVolumeConditionReady, ObservedGeneration: vol.Generation}
+	pol := &storagev1.ErasureCodingPolicy{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: vol.Spec.PolicyRef}, pol); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
+		}
+		vol.Status.Phase = storagev1.ECVolumePending
+		ready.Status, ready.Reason = metav1.ConditionFalse, "PolicyNotFound"
+		ready.Message = fmt.Sprintf("spec.policyRef: ErasureCodingPolicy %q does not exist", vol.Spec.PolicyRef)
+	} else {
+		vol.Status.Phase = storagev1.ECVolumeReady
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, "PolicyFound", "stripes can be written under ErasureCodingPolicy "+pol.Name
+	}
+	var list storagev1.ECStripeList
+	if err := r.APIReader.List(ctx, &list, client.MatchingLabels{stripe.LabelVolume: stripe.VolumeLabelValue(vol.Name)}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list ECStripes of %s: %w", vol.Name, err)
+	}
+	vol.Status.Stripes, vol.Status.BytesWritten = 0, 0
+	for _, es := range list.Items {
+		if es.Spec.VolumeRef != vol.Name {
+			continue
+		}
+		vol.Status.Stripes++
+		vol.Status.BytesWritten += (es.Spec.LbaRange.EndLba - es.Spec.LbaRange.StartLba) * 512
+	}
+	vol.Status.ObservedGeneration = vol.Generation
+	meta.SetStatusCondition(&vol.Status.Conditions, ready)
+	if !statusEqual(before, &vol.Status) {
+		if err := r.Client.Status().Update(ctx, vol); err != nil {
+			return ctrl.Result{}, fmt.Errorf("update ECVolume %s status: %w", vol.Name, err)
+		}
+	}
+	if st, err := r.store(ctx); err == nil {
+		if rep, err := st.CollectOrphans(ctx, vol.Name, r.OrphanGrace); err != nil {
+			logger.Error(err, "collect orphaned shards", "volume", vol.Name)
+		} else if rep.Freed > 0 {
+			r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "OrphansCollected", "CollectOrphans", "freed %d orphaned shards (%d bytes) no ECStripe references", rep.Freed, rep.FreedBytes)
+		}
+	}
+	return res, nil
+}
+
+func statusEqual(a, b *storagev1.ECVolumeStatus) bool {
+	if a.Phase != b.Phase || a.Stripes != b.Stripes || a.BytesWritten != b.BytesWritten || a.ObservedGeneration != b.ObservedGeneration || len(a.Conditions) != len(b.Conditions) {
+		return false
+	}
+	for i := range a.Conditions {
+		x, y := a.Conditions[i], b.Conditions[i]
+		if x.Type != y.Type || x.Status != y.Status || x.Reason != y.Reason || x.Message != y.Message || x.ObservedGeneration != y.ObservedGeneration {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolume) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(vol, storagev1.ECVolumeFinalizer) {
+		return ctrl.Result{}, nil
+	}
+	if vol.Status.Phase != storagev1.ECVolumeDeleting {
+		vol.Status.Phase = storagev1.ECVolumeDeleting
+		if err := r.Client.Status().Update(ctx, vol); err != nil {
+			return ctrl.Result{}, fmt.Errorf("update ECVolume %s status: %w", vol.Name, err)
+		}
+	}
+	st, err := r.store(ctx)
+	if err != nil {
+		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "ShardServersUnreachable", "DeleteStripes", "cannot free shard space: %v", err)
+		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+	}
+	rep, err := st.DeleteVolumeData(ctx, vol.Name)
+	if err != nil {
+		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "DeleteStripesFailed", "DeleteStripes", "%v", err)
+		return ctrl.Result{}, err
+	}
+	if len(rep.UnreachablePools) > 0 {
+		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "ShardSpaceNotFreed", "DeleteStripes", "pools %v have no live shard server: their shards of this volume stay until `couchestor ec gc --volume %s --grace 0s` runs after they return", rep.UnreachablePools, vol.Name)
+	}
+	r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "StripesDeleted", "DeleteStripes", "deleted %d ECStripes and freed %d shards (%d bytes)", rep.Stripes, rep.Shards, rep.FreedBytes)
+	controllerutil.RemoveFinalizer(vol, storagev1.ECVolumeFinalizer)
+	if err := r.Client.Update(ctx, vol); err != nil {
+		return ctrl.Result{}, fmt.Errorf("remove finalizer of ECVolume %s: %w", vol.Name, err)
+	}
+	return ctrl.Result{}, nil
+}
