@@ -215,6 +215,11 @@ func setupSelfSigned(ctx context.Context, mgr ctrl.Manager, opts Options, ready 
 			return fmt.Errorf("webhook local URL %q: must be https://host[:port]", opts.LocalURL)
 		}
 		dnsName, extra = u.Hostname(), nil
+		// Outside a cluster nothing else creates the operator's namespace.
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: opts.Namespace}}
+		if err := direct.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create namespace %s: %w", opts.Namespace, err)
+		}
 		if err := installLocalConfigurations(ctx, direct, opts, strings.TrimSuffix(opts.LocalURL, "/")); err != nil {
 			return err
 		}
