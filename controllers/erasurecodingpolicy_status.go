@@ -38,11 +38,11 @@ func computePolicyStatus(ev policyEvidence) storagev1.ErasureCodingPolicyStatus 
 	k, m := int(ptr.Deref(spec.DataShards, 0)), int(ptr.Deref(spec.ParityShards, 0))
 	now := metav1.NewTime(ev.now)
 	st := storagev1.ErasureCodingPolicyStatus{
-		ActiveVolumes:     ev.counts.Volumes,
-		TotalStripes:      ev.counts.Total,
-		HealthyStripes:    ev.counts.ByState[storagev1.StripeHealthy],
-		DegradedStripes:   ev.counts.ByState[storagev1.StripeDegraded],
-		RebuildingStripes: ev.counts.ByState[storagev1.StripeRebuilding],
+		ActiveVolumes:      ev.counts.Volumes,
+		TotalStripes:       ev.counts.Total,
+		HealthyStripes:     ev.counts.ByState[storagev1.StripeHealthy],
+		DegradedStripes:    ev.counts.ByState[storagev1.StripeDegraded],
+		RebuildingStripes:  ev.counts.ByState[storagev1.StripeRebuilding],
 		LastValidationTime: &now,
 	}
 	if k > 0 && m > 0 {

@@ -88,7 +88,10 @@ func TestPolicyPhaseAndCountsFollowRegistryAndStripes(t *testing.T) {
 		}
 		createStripe(t, c, stripe(fmt.Sprintf("s-%d", i), vol, "rs42", int64(i), int64(i)*2048, int64(i+1)*2048, 4, pools, nodes), st)
 	}
-	type counts struct{ total, healthy, degraded, rebuilding int64; volumes int32 }
+	type counts struct {
+		total, healthy, degraded, rebuilding int64
+		volumes                              int32
+	}
 	want := func(w counts) func(storagev1.ErasureCodingPolicyStatus) error {
 		return func(s storagev1.ErasureCodingPolicyStatus) error {
 			got := counts{s.TotalStripes, s.HealthyStripes, s.DegradedStripes, s.RebuildingStripes, s.ActiveVolumes}
