@@ -175,7 +175,7 @@ func TestAdmission(t *testing.T) {
 		wantRefused(t, c.Create(ctx, ecs("bad", "vol-a", "cold-ec", 1, 2048, 4096, 4, 1)),
 			`ECStripe.storage.billyronks.io "bad" is invalid`, "spec.shardLocations: Invalid value: 5: must have exactly dataShards + parityShards = 4 + 2 = 6 entries for ErasureCodingPolicy cold-ec")
 		b := ecs("bad", "vol-a", "cold-ec", 1, 2048, 4096, 4, 2)
-		b.Spec.ShardLocations[0].ShardIndex = 1 // duplicates index 1 (the list is built in reverse)
+		b.Spec.ShardLocations[0].ShardIndex = 1                                 // duplicates index 1 (the list is built in reverse)
 		wantRefused(t, c.Create(ctx, b), "Duplicate value", `{"shardIndex":1}`) // listType=map: the API server itself refuses
 		b = ecs("bad", "vol-a", "cold-ec", 1, 2048, 4096, 4, 2)
 		b.Spec.ShardLocations[0].ShardIndex = 9
@@ -190,15 +190,19 @@ func TestAdmission(t *testing.T) {
 		wantRefused(t, c.Create(ctx, ecs("bad", "vol-a", "cold-ec", 1, 4096, 4096, 4, 2)), "spec.lbaRange")
 	})
 	t.Run("ECStripe uniqueness and overlap", func(t *testing.T) {
-		waitFor(t, func() bool { return c.Create(ctx, ecs("probe", "vol-a", "cold-ec", 0, 9000, 9001, 4, 2), client.DryRunAll) != nil })
+		waitFor(t, func() bool {
+			return c.Create(ctx, ecs("probe", "vol-a", "cold-ec", 0, 9000, 9001, 4, 2), client.DryRunAll) != nil
+		})
 		wantRefused(t, c.Create(ctx, ecs("s1", "vol-a", "cold-ec", 0, 2048, 4096, 4, 2)),
 			`spec.stripeId: Duplicate value: "0 (ECStripe s0 of volume vol-a has it; stripeId must be unique within the volume)"`)
 		wantRefused(t, c.Create(ctx, ecs("s1", "vol-a", "cold-ec", 1, 2047, 4095, 4, 2)),
 			`spec.lbaRange: Invalid value: "[2047, 4095)": overlaps ECStripe s0 of volume vol-a, which holds [0, 2048)`)
-		wantAccepted(t, c.Create(ctx, ecs("s1", "vol-a", "cold-ec", 1, 2048, 4096, 4, 2)))       // adjacent: endLba is exclusive
+		wantAccepted(t, c.Create(ctx, ecs("s1", "vol-a", "cold-ec", 1, 2048, 4096, 4, 2)))     // adjacent: endLba is exclusive
 		wantAccepted(t, c.Create(ctx, ecs("other-vol", "vol-b", "cold-ec", 0, 0, 2048, 4, 2))) // other volume
 		// Update: the stripe never conflicts with itself, but may not move onto a neighbour.
-		waitFor(t, func() bool { return c.Create(ctx, ecs("probe", "vol-a", "cold-ec", 7, 2048, 2049, 4, 2), client.DryRunAll) != nil })
+		waitFor(t, func() bool {
+			return c.Create(ctx, ecs("probe", "vol-a", "cold-ec", 7, 2048, 2049, 4, 2), client.DryRunAll) != nil
+		})
 		var s1 storagev1.ECStripe
 		wantAccepted(t, c.Get(ctx, types.NamespacedName{Name: "s1"}, &s1))
 		s1.Spec.Generation = 2
