@@ -1,0 +1,453 @@
+package ecvolume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/billyronks/couchestor/pkg/cache"
+	"github.com/billyronks/couchestor/pkg/journal"
+	"github.com/billyronks/couchestor/pkg/nbd"
+)
+
+const lba = journal.LBASize
+
+// Options describe one volume: its geometry (from the ECVolume and its
+// ErasureCodingPolicy), its journal stores and its stripe store.
+type Options struct {
+	// Name is the ECVolume's name; it also names the volume's cache bucket.
+	Name string
+	// SizeBytes is spec.sizeBytes: a positive multiple of 512.
+	SizeBytes int64
+	// StripeSizeBytes is the policy's stripeSizeBytes.
+	StripeSizeBytes int64
+	// JournalStores are the replicationFactor replicas of the journal
+	// (journal.FileStore locally, shard-server stores remotely). Open takes
+	// ownership: Close closes them.
+	JournalStores []journal.Store
+	// Journal is journalConfig.journalSizeBytes (and the batch bound).
+	Journal journal.Options
+	// DestageThresholdPercent and DestageInterval are journalConfig's.
+	DestageThresholdPercent int
+	DestageInterval         time.Duration
+	// Stripes is the volume's stripe path.
+	Stripes StripeStore
+	// Cache configures the read cache; nil reads the stripes directly.
+	Cache *CacheOptions
+	// MaxRecordBytes splits larger writes into several journal records
+	// (0 means 4 MiB, bounded by an eighth of the journal).
+	MaxRecordBytes int64
+	// WriteTimeout bounds how long a write waits for journal space before it
+	// fails with ENOSPC; 0 waits as long as it takes (back-pressure).
+	WriteTimeout time.Duration
+	// OnDestageError hears destage failures (the destager retries at its next
+	// trigger; writes back-pressure meanwhile). Wire it to an alert.
+	OnDestageError func(error)
+}
+
+// CacheOptions configure the volume's L1/L2 read cache.
+type CacheOptions struct {
+	// BlockBytes is the unit cached (0 means 64 KiB); it must divide the
+	// stripe size and be a multiple of 512.
+	BlockBytes  int64
+	MemoryBytes int64 // L1 (RAM) capacity
+	DiskDir     string
+	DiskBytes   int64 // L2 (local disk) capacity
+	Compression cache.Compression
+	// Tiered replaces the cache built from the fields above (tests); its L3
+	// must be the volume's CacheStore.
+	Tiered func(l3 cache.Store) (*cache.Tiered, error)
+}
+
+// VolumeBackend is an ECVolume as an nbd.Backend; see the package doc.
+type VolumeBackend struct {
+	name       string
+	size       int64
+	stripeSize int64
+	maxRecord  int64
+	writeTO    time.Duration
+	j          *journal.Journal
+	stripes    StripeStore
+	cache      *cache.Tiered
+	block      int64
+	bucket     string
+	locks      rangeLock
+	zeros      []byte
+
+	destager *journal.Destager
+	cancel   context.CancelFunc
+	done     chan struct{}
+	closeMu  sync.Once
+	closeErr error
+}
+
+var _ nbd.Backend = (*VolumeBackend)(nil)
+
+// Open recovers the volume's journal (replaying every acknowledged write),
+// builds the cache and starts the destager.
+func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
+	switch {
+	case o.Name == "":
+		return nil, errors.New("ecvolume: Name is empty")
+	case o.SizeBytes <= 0 || o.SizeBytes%lba != 0:
+		return nil, fmt.Errorf("ecvolume %s: sizeBytes %d must be a positive multiple of %d", o.Name, o.SizeBytes, lba)
+	case o.StripeSizeBytes <= 0 || o.StripeSizeBytes%lba != 0:
+		return nil, fmt.Errorf("ecvolume %s: stripeSizeBytes %d must be a positive multiple of %d", o.Name, o.StripeSizeBytes, lba)
+	case o.Stripes == nil:
+		return nil, fmt.Errorf("ecvolume %s: no stripe store", o.Name)
+	case len(o.JournalStores) == 0:
+		return nil, fmt.Errorf("ecvolume %s: no journal stores", o.Name)
+	}
+	v := &VolumeBackend{name: o.Name, size: o.SizeBytes, stripeSize: o.StripeSizeBytes, stripes: o.Stripes,
+		writeTO: o.WriteTimeout, bucket: "ecvolume/" + o.Name}
+	v.locks.cond = sync.NewCond(&v.locks.mu)
+	v.maxRecord = o.MaxRecordBytes
+	if v.maxRecord <= 0 {
+		v.maxRecord = 4 << 20
+		if o.Journal.SizeBytes > 0 {
+			v.maxRecord = min(v.maxRecord, o.Journal.SizeBytes/8)
+		}
+	}
+	v.maxRecord -= v.maxRecord % lba
+	if v.maxRecord < lba {
+		return nil, fmt.Errorf("ecvolume %s: record bound %d below one LBA (journalSizeBytes %d too small)", o.Name, v.maxRecord, o.Journal.SizeBytes)
+	}
+	v.zeros = make([]byte, v.maxRecord)
+
+	if c := o.Cache; c != nil {
+		v.block = c.BlockBytes
+		if v.block == 0 {
+			v.block = 64 << 10
+		}
+		if v.block%lba != 0 || v.stripeSize%v.block != 0 {
+			return nil, fmt.Errorf("ecvolume %s: cache block %d must be a multiple of %d dividing stripeSizeBytes %d", o.Name, v.block, lba, v.stripeSize)
+		}
+		var err error
+		if c.Tiered != nil {
+			v.cache, err = c.Tiered(v.CacheStore())
+		} else {
+			v.cache, err = cache.NewTiered(cache.TieredConfig{
+				Memory:      cache.MemoryConfig{CapacityBytes: c.MemoryBytes, ExpectedItemSize: v.block},
+				Disk:        cache.DiskConfig{Dir: c.DiskDir, CapacityBytes: c.DiskBytes},
+				Store:       v.CacheStore(),
+				Compression: c.Compression,
+			})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ecvolume %s: cache: %w", o.Name, err)
+		}
+	}
+
+	j, err := journal.Open(ctx, o.JournalStores, o.Journal)
+	if err != nil {
+		v.closeCache()
+		return nil, fmt.Errorf("ecvolume %s: open journal: %w", o.Name, err)
+	}
+	v.j = j
+	v.destager, err = journal.NewDestager(j, v.Sink(), journal.DestagerConfig{
+		StripeSizeBytes:  o.StripeSizeBytes,
+		ThresholdPercent: o.DestageThresholdPercent,
+		Interval:         o.DestageInterval,
+		OnError:          o.OnDestageError,
+	})
+	if err != nil {
+		_ = j.Close()
+		v.closeCache()
+		return nil, fmt.Errorf("ecvolume %s: %w", o.Name, err)
+	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	v.cancel, v.done = cancel, make(chan struct{})
+	go func() {
+		defer close(v.done)
+		_ = v.destager.Run(dctx)
+	}()
+	return v, nil
+}
+
+// Journal is the volume's journal (fill, health, sequence numbers).
+func (v *VolumeBackend) Journal() *journal.Journal { return v.j }
+
+// Destager is the volume's destager; DestageOnce forces a pass.
+func (v *VolumeBackend) Destager() *journal.Destager { return v.destager }
+
+// Cache is the volume's read cache, or nil.
+func (v *VolumeBackend) Cache() *cache.Tiered { return v.cache }
+
+// Close stops the destager (a destage in progress finishes or is abandoned
+// before the journal trim, which is safe), then closes the journal and cache.
+func (v *VolumeBackend) Close() error {
+	v.closeMu.Do(func() {
+		v.cancel()
+		<-v.done
+		v.closeErr = v.j.Close()
+		v.closeCache()
+	})
+	return v.closeErr
+}
+
+func (v *VolumeBackend) closeCache() {
+	if v.cache != nil {
+		_ = v.cache.Close()
+	}
+}
+
+// Size implements nbd.Backend.
+func (v *VolumeBackend) Size() int64 { return v.size }
+
+func (v *VolumeBackend) check(off, n int64) error {
+	if off < 0 || n < 0 || off > v.size || n > v.size-off {
+		return fmt.Errorf("ecvolume %s: range [%d, %d) outside the volume's %d bytes", v.name, off, off+n, v.size)
+	}
+	return nil
+}
+
+// ReadAt implements nbd.Backend: journal first, then cache, then stripes.
+func (v *VolumeBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	end := off + int64(len(p))
+	first, last := uint64(off/lba), uint64((end+lba-1)/lba)
+	exts, err := v.j.Lookup(ctx, first, last)
+	if err != nil {
+		return fmt.Errorf("ecvolume %s: journal lookup [%d, %d): %w", v.name, first, last, err)
+	}
+	// Fill the gaps between journal extents from the clean tiers.
+	pos := off
+	for _, e := range exts {
+		es, ee := int64(e.LBA)*lba, int64(e.LBA)*lba+int64(len(e.Data))
+		if es > pos {
+			if err := v.readClean(ctx, p[pos-off:min(es, end)-off], pos); err != nil {
+				return err
+			}
+		}
+		a, b := max(es, off), min(ee, end)
+		copy(p[a-off:b-off], e.Data[a-es:b-es])
+		pos = max(pos, b)
+	}
+	if pos < end {
+		return v.readClean(ctx, p[pos-off:], pos)
+	}
+	return nil
+}
+
+// readClean reads bytes the journal does not hold: from the cache, or the
+// stripes when there is no cache.
+func (v *VolumeBackend) readClean(ctx context.Context, p []byte, off int64) error {
+	if v.cache == nil {
+		if err := v.stripes.ReadAt(ctx, p, off); err != nil {
+			return fmt.Errorf("ecvolume %s: read stripes at %d+%d: %w", v.name, off, len(p), err)
+		}
+		return nil
+	}
+	for len(p) > 0 {
+		bi, bo := off/v.block, off%v.block
+		e, _, err := v.cache.Get(ctx, v.key(bi))
+		if err != nil {
+			return fmt.Errorf("ecvolume %s: read block %d: %w", v.name, bi, err)
+		}
+		if int64(len(e.Data)) <= bo {
+			return fmt.Errorf("ecvolume %s: cached block %d holds %d bytes, need offset %d", v.name, bi, len(e.Data), bo)
+		}
+		n := copy(p, e.Data[bo:])
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+func (v *VolumeBackend) key(block int64) cache.CacheKey {
+	return cache.CacheKey{Bucket: v.bucket, Key: strconv.FormatInt(block, 10)}
+}
+
+// WriteAt implements nbd.Backend: the write is journaled and durable on a
+// quorum when WriteAt returns nil.
+func (v *VolumeBackend) WriteAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	if v.writeTO > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, v.writeTO)
+		defer cancel()
+	}
+	end := off + int64(len(p))
+	first, last := off/lba, (end+lba-1)/lba
+	v.locks.lock(first, last)
+	defer v.locks.unlock(first, last)
+
+	data := p
+	if off%lba != 0 || end%lba != 0 {
+		// Read-modify-write of the partial first and last LBA, under the range
+		// lock so no overlapping write slips in between.
+		data = make([]byte, (last-first)*lba)
+		if off%lba != 0 {
+			if err := v.ReadAt(ctx, data[:lba], first*lba); err != nil {
+				return err
+			}
+		}
+		if end%lba != 0 && (last-1 > first || off%lba == 0) {
+			if err := v.ReadAt(ctx, data[len(data)-lba:], (last-1)*lba); err != nil {
+				return err
+			}
+		}
+		copy(data[off-first*lba:], p)
+	}
+	for len(data) > 0 {
+		n := min(int64(len(data)), v.maxRecord)
+		if _, err := v.j.Append(ctx, uint64(first), data[:n]); err != nil {
+			if errors.Is(err, journal.ErrJournalFull) {
+				return fmt.Errorf("ecvolume %s: write at LBA %d: %w: %w", v.name, first, nbd.ErrNoSpace, err)
+			}
+			return fmt.Errorf("ecvolume %s: write at LBA %d: %w", v.name, first, err)
+		}
+		data, first = data[n:], first+n/lba
+	}
+	return nil
+}
+
+// Flush implements nbd.Backend. Every acknowledged write is already durable
+// on a journal write quorum, so there is nothing to wait for.
+func (v *VolumeBackend) Flush(context.Context) error { return nil }
+
+// Trim implements nbd.Backend by ignoring the hint (allowed by the protocol).
+func (v *VolumeBackend) Trim(_ context.Context, off, length int64) error {
+	return v.check(off, length)
+}
+
+// WriteZeroes implements nbd.Backend by journaling zeros.
+func (v *VolumeBackend) WriteZeroes(ctx context.Context, off, length int64) error {
+	if err := v.check(off, length); err != nil {
+		return err
+	}
+	for length > 0 {
+		n := min(length, v.maxRecord)
+		if err := v.WriteAt(ctx, v.zeros[:n], off); err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// Sink is the journal.StripeSink the destager writes through: the stripe
+// store, plus exact invalidation of the cache blocks each stripe write
+// changes.
+func (v *VolumeBackend) Sink() journal.StripeSink { return invalidatingSink{v} }
+
+type invalidatingSink struct{ v *VolumeBackend }
+
+func (s invalidatingSink) WriteStripe(ctx context.Context, idx int64, extents []journal.Extent) error {
+	v := s.v
+	blocks := v.blocksOf(extents)
+	// Before: a crash between the stripe write and the second pass must not
+	// leave an older copy in the persistent L2.
+	if err := v.invalidate(blocks); err != nil {
+		return err
+	}
+	if err := v.stripes.WriteStripe(ctx, idx, extents); err != nil {
+		return fmt.Errorf("ecvolume %s: write stripe %d: %w", v.name, idx, err)
+	}
+	// After: a read that fetched the old stripe bytes while the write ran
+	// may have cached them. The journal is trimmed only after this returns.
+	return v.invalidate(blocks)
+}
+
+// blocksOf lists the cache blocks the extents overlap, in order, once each.
+func (v *VolumeBackend) blocksOf(extents []journal.Extent) []int64 {
+	if v.cache == nil {
+		return nil
+	}
+	var out []int64
+	for _, e := range extents {
+		a := int64(e.LBA) * lba
+		b := a + int64(len(e.Data))
+		for bi := a / v.block; bi*v.block < b; bi++ {
+			if len(out) == 0 || out[len(out)-1] < bi {
+				out = append(out, bi)
+			}
+		}
+	}
+	return out
+}
+
+func (v *VolumeBackend) invalidate(blocks []int64) error {
+	for _, b := range blocks {
+		if err := v.cache.Invalidate(v.key(b)); err != nil {
+			return fmt.Errorf("ecvolume %s: invalidate cache block %d: %w", v.name, b, err)
+		}
+	}
+	return nil
+}
+
+// CacheStore is the cache's L3 view of the stripe store: one key per cache
+// block of this volume. It is read-only: writes go through the journal.
+func (v *VolumeBackend) CacheStore() cache.Store { return cacheStore{v} }
+
+type cacheStore struct{ v *VolumeBackend }
+
+func (c cacheStore) Get(ctx context.Context, key cache.CacheKey) ([]byte, error) {
+	v := c.v
+	bi, err := strconv.ParseInt(key.Key, 10, 64)
+	if key.Bucket != v.bucket || err != nil || bi < 0 || bi*v.block >= v.size {
+		return nil, fmt.Errorf("ecvolume %s: cache key %s/%s: %w", v.name, key.Bucket, key.Key, cache.ErrNotFound)
+	}
+	p := make([]byte, min(v.block, v.size-bi*v.block))
+	if err := v.stripes.ReadAt(ctx, p, bi*v.block); err != nil {
+		return nil, fmt.Errorf("ecvolume %s: read stripes for cache block %d: %w", v.name, bi, err)
+	}
+	return p, nil
+}
+
+func (c cacheStore) Put(context.Context, cache.CacheKey, []byte) error {
+	return errors.New("ecvolume: the cache's stripe store is read-only; writes go through the journal")
+}
+
+func (c cacheStore) Delete(context.Context, cache.CacheKey) error {
+	return errors.New("ecvolume: the cache's stripe store is read-only; stripes are removed with their ECVolume")
+}
+
+// rangeLock serialises writes whose LBA ranges overlap.
+type rangeLock struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	held [][2]int64
+}
+
+func (l *rangeLock) lock(a, b int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.overlaps(a, b) {
+		l.cond.Wait()
+	}
+	l.held = append(l.held, [2]int64{a, b})
+}
+
+func (l *rangeLock) overlaps(a, b int64) bool {
+	for _, h := range l.held {
+		if h[0] < b && a < h[1] {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *rangeLock) unlock(a, b int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, h := range l.held {
+		if h[0] == a && h[1] == b {
+			l.held = append(l.held[:i], l.held[i+1:]...)
+			break
+		}
+	}
+	l.cond.Broadcast()
+}
