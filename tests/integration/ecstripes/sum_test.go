@@ -1,0 +1,5 @@
+package ecstripes
+
+import "github.com/billyronks/couchestor/pkg/erasure"
+
+func shardChecksum(b []byte) string { return erasure.ShardChecksum(b) }
