@@ -165,8 +165,7 @@ func (m unknownAsZeroMeter) Measure(ctx context.Context, w time.Duration, vols [
 			r.Measurements[k] = iops.Measurement{IOPS: 0, Known: true}
 		}
 	}
-	r.Err, r.Unknown = nil, map[iops.UnknownReason]int{}
-	return r
+	return r // Err and the condition stay honest; only the decisions see zeros
 }
 
 // operator is the StoragePolicy controller in its own manager.
