@@ -120,8 +120,8 @@ func openTestVolume(ctx context.Context, dir string, size int64) (*ecvolume.Volu
 		Name: exportNm, SizeBytes: size, StripeSizeBytes: stripeSize,
 		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize},
 		DestageThresholdPercent: 50, DestageInterval: 200 * time.Millisecond,
-		Stripes: stripes,
-		Cache: &ecvolume.CacheOptions{MemoryBytes: 32 << 20, DiskDir: filepath.Join(dir, "cache"), DiskBytes: 64 << 20},
+		Stripes:        stripes,
+		Cache:          &ecvolume.CacheOptions{MemoryBytes: 32 << 20, DiskDir: filepath.Join(dir, "cache"), DiskBytes: 64 << 20},
 		OnDestageError: func(err error) { fmt.Fprintln(os.Stderr, "destage:", err) },
 	})
 }
