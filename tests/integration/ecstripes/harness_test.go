@@ -24,7 +24,7 @@ import (
 
 // cluster is envtest plus shard servers running as processes of the real binary.
 type cluster struct {
-	t          *testing.T
+	t          testing.TB
 	env        *testenv.Env
 	bin, dir   string
 	kubeconfig string
@@ -43,7 +43,9 @@ type server struct {
 
 const token = "integration-token"
 
-func newCluster(t *testing.T, n int) *cluster {
+func newCluster(t *testing.T, n int) *cluster { return newClusterTB(t, n) }
+
+func newClusterTB(t testing.TB, n int) *cluster {
 	t.Helper()
 	env := testenv.Start(t)
 	c := &cluster{t: t, env: env, bin: testenv.OperatorBinary(t), dir: t.TempDir(), token: token}
