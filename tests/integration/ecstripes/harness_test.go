@@ -37,8 +37,8 @@ type cluster struct {
 
 type server struct {
 	pool, node, dataDir string
-	port               int
-	cmd                *exec.Cmd
+	port                int
+	cmd                 *exec.Cmd
 }
 
 const token = "integration-token"
