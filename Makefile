@@ -30,13 +30,23 @@ manifests: $(CONTROLLER_GEN) ## CRDs, RBAC and webhook manifests from the code's
 	$(CONTROLLER_GEN) rbac:roleName=couchestor-manager paths=./controllers/... paths=./webhooks/... paths=./internal/helmhybrid/... output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) webhook paths=./webhooks/... output:webhook:artifacts:config=config/webhook
 
+.PHONY: bundle
+bundle: manifests ## OLM bundle (bundle/) and the install chart's generated files, from config/ (hack/bundlegen)
+	go run ./hack/bundlegen
+
 .PHONY: verify-generated
-verify-generated: generate manifests ## fail when a generated file is stale
+verify-generated: generate manifests bundle ## fail when a generated file is stale
 	@if [ -n "$$(git status --porcelain -- apis config bundle helm-charts)" ]; then \
-	  echo "generated files are stale; run 'make generate manifests' and commit:"; \
-	  git status --porcelain -- apis config bundle helm-charts; git diff --stat -- apis config; exit 1; fi
+	  echo "generated files are stale; run 'make generate manifests bundle' and commit:"; \
+	  git status --porcelain -- apis config bundle helm-charts; git diff --stat -- apis config bundle helm-charts; exit 1; fi
 
 ##@ Build
+
+IMAGE_ARCHIVE ?= $(LOCALBIN)/couchestor-image.tar
+.PHONY: image
+image: ## OCI image archive (empty base + static binary, non-root) without a Docker engine
+	@mkdir -p $(LOCALBIN)
+	cd hack/image && go run . --root $(CURDIR) --out $(IMAGE_ARCHIVE)
 
 .PHONY: build
 build: ## the operator binary
@@ -73,7 +83,8 @@ bench: ## benchmarks (not timed tests; compare ratios within one run)
 
 .PHONY: run-local
 run-local: build ## local control plane + CRDs + the operator; kubeconfig in .local/kubeconfig
-	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" go run ./hack/runlocal --bin $(LOCALBIN)/couchestor
+	@go build -o $(LOCALBIN)/runlocal ./hack/runlocal
+	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" exec $(LOCALBIN)/runlocal --bin $(LOCALBIN)/couchestor
 
 .PHONY: clean
 clean:
