@@ -51,9 +51,9 @@ type ShardVerifier interface {
 
 // Rebuilder runs rebuilds off the reconcile path (pkg/rebuild).
 type Rebuilder interface {
-	// Start begins rebuilding shards of s, or resumes the rebuild whose intent
-	// s carries. It returns at once; false means no slot is free now.
-	Start(ctx context.Context, s *storagev1.ECStripe, shards []int) bool
+	// StartRebuild begins rebuilding shards of s, or resumes the rebuild whose
+	// intent s carries. It returns at once; false means no slot is free now.
+	StartRebuild(s *storagev1.ECStripe, shards []int) bool
 	// Progress returns the shards being rebuilt and the progress (0-100) of
 	// a rebuild in flight for the stripe.
 	Progress(stripe string) (shards []int, percent int32, active bool)
@@ -290,7 +290,7 @@ func (r *ECStripeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	r.announce(&s, res)
 	if res.decision.NeedsRebuild && r.Rebuilder != nil && !res.rebuildActive {
-		if !r.Rebuilder.Start(ctx, &s, res.decision.Repairable) {
+		if !r.Rebuilder.StartRebuild(&s, res.decision.Repairable) {
 			return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 		}
 	}
@@ -349,6 +349,7 @@ type stripeResult struct {
 	rebuildActive bool
 	progress      *int32
 	verifiedAt    *time.Time
+	modifiedAt    *time.Time
 	recheck       time.Duration
 }
 
@@ -366,7 +367,7 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 		} else if shards, ok := r.Rebuilder.Intent(s); ok {
 			// A persisted intent without a rebuild in flight: an operator
 			// restart interrupted it. Resume it.
-			if r.Rebuilder.Start(ctx, s, shards) {
+			if r.Rebuilder.StartRebuild(s, shards) {
 				res.rebuildActive = true
 				res.progress = ptr.To(int32(0))
 				for _, i := range shards {
@@ -417,6 +418,10 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 				res.verifiedAt = &t
 			}
 		}
+		if f := findings[i]; f.Kind == ecstate.FindingVerified && f.Detail == ecstate.DetailRebuilt {
+			t := f.At
+			res.modifiedAt = &t
+		}
 		if f := findings[i]; f.Kind == ecstate.FindingCorrupt || f.Kind == ecstate.FindingNotFound {
 			ecScrubFindings.WithLabelValues(string(f.Kind)).Inc()
 		}
@@ -457,6 +462,10 @@ func (r *ECStripeReconciler) writeStatus(ctx context.Context, s *storagev1.ECStr
 	if res.verifiedAt != nil {
 		t := metav1Time(*res.verifiedAt)
 		st.LastVerificationTime = &t
+	}
+	if res.modifiedAt != nil {
+		t := metav1Time(*res.modifiedAt)
+		st.LastModifiedTime = &t
 	}
 	if d.State == storagev1.StripeRebuilding {
 		st.RebuildProgress = res.progress

@@ -11,30 +11,6 @@ var (
 		Name: "couchestor_ecstripes",
 		Help: "ECStripes by ErasureCodingPolicy and status.state (\"\" until the writer sets one), from the informer.",
 	}, []string{"policy", "state"})
-	ecRebuilds = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "couchestor_ec_rebuilds_total",
-		Help: "Stripe rebuilds by event: started, completed, failed.",
-	}, []string{"event"})
-	ecRebuiltBytes = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "couchestor_ec_rebuilt_bytes_total",
-		Help: "Shard bytes written by rebuilds.",
-	})
-	ecRebuildsActive = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "couchestor_ec_rebuilds_active",
-		Help: "Rebuilds in flight.",
-	})
-	ecScrubbedStripes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "couchestor_ec_scrubbed_stripes_total",
-		Help: "Stripes whose shards a scrub read and verified, by ErasureCodingPolicy.",
-	}, []string{"policy"})
-	ecScrubbedBytes = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "couchestor_ec_scrubbed_bytes_total",
-		Help: "Shard bytes read by scrubs.",
-	})
-	ecScrubPending = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "couchestor_ec_scrub_pending_stripes",
-		Help: "Stripes due for a scrub and not yet scrubbed (scrub progress: falls to 0 as a pass completes).",
-	})
 	ecScrubFindings = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "couchestor_ec_scrub_findings_total",
 		Help: "Shards a scrub or read found bad, by kind (Corrupt, NotFound).",
@@ -62,7 +38,6 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(ecStripesByState, ecRebuilds, ecRebuiltBytes, ecRebuildsActive, ecScrubbedStripes,
-		ecScrubbedBytes, ecScrubPending, ecScrubFindings, ecProbeFailures, ecPoolsDown, ecStripeOverlaps,
+	metrics.Registry.MustRegister(ecStripesByState, ecScrubFindings, ecProbeFailures, ecPoolsDown, ecStripeOverlaps,
 		ecStripeOverlapsDetected, ecStripeTransitions)
 }

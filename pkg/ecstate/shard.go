@@ -28,6 +28,10 @@ const (
 	FindingUnreachable FindingKind = "Unreachable"
 )
 
+// DetailRebuilt is the Detail of the Verified finding a rebuild reports for
+// each shard it wrote: the stripe's shards changed (lastModifiedTime).
+const DetailRebuilt = "rebuilt"
+
 // Finding is the result of reading one shard at its current location.
 type Finding struct {
 	Kind FindingKind
