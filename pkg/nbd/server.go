@@ -569,7 +569,13 @@ func (c *conn) reply(handle uint64, errno uint32, data []byte) {
 	if c.werr == nil {
 		_, c.werr = c.bw.Write(h[:])
 		if c.werr == nil && errno == 0 && len(data) > 0 {
-			_, c.werr = c.bw.Write(data)
+			if len(data) <= c.bw.Available() {
+				_, c.werr = c.bw.Write(data)
+			} else if c.werr = c.bw.Flush(); c.werr == nil {
+				// Large payloads go straight to the socket instead of
+				// through the buffer: one copy less.
+				_, c.werr = c.nc.Write(data)
+			}
 		}
 	}
 	if c.waiting.Add(-1) == 0 && c.werr == nil {
