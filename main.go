@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -47,6 +48,7 @@ type options struct {
 	gracefulShutdown  time.Duration
 	zapOpts           zap.Options
 	tiering           controllers.TieringOptions
+	erasure           controllers.ErasureCodingOptions
 }
 
 // subcommands run instead of the operator when named as the first argument,
@@ -88,6 +90,7 @@ Flags:
 	fs.StringVar(&o.webhookLocalURL, "webhook-local-url", "", "Serve the webhooks from outside the cluster (make run-local): install the webhook configurations pointing at this https URL, e.g. https://localhost:9443, and write the self-signed certificate into --webhook-cert-dir. Needs --webhook-cert-mode=self-signed.")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long runnables get to stop after SIGTERM.")
 	o.tiering.BindFlags(fs)
+	o.erasure.BindFlags(fs)
 	o.zapOpts.BindFlags(fs)
 	config.RegisterFlags(fs) // --kubeconfig; in-cluster config when absent
 	if err := fs.Parse(args); err != nil {
@@ -134,7 +137,9 @@ func run(ctx context.Context, o *options) error {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
 	mgrOpts := ctrl.Options{
-		Scheme:                        scheme.New(),
+		Scheme: scheme.New(),
+		// Managed fields are dead weight in the informers (100,000 ECStripes).
+		Cache:                         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress:        o.probeAddr,
 		LeaderElection:                o.leaderElect,
@@ -181,6 +186,10 @@ func run(ctx context.Context, o *options) error {
 		MayastorNamespace: o.mayastorNamespace,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up ECVolume controller: %w", err)
+	}
+	// ErasureCodingPolicy and ECStripe controllers, pool monitor, rebuilds, scrubbing.
+	if err := controllers.SetupErasureCoding(mgr, o.erasure, o.mayastorNamespace); err != nil {
+		return err
 	}
 
 	// --- webhooks ---

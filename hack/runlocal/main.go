@@ -34,6 +34,8 @@ func main() {
 }
 
 func run() error {
+	// If make (our parent) is terminated, we are too, and clean up below.
+	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0)
 	bin := flag.String("bin", "bin/couchestor", "operator binary to run")
 	dir := flag.String("dir", ".local", "directory for the kubeconfig and logs (git-ignored)")
 	metrics := flag.String("metrics", "127.0.0.1:8080", "operator metrics address")
@@ -97,6 +99,11 @@ func run() error {
 		"--leader-election-namespace", "default",
 		"--mayastor-namespace", *mayastorNS,
 		"--zap-encoder", "console",
+		// Webhooks in self-signed mode, reached by the API server on loopback.
+		"--webhook-cert-mode", "self-signed",
+		"--webhook-local-url", "https://localhost:9443",
+		"--webhook-cert-dir", filepath.Join(root, *dir, "webhook-certs"),
+		"--webhook-namespace", "default",
 	}, extra...)
 	op := exec.Command(*bin, args...)
 	op.Stdout, op.Stderr = logFile, logFile

@@ -297,6 +297,7 @@ func ValidateErasureCodingPolicyUpdate(oldIn, newIn *ErasureCodingPolicySpec, st
 // Referrers names the objects that still use an ErasureCodingPolicy. The
 // lists may be truncated; the totals are exact.
 // +kubebuilder:object:generate=false
+// +kubebuilder:object:generate=false
 type Referrers struct {
 	StoragePolicies      []string
 	TotalStoragePolicies int
@@ -403,6 +404,7 @@ func ValidateECStripeSpec(spec *ECStripeSpec, policy *ErasureCodingPolicySpec, f
 
 // StripeRef identifies another stripe in a collision message.
 // +kubebuilder:object:generate=false
+// +kubebuilder:object:generate=false
 type StripeRef struct {
 	Name     string
 	StripeID int64
@@ -412,6 +414,7 @@ type StripeRef struct {
 // StripeNeighbours answers the cross-object ECStripe questions about the other
 // stripes of the same volume. self is the name of the stripe being judged: a
 // stripe never collides with itself.
+// +kubebuilder:object:generate=false
 // +kubebuilder:object:generate=false
 type StripeNeighbours interface {
 	// StripeWithID returns another stripe of volume with that stripeId.
