@@ -1,0 +1,253 @@
+package packaging
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	dataplanev1alpha1 "github.com/billyronks/couchestor/apis/dataplane/v1alpha1"
+	"github.com/billyronks/couchestor/internal/helmhybrid"
+	"github.com/billyronks/couchestor/tests/testenv"
+)
+
+const (
+	installChart   = "couchestor"
+	dataPlaneChart = "couchestor-dataplane"
+)
+
+var monitoringAPIs = []string{"monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule"}
+
+func chartDir(name string) string { return filepath.Join(testenv.Root(), "helm-charts", name) }
+
+func loadChart(t *testing.T, name string) *chart.Chart {
+	t.Helper()
+	c, err := loader.Load(chartDir(name))
+	if err != nil {
+		t.Fatalf("load chart %s: %v", name, err)
+	}
+	return c
+}
+
+// render is `helm template` through the SDK: the values are checked against
+// values.schema.json, apis are the extra API versions the "cluster" serves.
+func render(c *chart.Chart, ns string, values map[string]any, apis ...string) (string, error) {
+	cfg := &action.Configuration{}
+	in := action.NewInstall(cfg)
+	in.DryRun, in.ClientOnly, in.Replace = true, true, true
+	in.ReleaseName, in.Namespace = "rel", ns
+	in.KubeVersion = &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
+	in.APIVersions = chartutil.VersionSet(apis)
+	rel, err := in.Run(c, values)
+	if err != nil {
+		return "", err
+	}
+	return rel.Manifest, nil
+}
+
+// dataPlaneValues are the values the operator would pass for a DataPlane.
+func dataPlaneValues(t *testing.T, spec dataplanev1alpha1.DataPlaneSpec) map[string]any {
+	t.Helper()
+	v, err := helmhybrid.DataPlaneValues(&dataplanev1alpha1.DataPlane{Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestChartsLint(t *testing.T) {
+	for _, name := range []string{installChart, dataPlaneChart} {
+		values := map[string]any{}
+		if name == dataPlaneChart {
+			values = dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: []dataplanev1alpha1.ShardServer{{Node: "n1", DiskPool: "p1"}}})
+		}
+		l := lint.AllWithKubeVersion(chartDir(name), values, "couchestor-system", &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"})
+		for _, m := range l.Messages {
+			if m.Severity >= support.WarningSev {
+				t.Errorf("helm lint %s: %s", name, m)
+			}
+		}
+	}
+}
+
+type renderCase struct {
+	name   string
+	chart  string
+	values map[string]any
+	apis   []string
+	// check inspects the rendered objects.
+	check func(t *testing.T, objs []*unstructured.Unstructured)
+}
+
+func renderMatrix(t *testing.T) []renderCase {
+	two := []dataplanev1alpha1.ShardServer{{Node: "node-a", DiskPool: "pool-a"}, {Node: "node-b.example.com", DiskPool: "pool-b"}}
+	return []renderCase{
+		{name: "install/defaults", chart: installChart, values: map[string]any{}, check: func(t *testing.T, objs []*unstructured.Unstructured) {
+			k := kinds(objs)
+			if k["CustomResourceDefinition"] != 5 || k["Deployment"] != 1 || k["PodDisruptionBudget"] != 1 || k["NetworkPolicy"] != 1 ||
+				k["MutatingWebhookConfiguration"] != 1 || k["ValidatingWebhookConfiguration"] != 1 || k["ServiceMonitor"] != 0 || k["Certificate"] != 0 {
+				t.Errorf("kinds %v", k)
+			}
+			for _, o := range objs {
+				if o.GetKind() == "CustomResourceDefinition" && o.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
+					t.Errorf("CRD %s is not kept on uninstall", o.GetName())
+				}
+			}
+			d := deployment(t, objs)
+			if *d.Spec.Replicas != 2 {
+				t.Errorf("replicas %d", *d.Spec.Replicas)
+			}
+			c := d.Spec.Template.Spec.Containers[0]
+			sc := c.SecurityContext
+			if sc == nil || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+				t.Errorf("container securityContext %+v", sc)
+			}
+			psc := d.Spec.Template.Spec.SecurityContext
+			if !*psc.RunAsNonRoot || psc.SeccompProfile == nil || psc.SeccompProfile.Type != "RuntimeDefault" {
+				t.Errorf("pod securityContext %+v", psc)
+			}
+			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
+				t.Errorf("resources %+v", c.Resources)
+			}
+			for _, want := range []string{"--leader-elect=true", "--webhook-cert-mode=self-signed", "--metrics-secure=true"} {
+				if !containsArg(c.Args, want) {
+					t.Errorf("args %v lack %s", c.Args, want)
+				}
+			}
+		}},
+		{name: "install/cert-manager+monitoring", chart: installChart, apis: monitoringAPIs,
+			values: map[string]any{"webhook": map[string]any{"certMode": "cert-manager"}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				k := kinds(objs)
+				if k["Certificate"] != 1 || k["Issuer"] != 1 || k["ServiceMonitor"] != 1 {
+					t.Errorf("kinds %v", k)
+				}
+				for _, o := range objs {
+					if strings.HasSuffix(o.GetKind(), "WebhookConfiguration") && o.GetAnnotations()["cert-manager.io/inject-ca-from"] != "couchestor-system/couchestor-serving-cert" {
+						t.Errorf("%s not annotated for CA injection", o.GetKind())
+					}
+				}
+				if !containsArg(deployment(t, objs).Spec.Template.Spec.Containers[0].Args, "--webhook-cert-mode=cert-manager") {
+					t.Error("manager not in cert-manager mode")
+				}
+			}},
+		{name: "install/minimal", chart: installChart,
+			values: map[string]any{"replicaCount": 1, "webhook": map[string]any{"enabled": false}, "metrics": map[string]any{"enabled": false},
+				"networkPolicy": map[string]any{"enabled": false}, "crds": map[string]any{"install": false}, "leaderElection": map[string]any{"enabled": false}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				k := kinds(objs)
+				if k["CustomResourceDefinition"] != 0 || k["PodDisruptionBudget"] != 0 || k["MutatingWebhookConfiguration"] != 0 || k["NetworkPolicy"] != 0 {
+					t.Errorf("kinds %v", k)
+				}
+			}},
+		{name: "dataplane/mayastor+monitoring", chart: dataPlaneChart, apis: monitoringAPIs,
+			values: dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: two, Port: ptr.To[int32](8000)}),
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				k := kinds(objs)
+				if k["StatefulSet"] != 2 || k["StorageClass"] != 2 || k["ServiceMonitor"] != 1 || k["PrometheusRule"] != 1 || k["ConfigMap"] != 1 || k["Service"] != 1 {
+					t.Errorf("kinds %v", k)
+				}
+			}},
+		{name: "dataplane/hostpath-no-monitoring", chart: dataPlaneChart,
+			values: dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: two,
+				Storage:    dataplanev1alpha1.ShardStorage{Type: dataplanev1alpha1.StorageHostPath},
+				Monitoring: dataplanev1alpha1.Monitoring{GrafanaDashboard: ptr.To(false)}}),
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				k := kinds(objs)
+				if k["StatefulSet"] != 2 || k["StorageClass"] != 0 || k["ServiceMonitor"] != 0 || k["PrometheusRule"] != 0 || k["ConfigMap"] != 0 {
+					t.Errorf("kinds %v", k)
+				}
+			}},
+		{name: "dataplane/monitoring-api-but-toggled-off", chart: dataPlaneChart, apis: monitoringAPIs,
+			values: dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: two,
+				Monitoring: dataplanev1alpha1.Monitoring{ServiceMonitor: ptr.To(false), PrometheusRule: ptr.To(false)}}),
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if k := kinds(objs); k["ServiceMonitor"] != 0 || k["PrometheusRule"] != 0 {
+					t.Errorf("kinds %v", k)
+				}
+			}},
+	}
+}
+
+func deployment(t *testing.T, objs []*unstructured.Unstructured) *appsv1.Deployment {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == "Deployment" {
+			d := &appsv1.Deployment{}
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, d); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+	}
+	t.Fatal("no Deployment rendered")
+	return nil
+}
+
+func TestChartsRenderValuesMatrixAcceptedByAPIServer(t *testing.T) {
+	charts := map[string]*chart.Chart{installChart: loadChart(t, installChart), dataPlaneChart: loadChart(t, dataPlaneChart)}
+	rendered := map[string][]*unstructured.Unstructured{}
+	for _, c := range renderMatrix(t) {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := render(charts[c.chart], "couchestor-system", c.values, c.apis...)
+			if err != nil {
+				t.Fatalf("helm template: %v", err)
+			}
+			objs := decodeObjects(t, []byte(m))
+			c.check(t, objs)
+			rendered[c.name] = objs
+		})
+	}
+	testenv.RequireAssets(t)
+	// The install chart brings its own CRDs: an API server without them.
+	env := testenv.Start(t, func(e *envtest.Environment) {
+		e.CRDDirectoryPaths = []string{filepath.Join("testdata", "monitoring-crds"), filepath.Join("testdata", "certmanager-crds")}
+	})
+	for _, c := range renderMatrix(t) {
+		for _, err := range dryRunApply(t, env.Client, rendered[c.name]) {
+			t.Errorf("%s: API server rejects %v", c.name, err)
+		}
+	}
+}
+
+func TestChartsRejectBadValues(t *testing.T) {
+	charts := map[string]*chart.Chart{installChart: loadChart(t, installChart), dataPlaneChart: loadChart(t, dataPlaneChart)}
+	okServers := []any{map[string]any{"node": "n1", "diskPool": "p1"}}
+	cases := []struct {
+		chart  string
+		values map[string]any
+		want   string // part of the error: the field
+	}{
+		{installChart, map[string]any{"replicaCount": 0}, "replicaCount"},
+		{installChart, map[string]any{"webhook": map[string]any{"certMode": "letsencrypt"}}, "certMode"},
+		{installChart, map[string]any{"image": map[string]any{"pullPolicy": "Sometimes"}}, "pullPolicy"},
+		{installChart, map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": 512}}}, "memory"},
+		{installChart, map[string]any{"replicas": 3}, "replicas"},
+		{installChart, map[string]any{"extraArgs": []any{"leader-elect=false"}}, "extraArgs"},
+		{dataPlaneChart, map[string]any{"shardServers": []any{map[string]any{"node": "Bad_Node", "diskPool": "p"}}}, "node"},
+		{dataPlaneChart, map[string]any{"shardServers": okServers, "port": 80}, "port"},
+		{dataPlaneChart, map[string]any{"shardServers": okServers, "storage": map[string]any{"type": "NFS"}}, "type"},
+		{dataPlaneChart, map[string]any{"shardServers": okServers, "monitoring": map[string]any{"scrapeInterval": "often"}}, "scrapeInterval"},
+	}
+	for _, c := range cases {
+		_, err := render(charts[c.chart], "couchestor-system", c.values)
+		if err == nil {
+			t.Errorf("%s with %v: rendered, want a schema error", c.chart, c.values)
+			continue
+		}
+		if !strings.Contains(err.Error(), "values don't meet the specifications of the schema") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s with %v: error %q does not name %s", c.chart, c.values, err, c.want)
+		}
+	}
+}
