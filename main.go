@@ -13,18 +13,22 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/controllers"
 	datacmd "github.com/billyronks/couchestor/internal/cmd"
 	"github.com/billyronks/couchestor/internal/helmhybrid"
 	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/webhooks"
 )
 
@@ -48,7 +52,15 @@ type options struct {
 	gracefulShutdown  time.Duration
 	zapOpts           zap.Options
 	tiering           controllers.TieringOptions
+	migrations        migrationOptions
 	erasure           controllers.ErasureCodingOptions
+}
+
+// migrationOptions are the migration engine's flags (tiering part 2).
+type migrationOptions struct {
+	globalMax    int
+	poolHeadroom float64
+	preservation bool
 }
 
 // subcommands run instead of the operator when named as the first argument,
@@ -90,6 +102,9 @@ Flags:
 	fs.StringVar(&o.webhookLocalURL, "webhook-local-url", "", "Serve the webhooks from outside the cluster (make run-local): install the webhook configurations pointing at this https URL, e.g. https://localhost:9443, and write the self-signed certificate into --webhook-cert-dir. Needs --webhook-cert-mode=self-signed.")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long runnables get to stop after SIGTERM.")
 	o.tiering.BindFlags(fs)
+	fs.IntVar(&o.migrations.globalMax, "max-concurrent-migrations", 0, "Cap on migrations running at once across all StoragePolicies (each policy also has spec.maxConcurrentMigrations). 0: no global cap.")
+	fs.Float64Var(&o.migrations.poolHeadroom, "pool-headroom", migration.DefaultPoolHeadroom, "Highest used fraction (0-1] a target DiskPool may reach after receiving a replica.")
+	fs.BoolVar(&o.migrations.preservation, "preservation-mode", false, "Never remove a volume's old replicas: a migration only adds replicas on the new tier.")
 	o.erasure.BindFlags(fs)
 	o.zapOpts.BindFlags(fs)
 	config.RegisterFlags(fs) // --kubeconfig; in-cluster config when absent
@@ -168,7 +183,40 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	// Tiering part 2: the migration engine runs on the leader only; on start
+	// it resumes or rolls back every migration persisted on the PVs.
+	if o.migrations.globalMax < 0 {
+		return fmt.Errorf("--max-concurrent-migrations=%d: must be >= 0", o.migrations.globalMax)
+	}
+	if o.migrations.poolHeadroom <= 0 || o.migrations.poolHeadroom > 1 {
+		return fmt.Errorf("--pool-headroom=%v: must be in (0, 1]", o.migrations.poolHeadroom)
+	}
+	migrationEvents := make(chan event.GenericEvent, 256)
+	engine, err := migration.NewEngine(migration.Options{
+		Client:              mgr.GetClient(),
+		Backend:             &migration.MayastorVolumeBackend{Client: mgr.GetClient(), Namespace: o.mayastorNamespace},
+		Recorder:            mgr.GetEventRecorderFor("couchestor-migration"), //nolint:staticcheck // the engine takes a record.EventRecorder
+		GlobalMaxConcurrent: o.migrations.globalMax,
+		PoolHeadroom:        o.migrations.poolHeadroom,
+		PreservationMode:    o.migrations.preservation,
+		Notify: func(policy string) {
+			select { // the periodic evaluation catches up if the queue is full
+			case migrationEvents <- event.GenericEvent{Object: &storagev1.StoragePolicy{ObjectMeta: metav1.ObjectMeta{Name: policy}}}:
+			default:
+			}
+		},
+		Log: ctrl.Log.WithName("migration"),
+	})
+	if err != nil {
+		return fmt.Errorf("create migration engine: %w", err)
+	}
+	if err := mgr.Add(engine); err != nil {
+		return fmt.Errorf("add migration engine: %w", err)
+	}
 	if err := (&controllers.StoragePolicyReconciler{
+		Engine:             &migration.PolicyStarter{Engine: engine},
+		Migrations:         engine,
+		MigrationEvents:    migrationEvents,
 		Client:             mgr.GetClient(),
 		APIReader:          mgr.GetAPIReader(),
 		Recorder:           mgr.GetEventRecorder("couchestor-storagepolicy"),

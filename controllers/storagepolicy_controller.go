@@ -18,15 +18,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/iops"
+	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
 )
 
@@ -37,6 +40,9 @@ import (
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch
 // +kubebuilder:rbac:groups=openebs.io,resources=mayastorvolumes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=openebs.io,resources=diskpools,verbs=get;list;watch
+// The migration engine (pkg/migration) persists intent on PVs and scales MayastorVolumes.
+// +kubebuilder:rbac:groups="",resources=persistentvolumes,verbs=update;patch
+// +kubebuilder:rbac:groups=openebs.io,resources=mayastorvolumes,verbs=update;patch
 
 // IOPSMeter measures the IOPS of a policy's volumes (iops.Meter in production).
 type IOPSMeter interface {
@@ -49,6 +55,17 @@ type IOPSMeter interface {
 // status, Events and metrics, and nothing moves.
 type MigrationStarter interface {
 	StartMigrations(ctx context.Context, policy *storagev1.StoragePolicy, moves []tiering.Decision)
+}
+
+// MigrationResults is the migration engine's side of status: results not yet
+// folded into a policy's status, the policy's active migrations, and the
+// acknowledgement that removes folded results from the PVs. Results stay on
+// the PVs until acknowledged, so a crash between the status write and the
+// acknowledgement folds them again, and FoldResults counts each once.
+type MigrationResults interface {
+	PendingResults(policy string) []migration.Result
+	ActiveCount(policy string) int32
+	Acknowledge(ctx context.Context, results []migration.Result) error
 }
 
 // TieringOptions are the operator flags of the StoragePolicy controller.
@@ -117,7 +134,12 @@ type StoragePolicyReconciler struct {
 	Recorder  events.EventRecorder
 	Meter     IOPSMeter
 	// Engine may be nil (tiering part 2 not wired).
-	Engine             MigrationStarter
+	Engine MigrationStarter
+	// Migrations supplies finished migrations to fold into status (the
+	// migration engine); nil: status counters are left as stored.
+	Migrations MigrationResults
+	// MigrationEvents re-evaluates a policy when one of its migrations ends.
+	MigrationEvents <-chan event.GenericEvent
 	MayastorNamespace  string
 	EvaluationInterval time.Duration
 	ScrapeInterval     time.Duration
@@ -428,7 +450,7 @@ func (r *StoragePolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return reqs
 	})
 	inMayastorNS := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == r.MayastorNamespace })
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("storagepolicy").
 		// Status writes do not change the generation: no self-triggered loop.
 		For(&storagev1.StoragePolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -436,6 +458,9 @@ func (r *StoragePolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.PersistentVolumeClaim{}, allPolicies, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&mayastorv1alpha1.MayastorVolume{}, allPolicies, builder.WithPredicates(inMayastorNS)).
 		Watches(&mayastorv1beta2.DiskPool{}, allPolicies, builder.WithPredicates(inMayastorNS)).
-		WithOptions(controller.Options{SkipNameValidation: ptr.To(r.SkipNameValidation)}).
-		Complete(r)
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(r.SkipNameValidation)})
+	if r.MigrationEvents != nil {
+		b = b.WatchesRawSource(source.Channel(r.MigrationEvents, &handler.EnqueueRequestForObject{}))
+	}
+	return b.Complete(r)
 }

@@ -15,6 +15,7 @@ import (
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/iops"
+	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
 )
 
@@ -44,6 +45,7 @@ func (r *StoragePolicyReconciler) writeStatus(ctx context.Context, pol *storagev
 	mem := r.memoryFor(pol)
 	cur := pol
 	first := true
+	var results []migration.Result
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		if !first {
 			fresh := &storagev1.StoragePolicy{}
@@ -60,6 +62,11 @@ func (r *StoragePolicyReconciler) writeStatus(ctx context.Context, pol *storagev
 		base := cur.DeepCopy()
 		next := cur.DeepCopy()
 		o.recorded = applyStatus(&next.Status, next.Generation, o, mem)
+		if r.Migrations != nil {
+			// Folded into what is stored, never over it: counters only grow.
+			results = r.Migrations.PendingResults(cur.Name)
+			next.Status = migration.FoldResults(next.Status, results, r.Migrations.ActiveCount(cur.Name))
+		}
 		return r.Client.Status().Patch(ctx, next, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
 	})
 	if err != nil {
@@ -67,6 +74,12 @@ func (r *StoragePolicyReconciler) writeStatus(ctx context.Context, pol *storagev
 	}
 	for _, e := range o.recorded {
 		mem.dryRun[e.VolumeName] = e.Timestamp.Time
+	}
+	if r.Migrations != nil && len(results) > 0 {
+		if err := r.Migrations.Acknowledge(ctx, results); err != nil {
+			// Not lost: the results stay on the PVs and fold once next time.
+			return fmt.Errorf("acknowledge %d migration results of StoragePolicy %s: %w", len(results), pol.Name, err)
+		}
 	}
 	return nil
 }
