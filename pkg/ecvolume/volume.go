@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/billyronks/couchestor/pkg/cache"
@@ -76,6 +77,7 @@ type VolumeBackend struct {
 	bucket     string
 	locks      rangeLock
 	zeros      []byte
+	journaled  journaledMap
 
 	destager *journal.Destager
 	cancel   context.CancelFunc
@@ -116,6 +118,7 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		return nil, fmt.Errorf("ecvolume %s: record bound %d below one LBA (journalSizeBytes %d too small)", o.Name, v.maxRecord, o.Journal.SizeBytes)
 	}
 	v.zeros = make([]byte, v.maxRecord)
+	v.journaled.init(o.SizeBytes)
 
 	if c := o.Cache; c != nil {
 		v.block = c.BlockBytes
@@ -147,6 +150,11 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		return nil, fmt.Errorf("ecvolume %s: open journal: %w", o.Name, err)
 	}
 	v.j = j
+	if used, _ := j.Fill(); used != 0 {
+		// Replayed records: where they lie is not known here, so every read
+		// consults the journal until the destager has emptied it.
+		v.journaled.mark(0, v.size)
+	}
 	v.destager, err = journal.NewDestager(j, v.Sink(), journal.DestagerConfig{
 		StripeSizeBytes:  o.StripeSizeBytes,
 		ThresholdPercent: o.DestageThresholdPercent,
@@ -214,9 +222,12 @@ func (v *VolumeBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	end := off + int64(len(p))
 	first, last := uint64(off/lba), uint64((end+lba-1)/lba)
-	exts, err := v.j.Lookup(ctx, first, last)
-	if err != nil {
-		return fmt.Errorf("ecvolume %s: journal lookup [%d, %d): %w", v.name, first, last, err)
+	var exts []journal.Extent
+	if v.mayBeJournaled(off, end) {
+		var err error
+		if exts, err = v.j.Lookup(ctx, first, last); err != nil {
+			return fmt.Errorf("ecvolume %s: journal lookup [%d, %d): %w", v.name, first, last, err)
+		}
 	}
 	// Fill the gaps between journal extents from the clean tiers.
 	pos := off
@@ -301,6 +312,11 @@ func (v *VolumeBackend) WriteAt(ctx context.Context, p []byte, off int64) error 
 		}
 		copy(data[off-first*lba:], p)
 	}
+	// Mark the range before appending, and keep resets out until the append
+	// returned (see journaledMap).
+	v.journaled.mu.RLock()
+	defer v.journaled.mu.RUnlock()
+	v.journaled.mark(first*lba, last*lba)
 	for len(data) > 0 {
 		n := min(int64(len(data)), v.maxRecord)
 		if _, err := v.j.Append(ctx, uint64(first), data[:n]); err != nil {
@@ -450,4 +466,67 @@ func (l *rangeLock) unlock(a, b int64) {
 		}
 	}
 	l.cond.Broadcast()
+}
+
+// mayBeJournaled says whether the journal may hold data in [off, end). When
+// it sees the journal empty it forgets every mark, so reads stop paying for
+// journal lookups once the destager has caught up.
+func (v *VolumeBackend) mayBeJournaled(off, end int64) bool {
+	m := &v.journaled
+	if !m.any(off, end) {
+		return false
+	}
+	if used, _ := v.j.Fill(); used != 0 || !m.mu.TryLock() {
+		return true
+	}
+	defer m.mu.Unlock()
+	if used, _ := v.j.Fill(); used != 0 {
+		return true
+	}
+	m.clear()
+	return false
+}
+
+// journaledMap marks the regions (unit bytes each) that may have records in
+// the journal, so a read of a region never written since the journal was
+// last seen empty skips the journal lookup (pkg/journal's Lookup scans every
+// live record). A writer marks its range before Append and holds mu shared
+// until Append returns; clear runs with mu held exclusively and only when
+// the journal's fill is zero, i.e. no record is undestaged and no append is
+// in flight. A mark can therefore only disappear once the stripes (and the
+// cache invalidation in Sink) hold its data.
+type journaledMap struct {
+	mu    sync.RWMutex
+	unit  int64
+	words []atomic.Uint64
+}
+
+func (m *journaledMap) init(size int64) {
+	m.unit = 64 << 10
+	for size/m.unit > 1<<21 { // at most 2 Mi bits (256 KiB)
+		m.unit *= 2
+	}
+	units := (size + m.unit - 1) / m.unit
+	m.words = make([]atomic.Uint64, (units+63)/64)
+}
+
+func (m *journaledMap) mark(off, end int64) {
+	for u := off / m.unit; u*m.unit < end; u++ {
+		m.words[u/64].Or(1 << (u % 64))
+	}
+}
+
+func (m *journaledMap) any(off, end int64) bool {
+	for u := off / m.unit; u*m.unit < end; u++ {
+		if m.words[u/64].Load()&(1<<(u%64)) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *journaledMap) clear() {
+	for i := range m.words {
+		m.words[i].Store(0)
+	}
 }
