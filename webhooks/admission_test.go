@@ -227,6 +227,19 @@ func TestAdmission(t *testing.T) {
 		free.Spec.StripeSizeBytes = ptr.To[int64](65536)
 		wantAccepted(t, c.Update(ctx, &free))
 	})
+	t.Run("an ECStripe goes only with its ECVolume", func(t *testing.T) {
+		vol := &storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "vol-a", Finalizers: []string{"test.couchestor/hold"}},
+			Spec: storagev1.ECVolumeSpec{SizeBytes: 1 << 30, PolicyRef: "cold-ec"}}
+		wantAccepted(t, c.Create(ctx, vol))
+		wantRefused(t, c.Delete(ctx, &storagev1.ECStripe{ObjectMeta: metav1.ObjectMeta{Name: "s0"}}),
+			`ecstripes.storage.billyronks.io "s0" is forbidden`, "holds data of ECVolume vol-a (spec.volumeRef)", "kubectl delete ecvolume vol-a")
+		// Once the volume is being deleted, its finalizer may remove the stripes.
+		wantAccepted(t, c.Delete(ctx, vol))
+		wantAccepted(t, c.Delete(ctx, &storagev1.ECStripe{ObjectMeta: metav1.ObjectMeta{Name: "s0"}}, client.DryRunAll))
+		wantAccepted(t, c.Get(ctx, types.NamespacedName{Name: "vol-a"}, vol))
+		vol.Finalizers = nil
+		wantAccepted(t, c.Update(ctx, vol))
+	})
 	t.Run("referenced ErasureCodingPolicy cannot be deleted", func(t *testing.T) {
 		wantRefused(t, c.Delete(ctx, ecp("cold-ec", storagev1.ErasureCodingPolicySpec{})),
 			"ErasureCodingPolicy cold-ec is still referenced by 1 StoragePolicies (spec.ecPolicyRef of ref) and 3 ECStripes (spec.policyRef of ")

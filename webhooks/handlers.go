@@ -20,12 +20,13 @@ import (
 // config/webhook/manifests.yaml); localConfigurations mirrors them for
 // running outside a cluster, and a test keeps the two equal.
 //
+// +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecvolumes,verbs=get;list;watch
 // +kubebuilder:webhook:path=/mutate-storage-billyronks-io-v1-storagepolicy,mutating=true,failurePolicy=fail,sideEffects=None,groups=storage.billyronks.io,resources=storagepolicies,verbs=create;update,versions=v1,name=mstoragepolicy.storage.billyronks.io,admissionReviewVersions=v1,timeoutSeconds=5
 // +kubebuilder:webhook:path=/validate-storage-billyronks-io-v1-storagepolicy,mutating=false,failurePolicy=fail,sideEffects=None,groups=storage.billyronks.io,resources=storagepolicies,verbs=create;update,versions=v1,name=vstoragepolicy.storage.billyronks.io,admissionReviewVersions=v1,timeoutSeconds=5
 // +kubebuilder:webhook:path=/mutate-storage-billyronks-io-v1-erasurecodingpolicy,mutating=true,failurePolicy=fail,sideEffects=None,groups=storage.billyronks.io,resources=erasurecodingpolicies,verbs=create;update,versions=v1,name=merasurecodingpolicy.storage.billyronks.io,admissionReviewVersions=v1,timeoutSeconds=5
 // +kubebuilder:webhook:path=/validate-storage-billyronks-io-v1-erasurecodingpolicy,mutating=false,failurePolicy=fail,sideEffects=None,groups=storage.billyronks.io,resources=erasurecodingpolicies,verbs=create;update;delete,versions=v1,name=verasurecodingpolicy.storage.billyronks.io,admissionReviewVersions=v1,timeoutSeconds=5
 // +kubebuilder:webhook:path=/mutate-storage-billyronks-io-v1-ecstripe,mutating=true,failurePolicy=fail,sideEffects=None,groups=storage.billyronks.io,resources=ecstripes,verbs=create;update,versions=v1,name=mecstripe.storage.billyronks.io,admissionReviewVersions=v1,timeoutSeconds=5
-// +kubebuilder:webhook:path=/validate-storage-billyronks-io-v1-ecstripe,mutating=false,failurePolicy=fail,sideEffects=None,groups=storage.billyronks.io,resources=ecstripes,verbs=create;update,versions=v1,name=vecstripe.storage.billyronks.io,admissionReviewVersions=v1,timeoutSeconds=5
+// +kubebuilder:webhook:path=/validate-storage-billyronks-io-v1-ecstripe,mutating=false,failurePolicy=fail,sideEffects=None,groups=storage.billyronks.io,resources=ecstripes,verbs=create;update;delete,versions=v1,name=vecstripe.storage.billyronks.io,admissionReviewVersions=v1,timeoutSeconds=5
 
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=storagepolicies;erasurecodingpolicies;ecstripes,verbs=get;list;watch
 
@@ -225,8 +226,28 @@ func (w *ECStripeWebhook) ValidateUpdate(ctx context.Context, _, s *storagev1.EC
 }
 
 // ValidateDelete allows deletion (the ECVolume guard comes with a later issue).
-func (w *ECStripeWebhook) ValidateDelete(context.Context, *storagev1.ECStripe) (admission.Warnings, error) {
-	return nil, nil
+//
+// An ECStripe goes only with its ECVolume (schema 7.3): while the ECVolume it
+// belongs to exists and is not being deleted, deleting the stripe is refused,
+// so `kubectl delete ecs --all` cannot wipe data. The ECVolume's finalizer
+// deletes the stripes once the volume has a deletionTimestamp. A stripe whose
+// volume does not exist (metadata left behind) may be deleted.
+func (w *ECStripeWebhook) ValidateDelete(ctx context.Context, s *storagev1.ECStripe) (admission.Warnings, error) {
+	vol := &storagev1.ECVolume{}
+	err := w.r.cache.Get(ctx, types.NamespacedName{Name: s.Spec.VolumeRef}, vol)
+	if apierrors.IsNotFound(err) && w.r.live != nil {
+		err = w.r.live.Get(ctx, types.NamespacedName{Name: s.Spec.VolumeRef}, vol)
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, apierrors.NewServiceUnavailable(fmt.Sprintf("cannot check ECVolume %s of ECStripe %s: %v", s.Spec.VolumeRef, s.Name, err))
+	case vol.DeletionTimestamp != nil:
+		return nil, nil
+	}
+	return nil, apierrors.NewForbidden(storagev1.GroupVersion.WithResource("ecstripes").GroupResource(), s.Name,
+		fmt.Errorf("it holds data of ECVolume %s (spec.volumeRef); stripes are deleted only with their volume: kubectl delete ecvolume %s", vol.Name, vol.Name))
 }
 
 func (w *ECStripeWebhook) validate(ctx context.Context, s *storagev1.ECStripe) (admission.Warnings, error) {
