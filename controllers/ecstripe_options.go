@@ -134,7 +134,7 @@ func SetupErasureCoding(mgr ctrl.Manager, o ErasureCodingOptions, mayastorNamesp
 	}
 	var scrubLimiter *rate.Limiter
 	if o.ScrubBandwidth > 0 {
-		scrubLimiter = rate.NewLimiter(rate.Limit(o.ScrubBandwidth), 64<<20)
+		scrubLimiter = rate.NewLimiter(rate.Limit(o.ScrubBandwidth), int(min(max(o.ScrubBandwidth, 64<<10), 64<<20)))
 	}
 	verifier := &scrub.Verifier{
 		Shards:  func(ctx context.Context) (scrub.ShardReader, error) { return shards.get(ctx) },

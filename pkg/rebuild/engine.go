@@ -114,8 +114,7 @@ func (e *Engine) init() {
 			e.Now = time.Now
 		}
 		if e.BandwidthBytesPerSecond > 0 {
-			// Burst of 64 MiB: one shard of the largest stripe size passes at once.
-			e.limiter = rate.NewLimiter(rate.Limit(e.BandwidthBytesPerSecond), 64<<20)
+			e.limiter = rate.NewLimiter(rate.Limit(e.BandwidthBytesPerSecond), burst(e.BandwidthBytesPerSecond))
 		}
 	})
 }
@@ -241,16 +240,27 @@ func (e *Engine) run(ctx context.Context, name string, j *job) (map[int]ecstate.
 	}
 	// 1. Persist the intent before writing anything.
 	in, ok := intentOf(&s)
-	if !ok {
+	for attempt := 0; !ok; attempt++ {
 		in = Intent{Shards: j.shards, FromGeneration: s.Spec.Generation, Started: e.Now().UTC()}
 		raw, _ := json.Marshal(in)
 		if s.Annotations == nil {
 			s.Annotations = map[string]string{}
 		}
 		s.Annotations[AnnotationIntent] = string(raw)
-		if err := e.Client.Update(ctx, &s); err != nil {
+		err := e.Client.Update(ctx, &s)
+		if err == nil {
+			break
+		}
+		// Status writes move the resourceVersion too: re-read and retry.
+		if !apierrors.IsConflict(err) || attempt >= 5 {
 			return findings, fmt.Errorf("record rebuild intent on ECStripe %s: %w", name, err)
 		}
+		if err := e.Client.Get(ctx, client.ObjectKey{Name: name}, &s); err != nil {
+			return findings, fmt.Errorf("get ECStripe %s: %w", name, err)
+		}
+		in, ok = intentOf(&s)
+	}
+	if !ok {
 		rebuilds.WithLabelValues("started").Inc()
 		e.event(&s, corev1.EventTypeNormal, "RebuildStarted", "rebuilding shards %v of generation %d", in.Shards, in.FromGeneration)
 	}
@@ -477,4 +487,10 @@ func (e *Engine) rebuild(ctx context.Context, s *storagev1.ECStripe, in Intent, 
 		}
 	}
 	return nil
+}
+
+// burst is one second's worth of bytes, within [64 KiB, 64 MiB]: big enough
+// that a shard passes in a few waits, small enough that the bound holds.
+func burst(bytesPerSecond int64) int {
+	return int(min(max(bytesPerSecond, 64<<10), 64<<20))
 }

@@ -138,7 +138,7 @@ func TestPoolFaultBecomesMissingOnlyAfterDownOutDelay(t *testing.T) {
 	if err := c.Create(ctx, policy("rs42", 4, 2)); err != nil {
 		t.Fatal(err)
 	}
-	createStripe(t, c, stripe("vol-0", "vol", "rs42", 0, 0, 2048, 4, pools, nodes), storagev1.StripeHealthy)
+	createStripe(t, c, newStripe("vol-0", "vol", "rs42", 0, 0, 2048, 4, pools, nodes), storagev1.StripeHealthy)
 
 	// Record every status the API server ever holds for the stripe.
 	var seenMu sync.Mutex
@@ -299,10 +299,10 @@ func TestOverlappingStripesAreReportedNeverDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := gauge(t, "couchestor_ecstripe_overlaps_detected_total")
-	createStripe(t, c, stripe("a", "vol", "rs21", 0, 0, 2048, 2, pools, nodes), storagev1.StripeHealthy)
-	createStripe(t, c, stripe("b", "vol", "rs21", 1, 1024, 3072, 2, pools, nodes), storagev1.StripeHealthy)
-	createStripe(t, c, stripe("c", "vol", "rs21", 2, 3072, 4096, 2, pools, nodes), storagev1.StripeHealthy) // adjacent: fine
-	createStripe(t, c, stripe("d", "other", "rs21", 0, 0, 2048, 2, pools, nodes), storagev1.StripeHealthy)  // other volume: fine
+	createStripe(t, c, newStripe("a", "vol", "rs21", 0, 0, 2048, 2, pools, nodes), storagev1.StripeHealthy)
+	createStripe(t, c, newStripe("b", "vol", "rs21", 1, 1024, 3072, 2, pools, nodes), storagev1.StripeHealthy)
+	createStripe(t, c, newStripe("c", "vol", "rs21", 2, 3072, 4096, 2, pools, nodes), storagev1.StripeHealthy) // adjacent: fine
+	createStripe(t, c, newStripe("d", "other", "rs21", 0, 0, 2048, 2, pools, nodes), storagev1.StripeHealthy)  // other volume: fine
 
 	eventually(t, 30*time.Second, "collision Events on a and b", func() error {
 		for _, n := range []string{"a", "b"} {

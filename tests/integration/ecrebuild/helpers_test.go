@@ -123,8 +123,8 @@ func policy(name string, k, m int32) *storagev1.ErasureCodingPolicy {
 	}
 }
 
-// stripe is an ECStripe of volume under policy, shard i on pools[i] / nodes[i].
-func stripe(name, volume, policy string, id int64, start, end int64, k int, pools, nodes []string) *storagev1.ECStripe {
+// newStripe is an ECStripe of volume under policy, shard i on pools[i] / nodes[i].
+func newStripe(name, volume, policy string, id int64, start, end int64, k int, pools, nodes []string) *storagev1.ECStripe {
 	s := &storagev1.ECStripe{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: storagev1.ECStripeSpec{

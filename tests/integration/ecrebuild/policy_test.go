@@ -86,7 +86,7 @@ func TestPolicyPhaseAndCountsFollowRegistryAndStripes(t *testing.T) {
 		if i%2 == 1 {
 			vol = "vol-b"
 		}
-		createStripe(t, c, stripe(fmt.Sprintf("s-%d", i), vol, "rs42", int64(i), int64(i)*2048, int64(i+1)*2048, 4, pools, nodes), st)
+		createStripe(t, c, newStripe(fmt.Sprintf("s-%d", i), vol, "rs42", int64(i), int64(i)*2048, int64(i+1)*2048, 4, pools, nodes), st)
 	}
 	type counts struct {
 		total, healthy, degraded, rebuilding int64
