@@ -26,6 +26,7 @@ import (
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/controllers"
 	datacmd "github.com/billyronks/couchestor/internal/cmd"
+	ecvolumecmd "github.com/billyronks/couchestor/internal/cmd/ecvolume"
 	"github.com/billyronks/couchestor/internal/helmhybrid"
 	"github.com/billyronks/couchestor/internal/scheme"
 	"github.com/billyronks/couchestor/pkg/migration"
@@ -68,6 +69,7 @@ type migrationOptions struct {
 var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"shard-server": datacmd.ShardServer,
 	"ec":           datacmd.EC,
+	"ec-volume":    ecvolumecmd.Command,
 }
 
 func parseFlags(args []string) (*options, error) {
