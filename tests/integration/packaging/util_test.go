@@ -2,6 +2,7 @@ package packaging
 
 import (
 	"fmt"
+	goruntime "runtime"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
@@ -25,3 +26,5 @@ func unstructuredSlice(obj map[string]any, path ...string) ([]map[string]any, bo
 func unstructuredStrings(obj map[string]any, path ...string) ([]string, bool, error) {
 	return unstructured.NestedStringSlice(obj, path...)
 }
+
+func hostArch() string { return goruntime.GOARCH }
