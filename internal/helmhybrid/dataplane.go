@@ -47,9 +47,6 @@ func DataPlaneValues(dp *dataplanev1alpha1.DataPlane) (chartutil.Values, error) 
 	if s.Port != nil {
 		v["port"] = int64(*s.Port)
 	}
-	if s.MetricsPort != nil {
-		v["metricsPort"] = int64(*s.MetricsPort)
-	}
 	st := map[string]any{}
 	if s.Storage.Type != "" {
 		st["type"] = string(s.Storage.Type)
@@ -103,6 +100,16 @@ func DataPlaneValues(dp *dataplanev1alpha1.DataPlane) (chartutil.Values, error) 
 	setBool("grafanaDashboard", s.Monitoring.GrafanaDashboard)
 	if s.Monitoring.ScrapeInterval != "" {
 		m["scrapeInterval"] = s.Monitoring.ScrapeInterval
+	}
+	if s.Monitoring.MayastorNamespace != "" {
+		m["mayastorNamespace"] = s.Monitoring.MayastorNamespace
+	}
+	if len(s.Monitoring.IOEngineServiceSelector) > 0 {
+		sel := map[string]any{}
+		for k, val := range s.Monitoring.IOEngineServiceSelector {
+			sel[k] = val
+		}
+		m["ioEngineServiceSelector"] = sel
 	}
 	if s.Monitoring.IOPSWindow != "" {
 		m["iopsWindow"] = s.Monitoring.IOPSWindow

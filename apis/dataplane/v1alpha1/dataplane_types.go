@@ -61,7 +61,8 @@ type ShardStorage struct {
 // ServiceMonitor and the PrometheusRule are rendered only when the cluster
 // serves monitoring.coreos.com/v1 as well.
 type Monitoring struct {
-	// ServiceMonitor for the shard servers' /metrics.
+	// ServiceMonitor scraping Mayastor's io-engine volume counters (the
+	// IOPS that tiering reads); the shard servers export no metrics yet.
 	// +kubebuilder:default=true
 	// +optional
 	ServiceMonitor *bool `json:"serviceMonitor,omitempty"`
@@ -78,6 +79,16 @@ type Monitoring struct {
 	// +kubebuilder:validation:Pattern=`^[0-9]+(ms|s|m|h)$`
 	// +optional
 	ScrapeInterval string `json:"scrapeInterval,omitempty"`
+	// MayastorNamespace is where Mayastor's io-engine metrics Service runs.
+	// +kubebuilder:default=mayastor
+	// +kubebuilder:validation:MinLength=1
+	// +optional
+	MayastorNamespace string `json:"mayastorNamespace,omitempty"`
+	// IOEngineServiceSelector selects the io-engine metrics Service (port
+	// named "metrics", :9502).
+	// +kubebuilder:default={"app":"metrics-exporter-io-engine"}
+	// +optional
+	IOEngineServiceSelector map[string]string `json:"ioEngineServiceSelector,omitempty"`
 	// IOPSWindow is the rate() window of the IOPS recording rules.
 	// +kubebuilder:default="5m"
 	// +kubebuilder:validation:Pattern=`^[0-9]+(s|m|h)$`
@@ -103,18 +114,12 @@ type DataPlaneSpec struct {
 	// +listType=map
 	// +listMapKey=node
 	ShardServers []ShardServer `json:"shardServers"`
-	// Port the shard servers listen on (TLS).
+	// Port the shard servers listen on (HTTPS; they also answer /healthz there).
 	// +kubebuilder:default=7443
 	// +kubebuilder:validation:Minimum=1024
 	// +kubebuilder:validation:Maximum=65535
 	// +optional
 	Port *int32 `json:"port,omitempty"`
-	// MetricsPort serves the shard servers' Prometheus /metrics.
-	// +kubebuilder:default=9500
-	// +kubebuilder:validation:Minimum=1024
-	// +kubebuilder:validation:Maximum=65535
-	// +optional
-	MetricsPort *int32 `json:"metricsPort,omitempty"`
 	// Storage is where shard bytes live.
 	// +optional
 	Storage ShardStorage `json:"storage,omitempty"`

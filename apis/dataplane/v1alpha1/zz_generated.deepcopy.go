@@ -81,11 +81,6 @@ func (in *DataPlaneSpec) DeepCopyInto(out *DataPlaneSpec) {
 		*out = new(int32)
 		**out = **in
 	}
-	if in.MetricsPort != nil {
-		in, out := &in.MetricsPort, &out.MetricsPort
-		*out = new(int32)
-		**out = **in
-	}
 	in.Storage.DeepCopyInto(&out.Storage)
 	in.Resources.DeepCopyInto(&out.Resources)
 	if in.Tolerations != nil {
@@ -183,6 +178,13 @@ func (in *Monitoring) DeepCopyInto(out *Monitoring) {
 		in, out := &in.GrafanaDashboard, &out.GrafanaDashboard
 		*out = new(bool)
 		**out = **in
+	}
+	if in.IOEngineServiceSelector != nil {
+		in, out := &in.IOEngineServiceSelector, &out.IOEngineServiceSelector
+		*out = make(map[string]string, len(*in))
+		for key, val := range *in {
+			(*out)[key] = val
+		}
 	}
 }
 

@@ -2,6 +2,9 @@ package packaging
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,6 +182,9 @@ func TestDataPlaneReleaseLifecycleWithMonitoringAPIs(t *testing.T) {
 	if len(tok.Data["token"]) != 48 {
 		t.Errorf("token length %d, want 48", len(tok.Data["token"]))
 	}
+	// The serving certificate is valid for every shard server's pod DNS name
+	// under the CA clients read from the same Secret.
+	verifyShardCert(t, tok.Data, "cold-node-a-0.cold-shards.storage.svc")
 	var sc storagev1.StorageClass
 	if err := c.Get(ctx, client.ObjectKey{Name: "couchestor-storage-cold-pool-a-hdd"}, &sc); err != nil {
 		t.Fatalf("StorageClass: %v", err)
@@ -194,7 +200,7 @@ func TestDataPlaneReleaseLifecycleWithMonitoringAPIs(t *testing.T) {
 		t.Errorf("dashboard does not query the recording rule for the 5m window")
 	}
 	for _, gvk := range []schema.GroupVersionKind{serviceMonitorGVK, prometheusRuleGVK} {
-		name := map[string]string{"ServiceMonitor": "cold-shards", "PrometheusRule": "cold-rules"}[gvk.Kind]
+		name := map[string]string{"ServiceMonitor": "cold-io-engine", "PrometheusRule": "cold-rules"}[gvk.Kind]
 		if ok, err := exists(c, gvk, ns, name); err != nil || !ok {
 			t.Errorf("%s %s: exists=%v err=%v (monitoring CRDs are installed)", gvk.Kind, name, ok, err)
 		}
@@ -272,7 +278,7 @@ func TestDataPlaneReleaseLifecycleWithMonitoringAPIs(t *testing.T) {
 		if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "cold-shards"}, &corev1.Service{}); !apierrors.IsNotFound(err) {
 			return errorf("Service still there (err %v)", err)
 		}
-		if ok, err := exists(c, serviceMonitorGVK, ns, "cold-shards"); err != nil || ok {
+		if ok, err := exists(c, serviceMonitorGVK, ns, "cold-io-engine"); err != nil || ok {
 			return errorf("ServiceMonitor still there (err %v)", err)
 		}
 		if err := c.Get(ctx, client.ObjectKey{Name: "couchestor-storage-cold-pool-a-hdd"}, &storagev1.StorageClass{}); !apierrors.IsNotFound(err) {
@@ -349,4 +355,26 @@ func getManifest(t *testing.T, c client.Client, dp *dataplanev1alpha1.DataPlane)
 		t.Fatal("no deployedRelease in status")
 	}
 	return got.Status.DeployedRelease.Manifest
+}
+
+func verifyShardCert(t *testing.T, data map[string][]byte, dnsName string) {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data["ca.crt"]) {
+		t.Fatalf("ca.crt is not a PEM certificate")
+	}
+	if _, err := tls.X509KeyPair(data["tls.crt"], data["tls.key"]); err != nil {
+		t.Fatalf("tls.crt/tls.key: %v", err)
+	}
+	blk, _ := pem.Decode(data["tls.crt"])
+	if blk == nil {
+		t.Fatal("tls.crt is not PEM")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{DNSName: dnsName, Roots: pool}); err != nil {
+		t.Errorf("serving certificate does not verify for %s: %v", dnsName, err)
+	}
 }
