@@ -168,4 +168,3 @@ var errNoSpec = errors.New("object has no spec")
 var Translators = map[schema.GroupVersionKind]values.Translator{
 	dataPlaneGVK: values.TranslatorFunc(TranslateDataPlane),
 }
-

@@ -1,7 +1,10 @@
 package packaging
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -120,6 +123,8 @@ func renderMatrix(t *testing.T) []renderCase {
 			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 				t.Errorf("resources %+v", c.Resources)
 			}
+			checkChartRBACIsGenerated(t, objs)
+			checkNetworkPolicyAdmitsWebhook(t, objs)
 			for _, want := range []string{"--leader-elect=true", "--webhook-cert-mode=self-signed", "--metrics-secure=true"} {
 				if !containsArg(c.Args, want) {
 					t.Errorf("args %v lack %s", c.Args, want)
@@ -250,4 +255,56 @@ func TestChartsRejectBadValues(t *testing.T) {
 			t.Errorf("%s with %v: error %q does not name %s", c.chart, c.values, err, c.want)
 		}
 	}
+}
+
+// checkChartRBACIsGenerated: the chart's manager ClusterRole and Role carry
+// exactly the rules controller-gen generated from the markers.
+func checkChartRBACIsGenerated(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{}
+	for _, o := range decodeObjects(t, raw) {
+		want[o.GetKind()] = o.Object["rules"]
+	}
+	got := map[string]any{}
+	for _, o := range objs {
+		if (o.GetKind() == "ClusterRole" || o.GetKind() == "Role") && o.GetName() == "couchestor-manager" {
+			got[o.GetKind()] = o.Object["rules"]
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("chart manager rules differ from config/rbac/role.yaml (run make bundle):\n got %v\nwant %v", got, want)
+	}
+}
+
+// checkNetworkPolicyAdmitsWebhook: the API server (any source) reaches the
+// webhook port; the metrics port is restricted.
+func checkNetworkPolicyAdmitsWebhook(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() != "NetworkPolicy" {
+			continue
+		}
+		rules, _, _ := unstructuredSlice(o.Object, "spec", "ingress")
+		webhookOpen, metricsRestricted := false, false
+		for _, r := range rules {
+			ports := r["ports"].([]any)
+			port := fmt.Sprint(ports[0].(map[string]any)["port"])
+			_, hasFrom := r["from"]
+			switch port {
+			case "9443":
+				webhookOpen = !hasFrom
+			case "8443":
+				metricsRestricted = hasFrom
+			}
+		}
+		if !webhookOpen || !metricsRestricted {
+			t.Errorf("NetworkPolicy ingress %v: webhook open %v, metrics restricted %v", rules, webhookOpen, metricsRestricted)
+		}
+		return
+	}
+	t.Error("no NetworkPolicy rendered")
 }
