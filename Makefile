@@ -86,6 +86,15 @@ run-local: build ## local control plane + CRDs + the operator; kubeconfig in .lo
 	@go build -o $(LOCALBIN)/runlocal ./hack/runlocal
 	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" exec $(LOCALBIN)/runlocal --bin $(LOCALBIN)/couchestor
 
+DEMO_DURATION ?= 0
+.PHONY: demo
+demo: build ## the main job on an embedded default: simulator + Prometheus + operator, live
+	@go build -o $(LOCALBIN)/mayastorsim ./tests/mayastorsim
+	@go build -o $(LOCALBIN)/demo ./hack/demo
+	@assets="$$(hack/envtest.sh)"; prom="$$(hack/prometheus.sh)"; \
+	  KUBEBUILDER_ASSETS="$$assets" exec $(LOCALBIN)/demo --bin $(LOCALBIN)/couchestor --sim $(LOCALBIN)/mayastorsim \
+	    --prometheus "$$prom" --duration $(DEMO_DURATION)
+
 .PHONY: clean
 clean:
 	rm -rf $(LOCALBIN) .local

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/tests/mayastorsim/replicasim"
 	"github.com/billyronks/couchestor/tests/mayastorsim/sim"
 )
 
@@ -41,6 +42,9 @@ func run() error {
 	scenario := flag.String("scenario", "", "scenario JSON file (required; see package sim)")
 	listen := flag.String("listen", "127.0.0.1:9502", "address of /metrics and /control")
 	interval := flag.Duration("sync-interval", time.Second, "how often MayastorVolume and DiskPool status is re-asserted")
+	replicas := flag.Bool("replica-behaviour", false, "also play Mayastor's replica behaviour (package replicasim): scale up onto a pool of its own choosing, sync, choose the victim on scale down")
+	syncRate := flag.Int64("replica-sync-bytes-per-second", 1<<30, "rebuild speed of a new replica, with --replica-behaviour")
+	seed := flag.Int64("seed", 1, "seed of the replica behaviour's pool choice")
 	flag.Parse()
 	if *kubeconfig == "" || *scenario == "" {
 		return errors.New("--kubeconfig and --scenario are required")
@@ -64,6 +68,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	s.ExternalReplicas = *replicas
 	if err := s.Create(ctx); err != nil {
 		return err
 	}
@@ -74,6 +79,10 @@ func run() error {
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	go s.Run(ctx, *interval, func(err error) { fmt.Fprintf(os.Stderr, "mayastorsim: sync: %v\n", err) })
+	if *replicas {
+		rs := replicasim.New(c, sc.Namespace, replicasim.Options{SyncBytesPerSecond: *syncRate, Seed: *seed, Interval: 200 * time.Millisecond})
+		go func() { _ = rs.Run(ctx) }()
+	}
 	fmt.Printf("mayastorsim ready %s\n", l.Addr())
 	<-ctx.Done()
 	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
