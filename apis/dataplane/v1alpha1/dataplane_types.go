@@ -109,6 +109,7 @@ type DataPlaneSpec struct {
 	// +optional
 	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
 	// ShardServers lists one shard server per cold pool, on distinct nodes.
+	// +kubebuilder:validation:XValidation:rule="self.all(a, self.exists_one(b, b.diskPool == a.diskPool))",message="spec.shardServers: each diskPool may be served by one shard server only"
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=256
 	// +listType=map
