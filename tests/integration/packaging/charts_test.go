@@ -70,15 +70,20 @@ func dataPlaneValues(t *testing.T, spec dataplanev1alpha1.DataPlaneSpec) map[str
 }
 
 func TestChartsLint(t *testing.T) {
-	for _, name := range []string{installChart, dataPlaneChart} {
-		values := map[string]any{}
-		if name == dataPlaneChart {
-			values = dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: []dataplanev1alpha1.ShardServer{{Node: "n1", DiskPool: "p1"}}})
-		}
-		l := lint.AllWithKubeVersion(chartDir(name), values, "couchestor-system", &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"})
+	cases := []struct {
+		chart  string
+		values map[string]any
+	}{
+		{installChart, map[string]any{}},
+		{installChart, map[string]any{"webhook": map[string]any{"certMode": "cert-manager"}}},
+		{dataPlaneChart, map[string]any{}}, // values.yaml alone: no shard servers yet
+		{dataPlaneChart, dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: []dataplanev1alpha1.ShardServer{{Node: "n1", DiskPool: "p1"}}})},
+	}
+	for _, c := range cases {
+		l := lint.AllWithKubeVersion(chartDir(c.chart), c.values, "couchestor-system", &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"})
 		for _, m := range l.Messages {
 			if m.Severity >= support.WarningSev {
-				t.Errorf("helm lint %s: %s", name, m)
+				t.Errorf("helm lint %s %v: %s", c.chart, c.values, m)
 			}
 		}
 	}
