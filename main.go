@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -36,6 +37,7 @@ import (
 // options are the operator's flags.
 type options struct {
 	metricsAddr       string
+	metricsSecure     bool
 	probeAddr         string
 	leaderElect       bool
 	leaderElectionID  string
@@ -88,6 +90,7 @@ Flags:
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus /metrics endpoint (plain HTTP; the install chart decides secure serving). \"0\" disables it.")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", false, "Serve /metrics over HTTPS, allowing only callers that Kubernetes authenticates and authorizes (TokenReview + SubjectAccessReview for GET /metrics). The install chart turns it on.")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz. /readyz fails until the informer caches have synced (and the webhook certificate is ready where webhooks run).")
 	fs.BoolVar(&o.leaderElect, "leader-elect", true, "Elect a leader with a coordination.k8s.io Lease so only one replica acts at a time.")
 	fs.StringVar(&o.leaderElectionID, "leader-election-id", "couchestor.storage.billyronks.io", "Name of the leader-election Lease.")
@@ -157,7 +160,7 @@ func run(ctx context.Context, o *options) error {
 		Scheme: scheme.New(),
 		// Managed fields are dead weight in the informers (100,000 ECStripes).
 		Cache:                         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              o.leaderElectionID,
@@ -273,6 +276,17 @@ func run(ctx context.Context, o *options) error {
 	}
 	log.Info("stopped cleanly")
 	return nil
+}
+
+// metricsOptions serves /metrics plainly, or with --metrics-secure over TLS
+// behind Kubernetes authentication and authorization.
+func metricsOptions(o *options) metricsserver.Options {
+	m := metricsserver.Options{BindAddress: o.metricsAddr}
+	if o.metricsSecure {
+		m.SecureServing = true
+		m.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return m
 }
 
 // cacheSynced is ready once the manager's informer caches have synced.

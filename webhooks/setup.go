@@ -329,7 +329,7 @@ var (
 		{"merasurecodingpolicy.storage.billyronks.io", "/mutate-storage-billyronks-io-v1-erasurecodingpolicy", "erasurecodingpolicies", true, createUpdate},
 		{"verasurecodingpolicy.storage.billyronks.io", "/validate-storage-billyronks-io-v1-erasurecodingpolicy", "erasurecodingpolicies", false, createUpdateDelete},
 		{"mecstripe.storage.billyronks.io", "/mutate-storage-billyronks-io-v1-ecstripe", "ecstripes", true, createUpdate},
-		{"vecstripe.storage.billyronks.io", "/validate-storage-billyronks-io-v1-ecstripe", "ecstripes", false, createUpdate},
+		{"vecstripe.storage.billyronks.io", "/validate-storage-billyronks-io-v1-ecstripe", "ecstripes", false, createUpdateDelete},
 	}
 )
 
