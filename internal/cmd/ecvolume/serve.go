@@ -146,7 +146,10 @@ func Command(ctx context.Context, args []string) error {
 		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize},
 		DestageThresholdPercent: threshold, DestageInterval: interval,
 		Stripes: &StripeAdapter{Store: st, Volume: vol},
-		Cache:   &ecvolume.CacheOptions{MemoryBytes: *cacheMem, DiskDir: filepath.Join(*cacheDir, *volume), DiskBytes: *cacheDisk},
+		// One cache block per stripe: a stripe read costs an ECStripe GET
+		// and a decode of the whole stripe, so smaller blocks would repeat both.
+		Cache: &ecvolume.CacheOptions{BlockBytes: vol.StripeSize, MemoryBytes: *cacheMem,
+			DiskDir: filepath.Join(*cacheDir, *volume), DiskBytes: *cacheDisk},
 		OnDestageError: func(err error) {
 			log.Printf("ec-volume %s: destage failed (writes back-pressure until it succeeds): %v", *volume, err)
 		},
@@ -227,6 +230,9 @@ func kubeClient(kubeconfig string) (client.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load kubeconfig: %w", err)
 	}
+	// Reads and destages GET and update ECStripes on the I/O path: client-go's
+	// default of 5 requests/s would throttle a volume to a few stripes a second.
+	cfg.QPS, cfg.Burst = 200, 400
 	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
