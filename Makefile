@@ -71,6 +71,7 @@ vet:
 test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest and e2e suites
 	@assets="$$(hack/envtest.sh)"; \
 	prom="$$(hack/prometheus.sh)"; \
+	hack/nbd-clients.sh; \
 	echo "KUBEBUILDER_ASSETS=$$assets COUCHESTOR_PROMETHEUS=$$prom"; \
 	KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN="$(LOCALBIN)/couchestor" \
 	  go test $(GO_TEST_FLAGS) ./...
