@@ -129,7 +129,8 @@ Try:
   %[2]s get crd
   %[2]s get sp,ecp,ecs
   %[2]s get couchestor
-  %[2]s apply -k config/samples/
+  %[2]s apply -f config/samples/storage_v1_erasurecodingpolicy.yaml
+  %[2]s apply -f config/samples/storage_v1_storagepolicy.yaml
 
 Ctrl-C stops everything.
 `, kubeconfig, kubectl, logPath, *metrics, *probes)
