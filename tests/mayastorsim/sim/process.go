@@ -53,6 +53,14 @@ type Process struct {
 // test ends.
 func Start(t testing.TB, kubeconfig, listen string, scenario *Scenario) *Process {
 	t.Helper()
+	return StartWithArgs(t, kubeconfig, listen, scenario)
+}
+
+// StartWithArgs is Start with extra command-line flags for the simulator,
+// e.g. "--replica-behaviour" (end-to-end tests that let the operator migrate
+// replicas).
+func StartWithArgs(t testing.TB, kubeconfig, listen string, scenario *Scenario, extra ...string) *Process {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "scenario.json")
 	b, err := json.MarshalIndent(scenario, "", "  ")
@@ -62,7 +70,8 @@ func Start(t testing.TB, kubeconfig, listen string, scenario *Scenario) *Process
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(Binary(t), "--kubeconfig", kubeconfig, "--scenario", path, "--listen", listen, "--sync-interval", "500ms")
+	args := append([]string{"--kubeconfig", kubeconfig, "--scenario", path, "--listen", listen, "--sync-interval", "500ms"}, extra...)
+	cmd := exec.Command(Binary(t), args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
