@@ -552,6 +552,8 @@ func (s *suite) testKillMidMigration(t *testing.T) {
 		return s.migrationAnnotated(names...)
 	})
 	before := s.policy(t, policy).Status.TotalMigrations
+	// What earlier subtests recorded must survive the crash too.
+	cycleBefore := s.policy(t, "e2e-cycle").Status
 	s.operator.kill()
 	t.Logf("operator SIGKILLed mid-migration (totalMigrations %d)", before)
 	busy, err := s.migrationAnnotated(names...)
@@ -581,6 +583,14 @@ func (s *suite) testKillMidMigration(t *testing.T) {
 	p := s.policy(t, policy)
 	if p.Status.TotalMigrations < before {
 		t.Errorf("totalMigrations %d < %d before the kill", p.Status.TotalMigrations, before)
+	}
+	cycleAfter := s.policy(t, "e2e-cycle").Status
+	if cycleAfter.TotalMigrations != cycleBefore.TotalMigrations || len(cycleAfter.MigrationHistory) != len(cycleBefore.MigrationHistory) {
+		t.Errorf("e2e-cycle changed across the crash: total %d -> %d, history %d -> %d entries",
+			cycleBefore.TotalMigrations, cycleAfter.TotalMigrations, len(cycleBefore.MigrationHistory), len(cycleAfter.MigrationHistory))
+	}
+	if p.Status.TotalMigrations < 2 || len(historyFor(p, "crash-0")) == 0 || len(historyFor(p, "crash-1")) == 0 {
+		t.Errorf("the interrupted migrations are not counted: total %d, history %+v", p.Status.TotalMigrations, p.Status.MigrationHistory)
 	}
 	t.Logf("after restart: totalMigrations %d, failed %d, history %+v", p.Status.TotalMigrations, p.Status.FailedMigrations, p.Status.MigrationHistory)
 }
@@ -649,12 +659,19 @@ spec:
 	t.Logf("takeover after %s (lease %s, retry %s); admission during it: %d of %d dry-run applies refused %s",
 		took.Round(100*time.Millisecond), leaseDuration, retryPeriod, refused, tries, firstRefusal)
 	// SIGKILL leaves the Lease held until it expires: the follower may take
-	// it after leaseDuration, and polls every retryPeriod.
-	if bound := leaseDuration + 3*retryPeriod + 5*time.Second; took > bound {
+	// it leaseDuration after the last renewal and polls every retryPeriod;
+	// measured 8.5-10.2 s here. The slack covers a busy 2-core machine.
+	if bound := leaseDuration + 10*time.Second; took > bound {
 		t.Errorf("takeover took %s, more than lease %s + slack (%s)", took, leaseDuration, bound)
 	}
 	// The webhook configurations point at b, which serves admission whether
-	// or not it leads, so killing a costs admission nothing.
+	// or not it leads, so killing a costs admission nothing (0 refusals
+	// measured). Outside a cluster (--webhook-local-url) the configurations
+	// hold one URL, the last process started wins: had b died instead, every
+	// apply of these kinds would be refused (failurePolicy Fail) until an
+	// operator restarted and installed its URL again — leadership does not
+	// move the URL. In a cluster the Service sends admission to any ready
+	// replica, leader or not, so a takeover has no admission gap there.
 	if refused != 0 {
 		t.Errorf("%d admission requests failed while the follower took over: %s", refused, firstRefusal)
 	}
