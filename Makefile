@@ -80,6 +80,11 @@ test: verify-generated vet build ## everything CI runs: generated files fresh, u
 bench: ## benchmarks (not timed tests; compare ratios within one run)
 	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" go test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.txt
 
+.PHONY: bench-scale
+bench-scale: ## 100,000 ECStripes in a real API server: roll-up time, RSS, overlap p99 (minutes)
+	@assets="$$(hack/envtest.sh)"; COUCHESTOR_SCALE_STRIPES=$${COUCHESTOR_SCALE_STRIPES:-100000} KUBEBUILDER_ASSETS="$$assets" \
+	  go test -run '^$$' -bench ECStripeScale -benchtime 1x -timeout 60m ./tests/integration/ecscale/
+
 ##@ Run
 
 .PHONY: run-local
