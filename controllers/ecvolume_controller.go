@@ -15,7 +15,9 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/registry"
@@ -74,10 +76,38 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return fmt.Errorf("ECVolume reconciler: uncached client: %w", err)
 	}
 	r.direct = direct
+	// Status counts the volume's stripes and follows its policy, so stripe
+	// writes and policy changes must wake the volume up; without these watches
+	// the count would only catch up at the next GC interval.
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&storagev1.ECVolume{}).
+		Watches(&storagev1.ECStripe{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			es, ok := o.(*storagev1.ECStripe)
+			if !ok || es.Spec.VolumeRef == "" {
+				return nil
+			}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: es.Spec.VolumeRef}}}
+		})).
+		Watches(&storagev1.ErasureCodingPolicy{}, handler.EnqueueRequestsFromMapFunc(r.volumesOfPolicy)).
 		Named("ecvolume").
 		Complete(r)
+}
+
+// volumesOfPolicy maps an ErasureCodingPolicy event to the ECVolumes that
+// reference it.
+func (r *ECVolumeReconciler) volumesOfPolicy(ctx context.Context, o client.Object) []reconcile.Request {
+	var vols storagev1.ECVolumeList
+	if err := r.Client.List(ctx, &vols); err != nil {
+		log.FromContext(ctx).Error(err, "list ECVolumes for policy event", "policy", o.GetName())
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range vols.Items {
+		if vols.Items[i].Spec.PolicyRef == o.GetName() {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: vols.Items[i].Name}})
+		}
+	}
+	return out
 }
 
 // store returns the stripe store, building it from the Secret on first use

@@ -8,6 +8,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
@@ -26,12 +27,15 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// skipNameValidation lets -count=N run the test repeatedly in one process.
+var skipNameValidation = true
+
 func TestDeletingAVolumeDeletesItsStripesAndFreesSpace(t *testing.T) {
 	testenv.RequireAssets(t)
 	c := newCluster(t, 6)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	mgr, err := ctrl.NewManager(c.env.Config, ctrl.Options{Scheme: c.env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+	mgr, err := ctrl.NewManager(c.env.Config, ctrl.Options{Scheme: c.env.Scheme, Controller: config.Controller{SkipNameValidation: &skipNameValidation}, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
 	if err != nil {
 		t.Fatal(err)
 	}
