@@ -14,6 +14,7 @@
 //	GET    /v1/shards?volume=         → []StoredShard
 //	GET    /v1/space                  → Space
 //	GET    /healthz                   → 200 when the store answers
+//	…      /v1/journals/{volume}/…    journal replicas (journal_server.go)
 //
 // Status codes: 404 ErrNotFound, 409 ErrStaleGeneration (body: StaleError
 // JSON), 507 ErrNoSpace, 400 ErrBadShard, 401 bad token.
@@ -39,9 +40,10 @@ const maxShardBytes = 64<<20 + 1
 
 // Server serves one Store over HTTP.
 type Server struct {
-	store *Store
-	token string
-	mux   *http.ServeMux
+	store    *Store
+	token    string
+	mux      *http.ServeMux
+	journals *journals
 }
 
 // NewServer returns the HTTP handler of a pool. token must not be empty.
@@ -56,6 +58,7 @@ func NewServer(store *Store, token string) (*Server, error) {
 	s.mux.HandleFunc("DELETE /v1/extents/{offset}", s.auth(s.deleteExtent))
 	s.mux.HandleFunc("GET /v1/shards", s.auth(s.listShards))
 	s.mux.HandleFunc("GET /v1/space", s.auth(s.space))
+	s.registerJournalRoutes()
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_ = s.store.Space()
 		w.WriteHeader(http.StatusOK)
