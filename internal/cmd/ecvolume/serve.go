@@ -12,7 +12,10 @@
 //     schema states them); a policy change needs a restart.
 //   - Destage failures (API server or webhooks unavailable, too few shard
 //     servers) are logged and retried; writes back-pressure on the full
-//     journal meanwhile and are never dropped.
+//     journal meanwhile and are never dropped. They show on
+//     --metrics-bind-address (couchestor_ecvolume_destage_failing, read by
+//     the data-plane chart's CoucheStorECVolumeDestageFailing alert) and as
+//     the ECVolume's Destaging condition (observe.go).
 package ecvolume
 
 import (
@@ -59,6 +62,7 @@ func Command(ctx context.Context, args []string) error {
 	secret := fs.String("shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
 	tokenFile := fs.String("token-file", "", "Bearer token file of the shard servers.")
+	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -141,16 +145,18 @@ func Command(ctx context.Context, args []string) error {
 		}
 		stores = append(stores, s)
 	}
+	obs := newObserver(*volume, kc)
 	v, err := ecvolume.Open(ctx, ecvolume.Options{
 		Name: *volume, SizeBytes: vol.Object.Spec.SizeBytes, StripeSizeBytes: vol.StripeSize,
 		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize},
 		DestageThresholdPercent: threshold, DestageInterval: interval,
-		Stripes: &StripeAdapter{Store: st, Volume: vol},
+		Stripes: observedSink{StripeAdapter: &StripeAdapter{Store: st, Volume: vol}, o: obs},
 		// One cache block per stripe: a stripe read costs an ECStripe GET
 		// and a decode of the whole stripe, so smaller blocks would repeat both.
 		Cache: &ecvolume.CacheOptions{BlockBytes: vol.StripeSize, MemoryBytes: *cacheMem,
 			DiskDir: filepath.Join(*cacheDir, *volume), DiskBytes: *cacheDisk},
 		OnDestageError: func(err error) {
+			obs.destageError(err)
 			log.Printf("ec-volume %s: destage failed (writes back-pressure until it succeeds): %v", *volume, err)
 		},
 	})
@@ -158,10 +164,18 @@ func Command(ctx context.Context, args []string) error {
 		return err
 	}
 	defer v.Close()
+	obs.watchJournal(v.Journal())
+	if err := obs.serveMetrics(ctx, *metricsAddr); err != nil {
+		return err
+	}
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", *listen, err)
 	}
+	condCtx, stopConds := context.WithCancel(context.WithoutCancel(ctx))
+	condsDone := make(chan struct{})
+	go func() { defer close(condsDone); obs.runConditions(condCtx, l.Addr().String()) }()
+	defer func() { stopConds(); <-condsDone }()
 	log.Printf("ec-volume %s: serving %d bytes (policy %s, stripe %d bytes, journal %d replicas × %d bytes) over NBD on %s",
 		*volume, vol.Object.Spec.SizeBytes, pol.Name, vol.StripeSize, replicas, jsize, l.Addr())
 	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: v}}, Logf: log.Printf}
