@@ -50,7 +50,7 @@ func stripe(i int, policy string) *storagev1.ECStripe {
 	return &storagev1.ECStripe{
 		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("scale-vol-%06d", i)},
 		Spec: storagev1.ECStripeSpec{VolumeRef: "scale-vol", StripeID: int64(i), PolicyRef: policy,
-			LbaRange: storagev1.LbaRange{StartLba: int64(i) * span, EndLba: int64(i+1) * span},
+			LbaRange:       storagev1.LbaRange{StartLba: int64(i) * span, EndLba: int64(i+1) * span},
 			ShardLocations: locs, Checksum: fmt.Sprintf("xxh3-shards:%016x", uint64(i)), Generation: 1},
 	}
 }
