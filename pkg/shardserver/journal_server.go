@@ -239,24 +239,27 @@ func (s *Server) withReplica(r *http.Request, mutate bool, fn func(*journal.File
 		if rep == nil {
 			return fn(nil, nil)
 		}
-		if mutate {
-			rep.mu.Lock()
-		} else {
-			rep.mu.RLock()
-		}
-		st := rep.store
-		if st != nil {
-			err = fn(st, rep)
-		}
-		if mutate {
-			rep.mu.Unlock()
-		} else {
-			rep.mu.RUnlock()
-		}
-		if st != nil || attempt > 0 {
+		ran, err := rep.run(mutate, fn)
+		if ran || attempt > 0 {
 			return err
 		}
 	}
+}
+
+// run calls fn under the replica's lock; ran is false when the replica was
+// deleted before the lock was taken.
+func (rep *journalReplica) run(mutate bool, fn func(*journal.FileStore, *journalReplica) error) (ran bool, err error) {
+	if mutate {
+		rep.mu.Lock()
+		defer rep.mu.Unlock()
+	} else {
+		rep.mu.RLock()
+		defer rep.mu.RUnlock()
+	}
+	if rep.store == nil {
+		return false, nil
+	}
+	return true, fn(rep.store, rep)
 }
 
 func (s *Server) journalList(w http.ResponseWriter, _ *http.Request) {
