@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 )
 
@@ -12,7 +13,9 @@ import (
 // inside the stripe) into the stripe's current bytes, re-encodes and stores
 // the full stripe. Returning nil means the new stripe is durable; only then
 // is the journal trimmed. WriteStripe may be called again with the same data
-// after a crash, so it must be idempotent.
+// after a crash, so it must be idempotent. The Destager calls it for up to
+// DestagerConfig.Parallel different stripes at once; the extents' data is
+// shared with the journal and must not be modified.
 type StripeSink interface {
 	WriteStripe(ctx context.Context, stripeIndex int64, extents []Extent) error
 }
@@ -26,6 +29,9 @@ type DestagerConfig struct {
 	Ticks <-chan time.Time
 	// OnError hears destage failures; Run retries at the next trigger.
 	OnError func(error)
+	// Parallel is how many stripes are written at once (0 means 4): a
+	// stripe write is mostly waiting on shard servers and the API server.
+	Parallel int
 }
 
 // Destager moves journaled writes into full stripes and then trims the journal.
@@ -45,6 +51,12 @@ func NewDestager(j *Journal, sink StripeSink, cfg DestagerConfig) (*Destager, er
 	}
 	if cfg.Ticks == nil && cfg.Interval <= 0 {
 		return nil, fmt.Errorf("journal: destageInterval %s must be positive", cfg.Interval)
+	}
+	if cfg.Parallel < 0 {
+		return nil, fmt.Errorf("journal: destage parallelism %d must be >= 0", cfg.Parallel)
+	}
+	if cfg.Parallel == 0 {
+		cfg.Parallel = 4
 	}
 	return &Destager{j: j, sink: sink, cfg: cfg}, nil
 }
@@ -79,7 +91,10 @@ func (d *Destager) Run(ctx context.Context) error {
 
 // DestageOnce writes every stripe touched by the durable journal records to
 // the sink, newest data per LBA, then trims those records. It returns the
-// number of stripes written.
+// number of stripes written. A stripe may also receive data of records
+// committed after the snapshot (they are durable too, and newer); those stay
+// in the journal past the trim and are written again by a later pass, which
+// the sink's idempotence allows.
 func (d *Destager) DestageOnce(ctx context.Context) (int, error) {
 	through, entries := d.j.snapshot()
 	if len(entries) == 0 {
@@ -103,17 +118,56 @@ func (d *Destager) DestageOnce(ctx context.Context) (int, error) {
 		stripes = append(stripes, s)
 	}
 	sort.Slice(stripes, func(a, b int) bool { return stripes[a] < stripes[b] })
-	for _, s := range stripes {
-		extents, err := d.j.lookup(ctx, s*span, (s+1)*span, through)
-		if err != nil {
-			return 0, fmt.Errorf("journal: destage stripe %d: %w", s, err)
-		}
-		if err := d.sink.WriteStripe(ctx, int64(s), extents); err != nil {
-			return 0, fmt.Errorf("journal: destage stripe %d: sink: %w", s, err)
-		}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		firstErr error
+		next     int
+		wg       sync.WaitGroup
+	)
+	for w := 0; w < min(d.cfg.Parallel, len(stripes)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				if next == len(stripes) || firstErr != nil {
+					mu.Unlock()
+					return
+				}
+				s := stripes[next]
+				next++
+				mu.Unlock()
+				if err := d.writeStripe(wctx, s, span); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+						cancel()
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
 	}
 	if err := d.j.trim(ctx, through); err != nil {
 		return len(stripes), fmt.Errorf("journal: trim after destaging through seq %d: %w", through, err)
 	}
 	return len(stripes), nil
+}
+
+func (d *Destager) writeStripe(ctx context.Context, s, span uint64) error {
+	extents, err := d.j.Lookup(ctx, s*span, (s+1)*span)
+	if err != nil {
+		return fmt.Errorf("journal: destage stripe %d: %w", s, err)
+	}
+	if err := d.sink.WriteStripe(ctx, int64(s), extents); err != nil {
+		return fmt.Errorf("journal: destage stripe %d: sink: %w", s, err)
+	}
+	return nil
 }

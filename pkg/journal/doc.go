@@ -13,7 +13,13 @@
 // their placement (pkg/erasure and the stripe writer do), nor any Kubernetes
 // object; it imports nothing from Kubernetes.
 //
-// Known limits: Lookup scans the live records (O(records) per call); an
-// interval index is the next step if profiles show it. A store that fails is
-// left out until the next Open, which catches it up.
+// Lookup uses an interval index (a B-tree of non-overlapping LBA spans, each
+// naming the newest live record that wrote it): O(log n + spans) per call.
+// Undestaged write data is also held in RAM up to Options.MaxHeldBytes, so
+// reads and destaging need not read the stores back; beyond that, records
+// are read from a store. The Destager writes up to DestagerConfig.Parallel
+// stripes at once and trims only after all of them succeeded.
+//
+// Known limits: a store that fails is left out until the next Open, which
+// catches it up.
 package journal

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+
+	"github.com/google/btree"
 )
 
 var (
@@ -29,6 +31,11 @@ type Options struct {
 	// MaxBatchBytes bounds one group commit (one write+fsync per store);
 	// 0 means 8 MiB.
 	MaxBatchBytes int64
+	// MaxHeldBytes bounds the undestaged write data the journal also keeps
+	// in RAM, so that reads (Lookup) and destaging do not read the stores
+	// back; records beyond it are read from a store. 0 means
+	// min(SizeBytes, 256 MiB); negative holds nothing.
+	MaxHeldBytes int64
 }
 
 // Extent is data for the LBA range [LBA, LBA+len(Data)/512).
@@ -55,7 +62,9 @@ type Journal struct {
 	used       int64 // bytes of live records plus reservations of in-flight appends
 	lastSeq    uint64
 	trimmed    uint64
-	live       []entry // durable, untrimmed write records, by seq
+	live       []*liveRec // durable, untrimmed write records, by seq
+	index      lbaIndex   // newest live record per LBA
+	held       int64      // bytes of record data held in RAM (reserved by Append)
 	liveBytes  int64
 	spaceFreed chan struct{}
 	broken     error
@@ -69,14 +78,10 @@ type Journal struct {
 	closeMu sync.Once
 }
 
-type entry struct {
-	seq, lba, nlba uint64
-	size           int64
-}
-
 type appendReq struct {
 	rec  Record
 	size int64
+	held bool // rec.Data is the journal's own copy, counted in held
 	done chan error
 }
 
@@ -96,10 +101,13 @@ func Open(ctx context.Context, stores []Store, opts Options) (*Journal, error) {
 	if opts.MaxBatchBytes <= 0 {
 		opts.MaxBatchBytes = 8 << 20
 	}
+	if opts.MaxHeldBytes == 0 {
+		opts.MaxHeldBytes = min(opts.SizeBytes, 256<<20)
+	}
 	j := &Journal{
 		stores: stores, healthy: make([]bool, len(stores)), quorum: len(stores)/2 + 1, opts: opts,
 		spaceFreed: make(chan struct{}), reqs: make(chan *appendReq, 1024), wake: make(chan struct{}, 1),
-		done: make(chan struct{}), stopped: make(chan struct{}),
+		done: make(chan struct{}), stopped: make(chan struct{}), index: newLBAIndex(),
 	}
 	if err := j.recover(ctx); err != nil {
 		return nil, err
@@ -176,13 +184,17 @@ func (j *Journal) recover(ctx context.Context) error {
 		}
 	}
 	var authLog []seqEpoch
-	var live []entry
+	var live []*liveRec
 	var liveBytes int64
 	err := j.stores[auth].Scan(ctx, trimmed, func(r Record) error {
 		authLog = append(authLog, seqEpoch{r.Seq, r.Epoch})
 		liveBytes += r.encodedSize()
 		if r.Kind == KindWrite {
-			live = append(live, entry{seq: r.Seq, lba: r.LBA, nlba: uint64(len(r.Data) / LBASize), size: r.encodedSize()})
+			lr := &liveRec{seq: r.Seq, lba: r.LBA, nlba: uint64(len(r.Data) / LBASize), size: r.encodedSize()}
+			if j.tryHold(int64(len(r.Data))) {
+				lr.data = append([]byte(nil), r.Data...)
+			}
+			live = append(live, lr)
 		}
 		return nil
 	})
@@ -206,6 +218,9 @@ func (j *Journal) recover(ctx context.Context) error {
 	j.lastSeq = infos[auth].LastSeq
 	j.nextSeq = j.lastSeq + 1
 	j.live, j.liveBytes, j.used = live, liveBytes, liveBytes
+	for _, lr := range live {
+		j.index.insert(lr)
+	}
 	// The epoch marker makes this writer's log the newest from now on, so a
 	// stale unacknowledged tail elsewhere can never be adopted over it.
 	marker := Record{Seq: j.nextSeq, Epoch: j.epoch, Kind: KindEpoch}
@@ -318,13 +333,18 @@ func (j *Journal) Append(ctx context.Context, lba uint64, data []byte) (uint64, 
 	if err := j.reserve(ctx, req.size); err != nil {
 		return 0, err
 	}
+	if j.tryHold(int64(len(data))) {
+		// The copy is what the stores encode and what Lookup and the
+		// destager read, so the caller's buffer is free once Append returns.
+		req.rec.Data, req.held = append([]byte(nil), data...), true
+	}
 	select {
 	case j.reqs <- req:
 	case <-j.done:
-		j.release(req.size)
+		j.release(req)
 		return 0, ErrClosed
 	case <-ctx.Done():
-		j.release(req.size)
+		j.release(req)
 		return 0, ctx.Err()
 	}
 	select {
@@ -377,11 +397,26 @@ func (j *Journal) reserve(ctx context.Context, size int64) error {
 	}
 }
 
-func (j *Journal) release(size int64) {
+// release gives back what a request that was never committed reserved.
+func (j *Journal) release(req *appendReq) {
 	j.mu.Lock()
-	j.used -= size
+	j.used -= req.size
+	if req.held {
+		j.held -= int64(len(req.rec.Data))
+	}
 	j.freedLocked()
 	j.mu.Unlock()
+}
+
+// tryHold reserves n bytes of the RAM budget for a record's data.
+func (j *Journal) tryHold(n int64) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.held+n > j.opts.MaxHeldBytes {
+		return false
+	}
+	j.held += n
+	return true
 }
 
 func (j *Journal) freedLocked() {
@@ -442,11 +477,19 @@ func (j *Journal) commit(batch []*appendReq) {
 		}
 		for _, r := range batch {
 			j.used -= r.size
+			if r.held {
+				j.held -= int64(len(r.rec.Data))
+			}
 		}
 		j.freedLocked()
 	} else {
 		for _, r := range batch {
-			j.live = append(j.live, entry{seq: r.rec.Seq, lba: r.rec.LBA, nlba: uint64(len(r.rec.Data) / LBASize), size: r.size})
+			lr := &liveRec{seq: r.rec.Seq, lba: r.rec.LBA, nlba: uint64(len(r.rec.Data) / LBASize), size: r.size}
+			if r.held {
+				lr.data = r.rec.Data
+			}
+			j.live = append(j.live, lr)
+			j.index.insert(lr)
 			j.liveBytes += r.size
 		}
 		j.lastSeq = recs[len(recs)-1].Seq
@@ -483,68 +526,54 @@ func (j *Journal) HealthyStores() []bool {
 // non-overlapping extents sorted by LBA; LBAs not covered are not in the
 // journal and must be read from the stripes. Reading the journal first and
 // then the stripes is safe against a concurrent destage: a record is trimmed
-// only after its stripe holds it.
+// only after its stripe holds it. Extent data may be shared with the
+// journal: callers must not modify it.
 func (j *Journal) Lookup(ctx context.Context, startLBA, endLBA uint64) ([]Extent, error) {
-	return j.lookup(ctx, startLBA, endLBA, ^uint64(0))
-}
-
-func (j *Journal) lookup(ctx context.Context, startLBA, endLBA, maxSeq uint64) ([]Extent, error) {
 	if endLBA <= startLBA {
 		return nil, nil
 	}
 	j.trimMu.RLock()
 	defer j.trimMu.RUnlock()
 	j.mu.Lock()
-	var hits []entry
-	for i := len(j.live) - 1; i >= 0; i-- {
-		e := j.live[i]
-		if e.seq <= maxSeq && e.lba < endLBA && e.lba+e.nlba > startLBA {
-			hits = append(hits, e) // newest first
-		}
-	}
+	var hits []span
+	j.index.overlapping(startLBA, endLBA, func(s span) bool { hits = append(hits, s); return true })
 	j.mu.Unlock()
 	if len(hits) == 0 {
 		return nil, nil
 	}
-	n := endLBA - startLBA
-	covered := make([]bool, n)
-	buf := make([]byte, n*LBASize)
-	for _, e := range hits {
-		a, b := max(e.lba, startLBA), min(e.lba+e.nlba, endLBA)
-		needed := false
-		for l := a; l < b; l++ {
-			if !covered[l-startLBA] {
-				needed = true
-				break
+	out := make([]Extent, 0, len(hits))
+	var merged []bool                 // out[i].Data is a private copy
+	var fetched map[uint64][]byte // records read from a store, once each
+	for _, s := range hits {
+		data := s.rec.data
+		if data == nil {
+			if data = fetched[s.rec.seq]; data == nil {
+				rec, err := j.read(ctx, s.rec.seq)
+				if err != nil {
+					return nil, err
+				}
+				if fetched == nil {
+					fetched = map[uint64][]byte{}
+				}
+				data = rec.Data
+				fetched[s.rec.seq] = data
 			}
 		}
-		if !needed {
-			continue
-		}
-		rec, err := j.read(ctx, e.seq)
-		if err != nil {
-			return nil, err
-		}
-		for l := a; l < b; l++ {
-			if covered[l-startLBA] {
-				continue
+		a, b := max(s.start, startLBA), min(s.end, endLBA)
+		from, to := (a-s.rec.lba)*LBASize, (b-s.rec.lba)*LBASize
+		if n := len(out); n > 0 && out[n-1].LBA+uint64(len(out[n-1].Data)/LBASize) == a {
+			// Contiguous with the previous span (another record): one extent,
+			// as callers expect maximal runs. Copy on the first merge only.
+			prev := &out[n-1]
+			if !merged[n-1] {
+				prev.Data = append(make([]byte, 0, (endLBA-prev.LBA)*LBASize), prev.Data...)
+				merged[n-1] = true
 			}
-			covered[l-startLBA] = true
-			src := (l - e.lba) * LBASize
-			copy(buf[(l-startLBA)*LBASize:], rec.Data[src:src+LBASize])
-		}
-	}
-	var out []Extent
-	for l := uint64(0); l < n; {
-		if !covered[l] {
-			l++
+			prev.Data = append(prev.Data, data[from:to]...)
 			continue
 		}
-		s := l
-		for l < n && covered[l] {
-			l++
-		}
-		out = append(out, Extent{LBA: startLBA + s, Data: buf[s*LBASize : l*LBASize : l*LBASize]})
+		out = append(out, Extent{LBA: a, Data: data[from:to:to]})
+		merged = append(merged, false)
 	}
 	return out, nil
 }
@@ -569,46 +598,64 @@ func (j *Journal) read(ctx context.Context, seq uint64) (Record, error) {
 }
 
 // snapshot returns the newest durable seq and the write records up to it.
-func (j *Journal) snapshot() (uint64, []entry) {
+func (j *Journal) snapshot() (uint64, []*liveRec) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.lastSeq, append([]entry(nil), j.live...)
+	return j.lastSeq, append([]*liveRec(nil), j.live...)
 }
 
 // trim drops every record with seq <= through from a quorum of stores and
 // frees their space. Only the Destager calls it, after its sink confirmed.
+// The stores trim in parallel: each one's Trim is a durable metadata write.
 func (j *Journal) trim(ctx context.Context, through uint64) error {
 	j.trimMu.Lock()
 	defer j.trimMu.Unlock()
 	j.mu.Lock()
 	healthy := append([]bool(nil), j.healthy...)
 	j.mu.Unlock()
-	ok := 0
-	var errs []error
+	errs := make([]error, len(j.stores))
+	var wg sync.WaitGroup
 	for i, s := range j.stores {
 		if !healthy[i] {
 			continue
 		}
-		if err := s.Trim(ctx, through); err != nil {
-			errs = append(errs, fmt.Errorf("store %d: %w", i, err))
-			j.mu.Lock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.Trim(ctx, through)
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	var failures []error
+	j.mu.Lock()
+	for i, err := range errs {
+		if !healthy[i] {
+			continue
+		}
+		if err != nil {
+			failures = append(failures, fmt.Errorf("store %d: %w", i, err))
 			j.healthy[i] = false
-			j.mu.Unlock()
 			continue
 		}
 		ok++
 	}
+	j.mu.Unlock()
 	if ok < j.quorum {
-		return fmt.Errorf("%w: trim through %d on %d stores: %w", ErrNoQuorum, through, ok, errors.Join(errs...))
+		return fmt.Errorf("%w: trim through %d on %d stores: %w", ErrNoQuorum, through, ok, errors.Join(failures...))
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	i := sort.Search(len(j.live), func(i int) bool { return j.live[i].seq > through })
 	var freed int64
-	for _, e := range j.live[:i] {
-		freed += e.size
+	for _, lr := range j.live[:i] {
+		freed += lr.size
+		j.index.remove(lr)
+		if lr.data != nil {
+			j.held -= int64(len(lr.data))
+		}
 	}
-	j.live = append([]entry(nil), j.live[i:]...)
+	j.live = append([]*liveRec(nil), j.live[i:]...)
 	// Epoch markers are small; count them freed with the writes around them.
 	if len(j.live) == 0 && j.lastSeq <= through {
 		freed = j.liveBytes
@@ -633,4 +680,76 @@ func (j *Journal) Close() error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// liveRec is a durable, untrimmed write record as the journal tracks it.
+type liveRec struct {
+	seq, lba, nlba uint64
+	size           int64  // encoded bytes (what it costs of journalSizeBytes)
+	data           []byte // a copy held in RAM (Options.MaxHeldBytes), or nil: read it from a store
+}
+
+// span says that LBAs [start, end) are newest in rec.
+type span struct {
+	start, end uint64
+	rec        *liveRec
+}
+
+// lbaIndex maps every LBA the journal holds to the newest live record that
+// wrote it, as non-overlapping spans ordered by start LBA. Insert, remove and
+// lookup cost O(log n + spans touched) instead of a scan of every record.
+type lbaIndex struct{ t *btree.BTreeG[span] }
+
+func newLBAIndex() lbaIndex {
+	return lbaIndex{btree.NewG(32, func(a, b span) bool { return a.start < b.start })}
+}
+
+// overlapping calls fn for every span that overlaps [a, b), in LBA order.
+func (x lbaIndex) overlapping(a, b uint64, fn func(span) bool) {
+	if a >= b {
+		return
+	}
+	more := true
+	x.t.DescendLessOrEqual(span{start: a}, func(s span) bool {
+		if s.end > a {
+			more = fn(s)
+		}
+		return false // only the one span that may start before a and reach into it
+	})
+	if !more {
+		return
+	}
+	x.t.AscendRange(span{start: a + 1}, span{start: b}, fn)
+}
+
+// insert makes rec the newest data for its LBAs (rec must be newer than
+// every record already indexed over them).
+func (x lbaIndex) insert(rec *liveRec) {
+	a, b := rec.lba, rec.lba+rec.nlba
+	var hit []span
+	x.overlapping(a, b, func(s span) bool { hit = append(hit, s); return true })
+	for _, s := range hit {
+		x.t.Delete(s)
+		if s.start < a {
+			x.t.ReplaceOrInsert(span{s.start, a, s.rec})
+		}
+		if s.end > b {
+			x.t.ReplaceOrInsert(span{b, s.end, s.rec})
+		}
+	}
+	x.t.ReplaceOrInsert(span{a, b, rec})
+}
+
+// remove drops what is left of rec (it was trimmed; anything newer stays).
+func (x lbaIndex) remove(rec *liveRec) {
+	var hit []span
+	x.overlapping(rec.lba, rec.lba+rec.nlba, func(s span) bool {
+		if s.rec == rec {
+			hit = append(hit, s)
+		}
+		return true
+	})
+	for _, s := range hit {
+		x.t.Delete(s)
+	}
 }

@@ -254,7 +254,11 @@ func (s *FileStore) Read(_ context.Context, seq uint64) (Record, error) {
 func (s *FileStore) Append(_ context.Context, recs []Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var buf []byte
+	var total int64
+	for i := range recs {
+		total += recs[i].encodedSize()
+	}
+	buf := make([]byte, 0, total) // one allocation: appending would regrow (and clear) it repeatedly
 	last := s.lastSeq
 	locs := make([]recLoc, 0, len(recs))
 	for i := range recs {
