@@ -542,7 +542,7 @@ func (j *Journal) Lookup(ctx context.Context, startLBA, endLBA uint64) ([]Extent
 		return nil, nil
 	}
 	out := make([]Extent, 0, len(hits))
-	var merged []bool                 // out[i].Data is a private copy
+	var merged []bool             // out[i].Data is a private copy
 	var fetched map[uint64][]byte // records read from a store, once each
 	for _, s := range hits {
 		data := s.rec.data
