@@ -1,14 +1,24 @@
 // Command demo is `make demo`: CoucheStor doing its job on a laptop, with no
 // cluster. It starts a local control plane (kube-apiserver + etcd), installs
 // the CRDs, runs the Mayastor simulator (a test double: three nodes, each with
-// a hot, a warm and a cold DiskPool, twenty volumes with PVs/PVCs and a
-// scripted IO workload), a real Prometheus scraping it, and the operator as its
-// own process with its webhooks in self-signed mode; applies a sample
-// ErasureCodingPolicy and StoragePolicy; and shows live what happens.
+// a hot, a warm and a cold DiskPool, four more nodes with a cold DiskPool only,
+// twenty volumes with PVs/PVCs and a scripted IO workload), a real Prometheus
+// scraping it, one shard server process per cold DiskPool (seven), and the
+// operator as its own process with its webhooks in self-signed mode; applies a
+// sample ErasureCodingPolicy and StoragePolicy; and shows live what happens.
+//
+// Two things run side by side: tiering (volumes move between hot, warm and
+// cold pools as their IOPS change) and erasure coding (ec.go: an ECVolume is
+// written through NBD, destaged into ECStripes, a shard server is killed, the
+// operator rebuilds its shards elsewhere and the data reads back exactly).
+// The operator runs with a 10s down-out delay and a 1 MiB/s rebuild
+// bandwidth so the rebuild happens, visibly, within the demo.
 //
 // With --duration (DEMO_DURATION) it runs unattended and exits non-zero when
-// the expected migrations did not happen. Ctrl-C (or SIGTERM, or the end of
-// --duration) stops every process it started and removes its temporary files.
+// the expected migrations did not happen or the erasure-coding part failed
+// (it waits past --duration for an erasure-coding part still inside its own
+// bounds). Ctrl-C (or SIGTERM, or the end of --duration) stops every process
+// it started and removes its temporary files.
 package main
 
 import (
@@ -25,7 +35,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,6 +49,7 @@ import (
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/tests/mayastorsim/sim"
 )
 
@@ -53,9 +66,20 @@ func main() {
 	os.Exit(code)
 }
 
-type procs struct{ list []*exec.Cmd }
+// procs are the processes the demo started; stopAll ends them all, and no
+// process starts after it.
+type procs struct {
+	mu      sync.Mutex
+	list    []*exec.Cmd
+	stopped bool
+}
 
 func (p *procs) start(name, logPath string, bin string, args ...string) (*exec.Cmd, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return nil, fmt.Errorf("start %s: the demo is stopping", name)
+	}
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -74,6 +98,9 @@ func (p *procs) start(name, logPath string, bin string, args ...string) (*exec.C
 
 // stopAll stops processes in reverse start order: SIGTERM, then SIGKILL.
 func (p *procs) stopAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopped = true
 	for i := len(p.list) - 1; i >= 0; i-- {
 		cmd := p.list[i]
 		if cmd.ProcessState != nil {
@@ -120,8 +147,9 @@ func run() (int, error) {
 	}
 	defer os.RemoveAll(tmp)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx := sigCtx
 	if *duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *duration)
@@ -164,7 +192,7 @@ func run() (int, error) {
 	webhookAddr, _ := freeAddr()
 	_, webhookPort, _ := net.SplitHostPort(webhookAddr)
 
-	say("starting the Mayastor simulator (test double): 3 nodes x hot/warm/cold pools, 20 volumes")
+	say("starting the Mayastor simulator (test double): 3 nodes x hot/warm/cold pools + 4 nodes with a cold pool, 20 volumes")
 	scenarioPath := filepath.Join(tmp, "scenario.json")
 	b, _ := json.MarshalIndent(scenario(), "", "  ")
 	if err := os.WriteFile(scenarioPath, b, 0o600); err != nil {
@@ -200,7 +228,19 @@ scrape_configs:
 		return 1, fmt.Errorf("prometheus: %w", err)
 	}
 
-	say("starting the operator (webhooks in self-signed mode)")
+	ec := &ecDemo{c: c, ps: &ps, bin: *bin, kubeconfig: kubeconfig, dir: filepath.Join(tmp, "ec")}
+	var coldPools, coldNodes []string
+	for _, p := range scenario().Pools {
+		if p.Labels["tier"] == "cold" {
+			coldPools, coldNodes = append(coldPools, p.Name), append(coldNodes, p.Node)
+		}
+	}
+	say(fmt.Sprintf("starting %d shard servers, one per cold DiskPool (TLS + token; client Secret %s/%s)", len(coldPools), registry.DefaultNamespace, shardSecret))
+	if err := ec.startShardServers(ctx, coldPools, coldNodes); err != nil {
+		return 1, fmt.Errorf("shard servers: %w", err)
+	}
+
+	say(fmt.Sprintf("starting the operator (webhooks in self-signed mode; demo settings: --ec-down-out-delay %s, --ec-rebuild-bandwidth-bytes %d)", ecDownOutDelay, ecRebuildBytesSec))
 	opLog := filepath.Join(tmp, "operator.log")
 	op, err := ps.start("operator", opLog, *bin,
 		"--kubeconfig", kubeconfig,
@@ -210,7 +250,11 @@ scrape_configs:
 		"--webhook-local-url", "https://localhost:"+webhookPort, "--webhook-cert-dir", filepath.Join(tmp, "certs"),
 		"--webhook-namespace", "default",
 		"--prometheus-url", "http://"+promAddr, "--prometheus-scrape-interval", "1s",
-		"--evaluation-interval", "5s", "--metrics-cache-ttl", "2s", "--zap-encoder", "console")
+		"--evaluation-interval", "5s", "--metrics-cache-ttl", "2s", "--zap-encoder", "console",
+		// A shard server lost for longer than this is rebuilt elsewhere (the
+		// default, 10m, rides out restarts; a demo cannot wait that long).
+		"--ec-down-out-delay", ecDownOutDelay.String(), "--ec-pool-probe-interval", "1s",
+		"--ec-rebuild-bandwidth-bytes", strconv.Itoa(ecRebuildBytesSec), "--ec-policy-validation-interval", "5s")
 	if err != nil {
 		return 1, err
 	}
@@ -221,8 +265,11 @@ scrape_configs:
 	}
 
 	say("applying an ErasureCodingPolicy and a StoragePolicy (through the webhooks)")
-	if err := c.Create(ctx, &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: "demo-cold-4-2"},
-		Spec: storagev1.ErasureCodingPolicySpec{DataShards: ptr.To[int32](4), ParityShards: ptr.To[int32](2)}}); err != nil {
+	// A small journal destaged every second, so written data turns into
+	// ECStripes while you watch (defaults: 10 GiB, every 30s).
+	if err := c.Create(ctx, &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: ecPolicyName},
+		Spec: storagev1.ErasureCodingPolicySpec{DataShards: ptr.To[int32](4), ParityShards: ptr.To[int32](2),
+			JournalConfig: &storagev1.JournalConfig{JournalSizeBytes: ptr.To[int64](64 << 20), DestageThresholdPercent: ptr.To[int32](50), DestageInterval: "1s"}}}); err != nil {
 		return 1, fmt.Errorf("apply ErasureCodingPolicy: %w", err)
 	}
 	sel := func(t string) *metav1.LabelSelector { return &metav1.LabelSelector{MatchLabels: map[string]string{"tier": t}} }
@@ -231,7 +278,7 @@ scrape_configs:
 			HighWatermarkIOPS: ptr.To[int64](500), WarmWatermarkIOPS: ptr.To[int64](200), LowWatermarkIOPS: ptr.To[int64](50),
 			SamplingWindow: "20s", CooldownPeriod: "3m", MigrationTimeout: "2m", MaxConcurrentMigrations: ptr.To[int32](3),
 			HotPoolSelector: sel("hot"), WarmPoolSelector: sel("warm"), ColdPoolSelector: sel("cold"),
-			ECPolicyRef: "demo-cold-4-2",
+			ECPolicyRef: ecPolicyName,
 		}}); err != nil {
 		return 1, fmt.Errorf("apply StoragePolicy: %w", err)
 	}
@@ -240,7 +287,7 @@ scrape_configs:
 	fmt.Printf(`
   kubeconfig:  %[1]s
   kubectl:     %[2]s
-  try:         KUBECONFIG=%[1]s %[2]s get sp,ecp,ecs
+  try:         KUBECONFIG=%[1]s %[2]s get sp,ecp,ecv,ecs
                KUBECONFIG=%[1]s %[2]s get sp %[3]s -o yaml
                KUBECONFIG=%[1]s %[2]s get events -A --sort-by=.lastTimestamp
   Prometheus:  http://%[4]s/graph?g0.expr=couchestor_migrations_total
@@ -248,14 +295,52 @@ scrape_configs:
   workload:    6 volumes heat up, 6 cool down, 1 flaps around the 500-IOPS watermark, 7 stay put
 
 Watermarks: hot >= 500 IOPS, warm >= 200, cold <= 50, over a 20s window; cooldown 3m.
-`, kubeconfig, kubectl, policyName, promAddr, metricsAddr, probeAddr)
+Erasure coding ("ec" lines), meanwhile: 8 MiB written through NBD into ECVolume %[7]s, destaged into
+4+2 ECStripes on 7 shard servers; one shard server is then killed, and after the %[8]s down-out
+delay the operator rebuilds its shards on the spare pool; the data is read back and checksummed.
+`, kubeconfig, kubectl, policyName, promAddr, metricsAddr, probeAddr, ecVolumeName, ecDownOutDelay)
 	if *duration > 0 {
 		fmt.Printf("Running unattended for %s (expecting at least %d migrations).\n\n", *duration, *minMigrations)
 	} else {
 		fmt.Print("Ctrl-C stops everything.\n\n")
 	}
 
-	watchErr := watch(ctx, c, opExited)
+	demoStart = time.Now()
+	// The erasure-coding part runs beside the tiering display, bounded by
+	// its own limits rather than by --duration; Ctrl-C ends it.
+	ecCtx, ecCancel := context.WithCancel(sigCtx)
+	defer ecCancel()
+	ecResult := make(chan error, 1)
+	go func() { ecResult <- ec.run(ecCtx) }()
+	ecErr, ecDone := error(nil), false
+	watchErr := watch(ctx, c, opExited, ecResult, func(err error) {
+		ecErr, ecDone = err, true
+		if err != nil {
+			fmt.Printf("[%5.0fs] ec  FAILED: %v\n", since(), err)
+		} else {
+			fmt.Printf("[%5.0fs] ec  erasure coding: written, destaged, one shard server lost, rebuilt, read back exactly\n", since())
+		}
+	})
+	if !ecDone {
+		if *duration > 0 && sigCtx.Err() == nil && watchErr == nil {
+			fmt.Printf("[%5.0fs] waiting for the erasure-coding part to finish (it has its own bounds)\n", since())
+		} else {
+			ecCancel()
+		}
+		select {
+		case ecErr = <-ecResult:
+		case <-opExited:
+			ecCancel()
+			ecErr = errors.Join(errors.New("the operator exited unexpectedly"), <-ecResult)
+		}
+		if sigCtx.Err() != nil && *duration == 0 {
+			ecErr = nil // interrupted by the user, not failed
+		} else if ecErr != nil {
+			fmt.Printf("[%5.0fs] ec  FAILED: %v\n", since(), ecErr)
+		} else {
+			fmt.Printf("[%5.0fs] ec  erasure coding: written, destaged, one shard server lost, rebuilt, read back exactly\n", since())
+		}
+	}
 	// Read the outcome with a fresh context: ctx may be done.
 	final := &storagev1.StoragePolicy{}
 	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -264,6 +349,10 @@ Watermarks: hot >= 500 IOPS, warm >= 200, cold <= 50, over a 20s window; cooldow
 	if watchErr != nil {
 		tail(opLog)
 		return 1, watchErr
+	}
+	if ecErr != nil && !(sigCtx.Err() != nil && errors.Is(ecErr, context.Canceled)) {
+		tail(opLog)
+		return 1, fmt.Errorf("erasure coding: %w (logs in %s are removed on exit)", ecErr, ec.dir)
 	}
 	if *duration == 0 {
 		return 0, nil
@@ -282,14 +371,19 @@ Watermarks: hot >= 500 IOPS, warm >= 200, cold <= 50, over a 20s window; cooldow
 		tail(opLog)
 		return 1, fmt.Errorf("expected at least %d successful migrations in %s, saw %d", *minMigrations, *duration, ok)
 	}
-	fmt.Println("demo: the expected migrations happened")
+	fmt.Println("demo: the expected migrations happened, and the erasure-coded data survived the loss of a shard server")
 	return 0, nil
 }
 
+// demoStart is when the show began: every live line is stamped with the
+// seconds since.
+var demoStart = time.Now()
+
+func since() float64 { return time.Since(demoStart).Seconds() }
+
 // watch prints the policy's tier counts and every new history entry and Event
-// until ctx ends.
-func watch(ctx context.Context, c client.Client, opExited <-chan struct{}) error {
-	start := time.Now()
+// until ctx ends; the erasure-coding part's result goes to onEC when it comes.
+func watch(ctx context.Context, c client.Client, opExited <-chan struct{}, ecResult <-chan error, onEC func(error)) error {
 	seenHistory := map[string]bool{}
 	seenEvents := map[string]int32{}
 	seenMessages := map[string]bool{}
@@ -302,6 +396,10 @@ func watch(ctx context.Context, c client.Client, opExited <-chan struct{}) error
 			return nil
 		case <-opExited:
 			return errors.New("the operator exited unexpectedly")
+		case err := <-ecResult:
+			onEC(err)
+			ecResult = nil
+			continue
 		case <-t.C:
 		}
 		sp := &storagev1.StoragePolicy{}
@@ -312,7 +410,7 @@ func watch(ctx context.Context, c client.Client, opExited <-chan struct{}) error
 		line := fmt.Sprintf("%-7s watched %2d | hot %2d  warm %2d  cold %2d | migrating %d | done %d, failed %d",
 			s.Phase, s.WatchedVolumes, s.HotVolumes, s.WarmVolumes, s.ColdVolumes, s.ActiveMigrations, s.TotalMigrations-s.FailedMigrations, s.FailedMigrations)
 		if line != lastLine {
-			fmt.Printf("[%5.0fs] %s\n", time.Since(start).Seconds(), line)
+			fmt.Printf("[%5.0fs] %s\n", since(), line)
 			lastLine = line
 		}
 		for i := len(s.MigrationHistory) - 1; i >= 0; i-- {
@@ -326,7 +424,7 @@ func watch(ctx context.Context, c client.Client, opExited <-chan struct{}) error
 			if !h.Success {
 				result = "FAILED: " + h.Error
 			}
-			fmt.Printf("[%5.0fs]   history: %s %s -> %s (%.0f IOPS) in %s, %s\n", time.Since(start).Seconds(), h.VolumeName, h.FromTier, h.ToTier, h.TriggerIOPS, h.Duration, result)
+			fmt.Printf("[%5.0fs]   history: %s %s -> %s (%.0f IOPS) in %s, %s\n", since(), h.VolumeName, h.FromTier, h.ToTier, h.TriggerIOPS, h.Duration, result)
 		}
 		var evs corev1.EventList
 		if err := c.List(ctx, &evs); err == nil {
@@ -349,7 +447,7 @@ func watch(ctx context.Context, c client.Client, opExited <-chan struct{}) error
 					continue
 				}
 				seenMessages[msg] = true
-				fmt.Printf("[%5.0fs]   event %-8s %-20s %s\n", time.Since(start).Seconds(), e.Type, e.Reason, strings.TrimSpace(msg))
+				fmt.Printf("[%5.0fs]   event %-8s %-20s %s\n", since(), e.Type, e.Reason, strings.TrimSpace(msg))
 			}
 		}
 	}
@@ -393,7 +491,9 @@ func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
 }
 
 // scenario is the demo's cluster: 3 nodes, each with a hot, warm and cold pool,
-// and 20 two-replica volumes with a scripted workload.
+// 4 storage nodes with a cold pool only (erasure coding wants k+m = 6 shards
+// on distinct nodes, plus a spare to rebuild onto), and 20 two-replica volumes
+// with a scripted workload.
 func scenario() *sim.Scenario {
 	const gib = int64(1) << 30
 	sc := &sim.Scenario{Namespace: "mayastor", StorageClass: "mayastor"}
@@ -403,6 +503,11 @@ func scenario() *sim.Scenario {
 			sc.Pools = append(sc.Pools, sim.PoolSpec{Name: n + "-" + t, Node: n, Disks: []string{"/dev/" + t},
 				Labels: map[string]string{"tier": t}, CapacityBytes: 200 * gib})
 		}
+	}
+	for i := 4; i <= 7; i++ {
+		n := fmt.Sprintf("node-%d", i)
+		sc.Pools = append(sc.Pools, sim.PoolSpec{Name: n + "-cold", Node: n, Disks: []string{"/dev/cold"},
+			Labels: map[string]string{"tier": "cold"}, CapacityBytes: 200 * gib})
 	}
 	after := func(d time.Duration, iops float64) []sim.IOPSStep {
 		return []sim.IOPSStep{{After: sim.Duration{Duration: d}, IOPS: iops}}
