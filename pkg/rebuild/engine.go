@@ -98,8 +98,17 @@ type Engine struct {
 	limiter *rate.Limiter
 }
 
+// errNothingToResume: a resumed rebuild found its intent gone (finished or
+// dropped since the caller's copy was read).
+var errNothingToResume = errors.New("rebuild intent already gone")
+
 type job struct {
 	shards []int
+	// resume: started from a persisted intent seen on the caller's copy of
+	// the stripe (an informer cache may be behind). If the fresh copy has no
+	// intent, that rebuild already finished or was dropped: do nothing,
+	// rather than rebuild the same shards again at the next generation.
+	resume bool
 	// progress in percent: reading is the first half, writing the second.
 	progress int32
 }
@@ -177,10 +186,11 @@ func (e *Engine) StartRebuild(s *storagev1.ECStripe, shards []int) bool {
 	if len(e.jobs) >= e.Concurrency || e.base == nil {
 		return false
 	}
-	if in, ok := intentOf(s); ok {
+	in, resume := intentOf(s)
+	if resume {
 		shards = in.Shards // resume what was promised
 	}
-	j := &job{shards: append([]int(nil), shards...)}
+	j := &job{shards: append([]int(nil), shards...), resume: resume}
 	sort.Ints(j.shards)
 	e.jobs[s.Name] = j
 	rebuildsActive.Inc()
@@ -191,10 +201,12 @@ func (e *Engine) StartRebuild(s *storagev1.ECStripe, shards []int) bool {
 		delete(e.jobs, name)
 		e.mu.Unlock()
 		rebuildsActive.Dec()
-		if err != nil {
+		switch {
+		case errors.Is(err, errNothingToResume):
+		case err != nil:
 			rebuilds.WithLabelValues("failed").Inc()
 			log.FromContext(base).Error(err, "rebuild failed", "stripe", name, "shards", j.shards)
-		} else {
+		default:
 			rebuilds.WithLabelValues("completed").Inc()
 		}
 		if e.Done != nil {
@@ -240,6 +252,10 @@ func (e *Engine) run(ctx context.Context, name string, j *job) (map[int]ecstate.
 	}
 	// 1. Persist the intent before writing anything.
 	in, ok := intentOf(&s)
+	if !ok && j.resume {
+		log.FromContext(ctx).Info("rebuild intent already gone: nothing to resume", "stripe", name, "shards", j.shards)
+		return findings, errNothingToResume
+	}
 	for attempt := 0; !ok; attempt++ {
 		in = Intent{Shards: j.shards, FromGeneration: s.Spec.Generation, Started: e.Now().UTC()}
 		raw, _ := json.Marshal(in)
