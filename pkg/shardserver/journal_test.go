@@ -326,8 +326,12 @@ func TestJournalRemoteAppendAndEpochAreIdempotent(t *testing.T) {
 	c := journalClient(t, certs)
 	var appends, epochs atomic.Int32
 	srv := newJournalServer(t, certs, func(h http.Handler) http.Handler {
-		h = dropFirst(func(r *http.Request) bool { return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/records") }, &appends)(h)
-		return dropFirst(func(r *http.Request) bool { return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/epoch") }, &epochs)(h)
+		h = dropFirst(func(r *http.Request) bool {
+			return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/records")
+		}, &appends)(h)
+		return dropFirst(func(r *http.Request) bool {
+			return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/epoch")
+		}, &epochs)(h)
 	})
 	ctx := context.Background()
 	s := c.JournalStore(srv.addr, "vol-i")

@@ -30,7 +30,7 @@ import (
 
 // Environment of the child server process.
 const (
-	envServe  = "COUCHESTOR_NBD_TEST_SERVE"  // backend: "memory" or "volume"
+	envServe  = "COUCHESTOR_NBD_TEST_SERVE"  // backend: "memory", "volume" or "ecvolume"
 	envDir    = "COUCHESTOR_NBD_TEST_DIR"    // volume data directory
 	envSize   = "COUCHESTOR_NBD_TEST_SIZE"   // export size in bytes
 	envStripe = "COUCHESTOR_NBD_TEST_STRIPE" // "memory" or "file"
@@ -66,6 +66,13 @@ func serveChild(mode string) error {
 		}
 	case "volume":
 		v, err := openTestVolume(ctx, os.Getenv(envDir), size)
+		if err != nil {
+			return err
+		}
+		defer v.Close()
+		be = v
+	case "ecvolume": // an ECVolume with its journal on shard servers (journal_remote_test.go)
+		v, err := openRemoteJournalVolume(ctx)
 		if err != nil {
 			return err
 		}
