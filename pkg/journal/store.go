@@ -49,89 +49,211 @@ type StoreInfo struct {
 // ErrNotFound is returned by Store.Read for a sequence number it does not hold.
 var ErrNotFound = errors.New("journal: record not found")
 
-// FileStore is a Store in a local directory: an append-only log file
-// (journal.log) fsynced on every Append, and a small meta file (epoch and
-// trim point) replaced atomically. Opening it drops a torn tail: everything
-// from the first record that does not verify. Trimmed space is reclaimed by
-// rewriting the log once dead bytes outweigh live ones.
+// FileStore is a Store in a local directory: an append-only log split into
+// segment files (journal.log, then journal-<n>.log), the last one appended to
+// and fsynced on every Append, and a small meta file (epoch and trim point)
+// replaced atomically. Opening it drops a torn tail: everything from the first
+// record that does not verify. Trim reclaims space by deleting whole segments
+// whose records are all trimmed, so no live byte is ever rewritten.
 type FileStore struct {
-	dir string
+	dir          string
+	segmentBytes int64 // roll to a new segment once the last one reaches this
 
 	mu      sync.Mutex
-	f       *os.File
-	size    int64
-	locs    []recLoc // live records, by Seq
-	dead    int64    // bytes of trimmed records still in the file
+	segs    []*segment // by id; the last one takes appends
+	locs    []recLoc   // live records, by Seq
 	meta    storeMeta
 	lastSeq uint64
 	lastEp  uint64
 }
 
+// segment is one log file.
+type segment struct {
+	id      uint64
+	name    string
+	f       *os.File
+	size    int64
+	lastSeq uint64 // of its last record (0 when empty)
+}
+
 type recLoc struct {
 	seq, epoch uint64
+	seg        *segment
 	off, n     int64
 }
 
 type storeMeta struct{ epoch, trimmed uint64 }
 
 const (
-	logName  = "journal.log"
+	logName  = "journal.log" // the first segment (id 0)
 	metaName = "journal.meta"
+	// defaultSegmentBytes bounds a segment: the space Trim can free is whole
+	// segments, so this is also how much trimmed data may linger on disk.
+	defaultSegmentBytes = 16 << 20
 )
+
+func segmentName(id uint64) string {
+	if id == 0 {
+		return logName
+	}
+	return fmt.Sprintf("journal-%016x.log", id)
+}
 
 // OpenFileStore opens (creating if needed) the store in dir and drops a torn tail.
 func OpenFileStore(dir string) (*FileStore, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("journal store %s: %w", dir, err)
 	}
-	s := &FileStore{dir: dir}
+	s := &FileStore{dir: dir, segmentBytes: defaultSegmentBytes}
 	if err := s.readMeta(); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, logName), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("journal store %s: %w", dir, err)
-	}
-	s.f = f
 	if err := s.load(); err != nil {
-		f.Close()
+		s.closeSegments()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *FileStore) load() error {
-	data, err := io.ReadAll(s.f)
+// segmentIDs lists the segment files in dir, by id.
+func (s *FileStore) segmentIDs() ([]uint64, error) {
+	ents, err := os.ReadDir(s.dir)
 	if err != nil {
-		return fmt.Errorf("journal store %s: read log: %w", s.dir, err)
+		return nil, fmt.Errorf("journal store %s: %w", s.dir, err)
 	}
-	var off int64
-	var prev uint64
+	var ids []uint64
+	for _, e := range ents {
+		if e.Name() == logName {
+			ids = append(ids, 0)
+			continue
+		}
+		var id uint64
+		if n, _ := fmt.Sscanf(e.Name(), "journal-%016x.log", &id); n == 1 && e.Name() == segmentName(id) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
+	return ids, nil
+}
+
+func (s *FileStore) load() error {
+	ids, err := s.segmentIDs()
+	if err != nil {
+		return err
+	}
 	s.lastSeq, s.lastEp = s.meta.trimmed, 0
-	for off < int64(len(data)) {
-		rec, n, err := decodeRecord(data[off:])
-		if err != nil || off > 0 && rec.Seq <= prev {
-			break // torn tail (or out-of-order garbage): drop from here
+	var prev uint64
+	torn := false
+	var drop []string // segments after a torn record, or wholly trimmed
+	for _, id := range ids {
+		name := segmentName(id)
+		if torn {
+			drop = append(drop, name)
+			continue
 		}
-		prev = rec.Seq
-		if rec.Seq > s.meta.trimmed {
-			s.locs = append(s.locs, recLoc{seq: rec.Seq, epoch: rec.Epoch, off: off, n: int64(n)})
-			s.lastSeq, s.lastEp = rec.Seq, rec.Epoch
-		} else {
-			s.dead += int64(n)
+		f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR, 0o644)
+		if err != nil {
+			return fmt.Errorf("journal store %s: %w", s.dir, err)
 		}
-		off += int64(n)
+		seg := &segment{id: id, name: name, f: f}
+		s.segs = append(s.segs, seg)
+		data, err := io.ReadAll(f)
+		if err != nil {
+			return fmt.Errorf("journal store %s: read %s: %w", s.dir, name, err)
+		}
+		var off int64
+		for off < int64(len(data)) {
+			rec, n, err := decodeRecord(data[off:])
+			if err != nil || prev > 0 && rec.Seq <= prev {
+				torn = true // torn tail (or out-of-order garbage): drop from here
+				break
+			}
+			prev = rec.Seq
+			seg.lastSeq = rec.Seq
+			if rec.Seq > s.meta.trimmed {
+				s.locs = append(s.locs, recLoc{seq: rec.Seq, epoch: rec.Epoch, seg: seg, off: off, n: int64(n)})
+				s.lastSeq, s.lastEp = rec.Seq, rec.Epoch
+			}
+			off += int64(n)
+		}
+		if off < int64(len(data)) {
+			if err := f.Truncate(off); err != nil {
+				return fmt.Errorf("journal store %s: drop torn tail of %s at %d: %w", s.dir, name, off, err)
+			}
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("journal store %s: %w", s.dir, err)
+			}
+		}
+		seg.size = off
 	}
-	if off < int64(len(data)) {
-		if err := s.f.Truncate(off); err != nil {
-			return fmt.Errorf("journal store %s: drop torn tail at %d: %w", s.dir, off, err)
+	// Segments after a torn record must go for good: their records would
+	// otherwise follow a gap after the next Append.
+	for _, name := range drop {
+		if err := os.Remove(filepath.Join(s.dir, name)); err != nil {
+			return fmt.Errorf("journal store %s: drop %s after a torn record: %w", s.dir, name, err)
 		}
-		if err := s.f.Sync(); err != nil {
+	}
+	if len(drop) > 0 {
+		if err := syncDir(s.dir); err != nil {
 			return fmt.Errorf("journal store %s: %w", s.dir, err)
 		}
 	}
-	s.size = off
+	s.dropTrimmedSegments()
 	return nil
+}
+
+// dropTrimmedSegments closes and deletes every segment but the last whose
+// records are all trimmed. The deletions need no fsync: the meta file's trim
+// point already makes those records dead if a segment comes back. The caller
+// guarantees no read of those records is in flight (the Journal trims under
+// its trim lock).
+func (s *FileStore) dropTrimmedSegments() {
+	keep := s.segs[:0]
+	for i, seg := range s.segs {
+		if i < len(s.segs)-1 && seg.lastSeq <= s.meta.trimmed {
+			seg.f.Close()
+			_ = os.Remove(filepath.Join(s.dir, seg.name))
+			continue
+		}
+		keep = append(keep, seg)
+	}
+	clear(s.segs[len(keep):])
+	s.segs = keep
+}
+
+func (s *FileStore) closeSegments() {
+	for _, seg := range s.segs {
+		seg.f.Close()
+	}
+}
+
+// active returns the segment to append n bytes to, rolling to a new one when
+// the last is full. A new segment's directory entry is made durable before
+// any record in it is acknowledged.
+func (s *FileStore) active(n int64) (*segment, error) {
+	if k := len(s.segs); k > 0 && (s.segs[k-1].size == 0 || s.segs[k-1].size+n <= s.segmentBytes) {
+		return s.segs[k-1], nil
+	}
+	var id uint64
+	if k := len(s.segs); k > 0 {
+		id = s.segs[k-1].id + 1
+	} else if ids, err := s.segmentIDs(); err != nil {
+		return nil, err
+	} else if len(ids) > 0 {
+		id = ids[len(ids)-1] + 1
+	}
+	name := segmentName(id)
+	f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("journal store %s: new segment: %w", s.dir, err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("journal store %s: new segment: %w", s.dir, err)
+	}
+	seg := &segment{id: id, name: name, f: f}
+	s.segs = append(s.segs, seg)
+	return seg, nil
 }
 
 func (s *FileStore) readMeta() error {
@@ -228,12 +350,12 @@ func (s *FileStore) readAt(l recLoc, buf *[]byte) (Record, error) {
 		*buf = make([]byte, l.n)
 	}
 	b := (*buf)[:l.n]
-	if _, err := s.f.ReadAt(b, l.off); err != nil {
+	if _, err := l.seg.f.ReadAt(b, l.off); err != nil {
 		return Record{}, fmt.Errorf("journal store %s: read seq %d: %w", s.dir, l.seq, err)
 	}
 	rec, _, err := decodeRecord(b)
 	if err != nil || rec.Seq != l.seq {
-		return Record{}, fmt.Errorf("journal store %s: seq %d at offset %d: %w", s.dir, l.seq, l.off, errTorn)
+		return Record{}, fmt.Errorf("journal store %s: seq %d at %s offset %d: %w", s.dir, l.seq, l.seg.name, l.off, errTorn)
 	}
 	return rec, nil
 }
@@ -258,6 +380,10 @@ func (s *FileStore) Append(_ context.Context, recs []Record) error {
 	for i := range recs {
 		total += recs[i].encodedSize()
 	}
+	seg, err := s.active(total)
+	if err != nil {
+		return err
+	}
 	buf := make([]byte, 0, total) // one allocation: appending would regrow (and clear) it repeatedly
 	last := s.lastSeq
 	locs := make([]recLoc, 0, len(recs))
@@ -268,15 +394,16 @@ func (s *FileStore) Append(_ context.Context, recs []Record) error {
 		last = recs[i].Seq
 		off := int64(len(buf))
 		buf = appendRecord(buf, &recs[i])
-		locs = append(locs, recLoc{seq: recs[i].Seq, epoch: recs[i].Epoch, off: s.size + off, n: int64(len(buf)) - off})
+		locs = append(locs, recLoc{seq: recs[i].Seq, epoch: recs[i].Epoch, seg: seg, off: seg.size + off, n: int64(len(buf)) - off})
 	}
-	if _, err := s.f.WriteAt(buf, s.size); err != nil {
+	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
 		return fmt.Errorf("journal store %s: append: %w", s.dir, err)
 	}
-	if err := s.f.Sync(); err != nil {
+	if err := seg.f.Sync(); err != nil {
 		return fmt.Errorf("journal store %s: fsync: %w", s.dir, err)
 	}
-	s.size += int64(len(buf))
+	seg.size += int64(len(buf))
+	seg.lastSeq = last
 	s.locs = append(s.locs, locs...)
 	s.lastSeq, s.lastEp = last, recs[len(recs)-1].Epoch
 	return nil
@@ -289,18 +416,40 @@ func (s *FileStore) TruncateAfter(_ context.Context, seq uint64) error {
 	if i == len(s.locs) {
 		return nil
 	}
-	off := s.locs[i].off
-	if err := s.f.Truncate(off); err != nil {
+	at := s.locs[i]
+	// Later segments go first (durably), so no crash leaves a gap before them.
+	k := len(s.segs)
+	for k > 0 && s.segs[k-1] != at.seg {
+		k--
+	}
+	if k > 0 && k < len(s.segs) {
+		for _, seg := range s.segs[k:] {
+			seg.f.Close()
+			if err := os.Remove(filepath.Join(s.dir, seg.name)); err != nil {
+				return fmt.Errorf("journal store %s: truncate after %d: %w", s.dir, seq, err)
+			}
+		}
+		if err := syncDir(s.dir); err != nil {
+			return fmt.Errorf("journal store %s: %w", s.dir, err)
+		}
+		clear(s.segs[k:])
+		s.segs = s.segs[:k]
+	}
+	if err := at.seg.f.Truncate(at.off); err != nil {
 		return fmt.Errorf("journal store %s: truncate after %d: %w", s.dir, seq, err)
 	}
-	if err := s.f.Sync(); err != nil {
+	if err := at.seg.f.Sync(); err != nil {
 		return fmt.Errorf("journal store %s: %w", s.dir, err)
 	}
-	s.size = off
+	at.seg.size = at.off
 	s.locs = s.locs[:i]
 	s.lastSeq, s.lastEp = s.meta.trimmed, 0
 	if i > 0 {
 		s.lastSeq, s.lastEp = s.locs[i-1].seq, s.locs[i-1].epoch
+	}
+	at.seg.lastSeq = 0
+	if i > 0 && s.locs[i-1].seg == at.seg {
+		at.seg.lastSeq = s.locs[i-1].seq
 	}
 	return nil
 }
@@ -315,56 +464,27 @@ func (s *FileStore) Trim(_ context.Context, through uint64) error {
 		return err
 	}
 	i := s.find(through + 1)
-	for _, l := range s.locs[:i] {
-		s.dead += l.n
-	}
 	s.locs = append([]recLoc(nil), s.locs[i:]...)
 	if len(s.locs) == 0 && s.lastSeq < through {
 		s.lastSeq, s.lastEp = through, 0
 	}
-	if s.dead > 1<<20 && s.dead > s.size-s.dead {
-		return s.compact()
-	}
-	return nil
-}
-
-// compact rewrites the log with only the live records. The new log is made
-// durable before it replaces the old one, so a crash leaves one or the other.
-func (s *FileStore) compact() error {
-	var buf []byte
-	var tmp []byte
-	locs := make([]recLoc, 0, len(s.locs))
-	for _, l := range s.locs {
-		rec, err := s.readAt(l, &tmp)
-		if err != nil {
-			return err
-		}
-		off := int64(len(buf))
-		buf = appendRecord(buf, &rec)
-		locs = append(locs, recLoc{seq: l.seq, epoch: l.epoch, off: off, n: int64(len(buf)) - off})
-	}
-	if err := writeFileDurably(s.dir, logName, buf); err != nil {
-		return fmt.Errorf("journal store %s: compact: %w", s.dir, err)
-	}
-	f, err := os.OpenFile(filepath.Join(s.dir, logName), os.O_RDWR, 0o644)
-	if err != nil {
-		return fmt.Errorf("journal store %s: reopen after compaction: %w", s.dir, err)
-	}
-	s.f.Close()
-	s.f, s.size, s.locs, s.dead = f, int64(len(buf)), locs, 0
+	s.dropTrimmedSegments()
 	return nil
 }
 
 func (s *FileStore) Reset(_ context.Context, through uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.f.Truncate(0); err != nil {
+	for _, seg := range s.segs {
+		seg.f.Close()
+		if err := os.Remove(filepath.Join(s.dir, seg.name)); err != nil {
+			return fmt.Errorf("journal store %s: reset: %w", s.dir, err)
+		}
+	}
+	if err := syncDir(s.dir); err != nil {
 		return fmt.Errorf("journal store %s: reset: %w", s.dir, err)
 	}
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("journal store %s: %w", s.dir, err)
-	}
-	s.size, s.locs, s.dead = 0, nil, 0
+	s.segs, s.locs = nil, nil
 	if err := s.writeMeta(storeMeta{epoch: s.meta.epoch, trimmed: through}); err != nil {
 		return err
 	}
@@ -384,5 +504,11 @@ func (s *FileStore) SetEpoch(_ context.Context, epoch uint64) error {
 func (s *FileStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.f.Close()
+	var errs []error
+	for _, seg := range s.segs {
+		if err := seg.f.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
