@@ -84,7 +84,7 @@ func openJournalStores(ctx context.Context, kube client.Client, lookup *registry
 		return nil, err
 	}
 	if !recorded {
-		chosen, err := chooseJournalPools(ctx, sc, servers, vol, replicationFactor, nil)
+		chosen, err := chooseJournalPools(ctx, sc, servers, vol, replicationFactor)
 		if err != nil {
 			return nil, err
 		}
@@ -155,16 +155,31 @@ type journalCandidate struct {
 	score uint64
 }
 
-// chooseJournalPools picks n reachable shard servers on distinct nodes, not
-// in exclude: per node its best pool, then the best nodes, where best is the
-// highest rendezvous score of (volume, pool), then the most free bytes, then
-// the lowest pool name.
-func chooseJournalPools(ctx context.Context, sc *shardserver.Client, servers []registry.Entry, vol *storagev1.ECVolume, n int, exclude map[string]bool) ([]string, error) {
+// chooseJournalPools picks n reachable shard servers on distinct nodes for
+// a new journal, or fails naming journalConfig.replicationFactor.
+func chooseJournalPools(ctx context.Context, sc *shardserver.Client, servers []registry.Entry, vol *storagev1.ECVolume, n int) ([]string, error) {
+	best, unreachable := rankJournalNodes(ctx, sc, servers, vol, nil)
+	if len(best) < n {
+		return nil, fmt.Errorf("ErasureCodingPolicy %s spec.journalConfig.replicationFactor is %d: the journal of ECVolume %s needs one replica per node on %d distinct nodes, but registered, reachable shard servers run on only %d distinct nodes (%d servers registered, unreachable: %v)",
+			vol.Spec.PolicyRef, n, vol.Name, n, len(best), len(servers), unreachable)
+	}
+	pools := make([]string, n)
+	for i := range pools {
+		pools[i] = best[i].Pool
+	}
+	return pools, nil
+}
+
+// rankJournalNodes returns, best first, one candidate per node among the
+// reachable servers not in exclude: per node its best pool, then the best
+// nodes, where best is the highest rendezvous score of (volume, pool), then
+// the most free bytes, then the lowest pool name. It also returns the pools
+// that did not answer.
+func rankJournalNodes(ctx context.Context, sc *shardserver.Client, servers []registry.Entry, vol *storagev1.ECVolume, exclude map[string]bool) (best []journalCandidate, unreachable []string) {
 	var (
-		mu          sync.Mutex
-		wg          sync.WaitGroup
-		cands       []journalCandidate
-		unreachable []string
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		cands []journalCandidate
 	)
 	for _, e := range servers {
 		if exclude[e.Pool] {
@@ -201,21 +216,12 @@ func chooseJournalPools(ctx context.Context, sc *shardserver.Client, servers []r
 			bestOfNode[c.Node] = c
 		}
 	}
-	best := make([]journalCandidate, 0, len(bestOfNode))
 	for _, c := range bestOfNode {
 		best = append(best, c)
 	}
 	sort.Slice(best, func(i, j int) bool { return better(best[i], best[j]) })
-	if len(best) < n {
-		sort.Strings(unreachable)
-		return nil, fmt.Errorf("ErasureCodingPolicy %s spec.journalConfig.replicationFactor is %d: the journal of ECVolume %s needs one replica per node on %d distinct nodes, but registered, reachable shard servers run on only %d distinct nodes (%d servers registered, unreachable: %v)",
-			vol.Spec.PolicyRef, n, vol.Name, n, len(best), len(servers), unreachable)
-	}
-	pools := make([]string, n)
-	for i := range pools {
-		pools[i] = best[i].Pool
-	}
-	return pools, nil
+	sort.Strings(unreachable)
+	return best, unreachable
 }
 
 // recordJournalPools writes pools to the annotation with an optimistic-lock
@@ -278,9 +284,13 @@ func replaceLostReplicas(ctx context.Context, kube client.Client, sc *shardserve
 			free = append(free, e)
 		}
 	}
-	repl, err := chooseJournalPools(ctx, sc, free, vol, len(missing), exclude)
-	if err != nil {
-		return nil, fmt.Errorf("no replacement: %w", err)
+	best, unreachable := rankJournalNodes(ctx, sc, free, vol, exclude)
+	if len(best) < len(missing) {
+		return nil, fmt.Errorf("replacing %d replicas needs reachable shard servers on as many nodes that hold no replica of this journal; found %d (unreachable: %v)", len(missing), len(best), unreachable)
+	}
+	repl := make([]string, len(missing))
+	for i := range repl {
+		repl[i] = best[i].Pool
 	}
 	// Open on the old set: all survivors must answer and be caught up.
 	j, err := journal.Open(ctx, journalStoresOn(sc, byPool, vol.Name, pools), journal.Options{SizeBytes: 1 << 62})

@@ -263,3 +263,85 @@ func TestJournalRemoteShardServerKilled(t *testing.T) {
 		}
 	}
 }
+
+// TestJournalRemotePlacement drives openJournalStores directly over three
+// shard-server processes on three nodes: the choice is recorded and reused,
+// a replica whose server is gone counts as failed while no other node can
+// take it (the journal runs on the majority), losing the majority is an
+// error naming the pools, and a replicationFactor above the number of nodes
+// is refused naming the field, the value and the nodes found.
+func TestJournalRemotePlacement(t *testing.T) {
+	c := newECCluster(t, 3)
+	ctx := context.Background()
+	kc := c.env.Client
+	if err := kc.Create(ctx, &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: "rs-2-1"}, Spec: storagev1.ErasureCodingPolicySpec{
+		DataShards: ptr.To(int32(2)), ParityShards: ptr.To(int32(1))}}); err != nil {
+		t.Fatal(err)
+	}
+	newVolume := func(name string) *storagev1.ECVolume {
+		v := &storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: storagev1.ECVolumeSpec{SizeBytes: 1 << 20, PolicyRef: "rs-2-1"}}
+		if err := kc.Create(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	open := func(v *storagev1.ECVolume, rf int) ([]journal.Store, error) {
+		fresh := &storagev1.ECVolume{}
+		if err := kc.Get(ctx, client.ObjectKeyFromObject(v), fresh); err != nil {
+			t.Fatal(err)
+		}
+		return ecvolumecmd.OpenJournalStores(ctx, kc, c.store.Registry, c.store.Shards, fresh, rf)
+	}
+
+	if _, err := open(newVolume("too-many"), 4); err == nil ||
+		!strings.Contains(err.Error(), "spec.journalConfig.replicationFactor is 4") || !strings.Contains(err.Error(), "only 3 distinct nodes") {
+		t.Fatalf("replicationFactor 4 over 3 nodes: %v, want an error naming spec.journalConfig.replicationFactor, 4 and the 3 nodes", err)
+	}
+
+	v := newVolume("placed")
+	stores, err := open(v, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pools, _ := journalPools(t, c, "placed")
+	j, err := journal.Open(ctx, stores, journal.Options{SizeBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(ctx, 0, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if _, err := open(v, 5); err == nil || !strings.Contains(err.Error(), "replicationFactor is 5") {
+		t.Fatalf("reopen with another replicationFactor: %v, want a refusal naming it", err)
+	}
+
+	// The server of the second recorded pool stops (its Lease goes with it);
+	// no fourth node exists, so its replica counts as failed: 2 of 3 remain.
+	lost, _ := strconv.Atoi(strings.TrimPrefix(pools[1], "pool-"))
+	c.stopShard(lost)
+	stores, err = open(v, 3)
+	if err != nil {
+		t.Fatalf("one of three journal servers gone: %v", err)
+	}
+	if again, _ := journalPools(t, c, "placed"); !slices.Equal(again, pools) {
+		t.Fatalf("journal pools changed to %v (was %v) without a node to replace the lost one", again, pools)
+	}
+	j, err = journal.Open(ctx, stores, journal.Options{SizeBytes: 1 << 20})
+	if err != nil {
+		t.Fatalf("journal on 2 of 3 replicas: %v", err)
+	}
+	if h := j.HealthyStores(); !h[0] || h[1] || !h[2] {
+		t.Fatalf("healthy replicas %v, want the one on %s failed", h, pools[1])
+	}
+	if ext, err := j.Lookup(ctx, 0, 8); err != nil || len(ext) != 1 {
+		t.Fatalf("acknowledged write after losing a replica: %v %v", ext, err)
+	}
+	j.Close()
+
+	other, _ := strconv.Atoi(strings.TrimPrefix(pools[0], "pool-"))
+	c.stopShard(other)
+	if _, err := open(v, 3); err == nil || !strings.Contains(err.Error(), "only 1 of 3") || !strings.Contains(err.Error(), pools[0]) {
+		t.Fatalf("two of three journal servers gone: %v, want a no-quorum error naming the pools", err)
+	}
+}
