@@ -65,6 +65,8 @@ type FileStore struct {
 	meta    storeMeta
 	lastSeq uint64
 	lastEp  uint64
+
+	unlinks sync.WaitGroup // background deletions of trimmed segments
 }
 
 // segment is one log file.
@@ -203,16 +205,21 @@ func (s *FileStore) load() error {
 }
 
 // dropTrimmedSegments closes and deletes every segment but the last whose
-// records are all trimmed. The deletions need no fsync: the meta file's trim
-// point already makes those records dead if a segment comes back. The caller
-// guarantees no read of those records is in flight (the Journal trims under
-// its trim lock).
+// records are all trimmed. The deletions need no fsync, and run in the
+// background (unlinking a large file can take milliseconds, more with online
+// discard): the meta file's trim point already makes those records dead if a
+// segment comes back. The caller guarantees no read of those records is in
+// flight (the Journal trims under its trim lock).
 func (s *FileStore) dropTrimmedSegments() {
 	keep := s.segs[:0]
 	for i, seg := range s.segs {
 		if i < len(s.segs)-1 && seg.lastSeq <= s.meta.trimmed {
 			seg.f.Close()
-			_ = os.Remove(filepath.Join(s.dir, seg.name))
+			s.unlinks.Add(1)
+			go func() {
+				defer s.unlinks.Done()
+				_ = os.Remove(filepath.Join(s.dir, seg.name))
+			}()
 			continue
 		}
 		keep = append(keep, seg)
@@ -501,9 +508,11 @@ func (s *FileStore) SetEpoch(_ context.Context, epoch uint64) error {
 	return s.writeMeta(storeMeta{epoch: epoch, trimmed: s.meta.trimmed})
 }
 
+// Close closes the segment files once pending deletions are done.
 func (s *FileStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.unlinks.Wait()
 	var errs []error
 	for _, seg := range s.segs {
 		if err := seg.f.Close(); err != nil {

@@ -57,6 +57,7 @@ func TestFileStoreSegments(t *testing.T) {
 	if err := s.Trim(ctx, 5); err != nil {
 		t.Fatal(err)
 	}
+	s.unlinks.Wait() // deletions run in the background
 	if got := segmentFiles(t, dir); len(got) != 3 || got[0] == logName {
 		t.Fatalf("after trim through 5: segment files %v, want the 3 newest", got)
 	}
