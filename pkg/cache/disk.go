@@ -36,12 +36,18 @@ type DiskConfig struct {
 // DiskCache is the L2 tier: one file per entry under Dir, in 256 fan-out
 // directories.
 //
-// Write protocol: the entry is written to a temp file in its directory,
-// fsynced, renamed over the final name and the directory fsynced. Deletions
-// (Delete, eviction, corrupt entries) unlink and fsync the directory before
-// returning, so a crash can never bring back a file that was removed.
-// Together with Tiered's order (drop the L2 copy before writing L3) this keeps
-// every file that survives a crash equal to the current L3 value.
+// Write protocol: the entry is written to a temp file in its directory and
+// renamed over the final name. Put fsyncs the file and the directory before
+// it returns; demotions from L1 (Tiered) skip both fsyncs — an entry that a
+// crash loses or tears is only a miss (the checksum rejects a torn file, and
+// L3 still holds the data), and two fsyncs per demoted entry would make every
+// cold read pay for disk flushes. Delete is always durable: it unlinks and
+// fsyncs the directory, and also fsyncs a directory in which an earlier
+// unlink (eviction, corrupt entry) or rename was not yet made durable, so a
+// crash can never bring back a file that was removed or evicted before a
+// Delete of its key returned. Together with Tiered's order (drop the L2 copy
+// before writing L3) this keeps every file that survives a crash equal to the
+// current L3 value.
 //
 // File layout (little endian): a 64-byte header — magic "CSC1", version,
 // codec, 2 reserved bytes, generation, created, last accessed, access count,
@@ -67,6 +73,23 @@ type DiskCache struct {
 	used   int64
 	maxGen uint64
 	closed bool
+	// dirs counts, per fan-out directory, unlinks and renames and how many
+	// of them an fsync covers; Delete fsyncs a directory that has changes
+	// not yet covered (see the write protocol).
+	dirs        map[string]*dirChanges
+	deleteSyncs int // directory fsyncs done by Delete (tests)
+}
+
+type dirChanges struct{ changed, synced uint64 }
+
+// changedLocked records an unlink or rename in dir not yet fsynced.
+func (d *DiskCache) changedLocked(dir string) {
+	c := d.dirs[dir]
+	if c == nil {
+		c = &dirChanges{}
+		d.dirs[dir] = c
+	}
+	c.changed++
 }
 
 type diskMeta struct {
@@ -116,14 +139,17 @@ func OpenDiskCache(cfg DiskConfig) (*DiskCache, error) {
 		}
 	}
 	d := &DiskCache{dir: cfg.Dir, capacity: cfg.CapacityBytes, comp: cfg.Compression, now: cfg.Now,
-		tm: m.tier(TierL2), index: map[CacheKey]*diskMeta{}}
+		tm: m.tier(TierL2), index: map[CacheKey]*diskMeta{}, dirs: map[string]*dirChanges{}}
 	if d.now == nil {
 		d.now = time.Now
 	}
 	for i := range 256 {
-		if err := os.MkdirAll(filepath.Join(cfg.Dir, fmt.Sprintf("%02x", i)), 0o750); err != nil {
+		sub := filepath.Join(cfg.Dir, fmt.Sprintf("%02x", i))
+		if err := os.MkdirAll(sub, 0o750); err != nil {
 			return nil, fmt.Errorf("create disk cache directory: %w", err)
 		}
+		// Whatever the last run (or scan below) unlinked may not be durable yet.
+		d.changedLocked(sub)
 	}
 	if err := d.scan(); err != nil {
 		return nil, err
@@ -375,10 +401,12 @@ func (d *DiskCache) Put(key CacheKey, data []byte) error {
 	d.maxGen++
 	gen := d.maxGen
 	d.mu.Unlock()
-	return d.putStored(key, &stored{payload: payload, codec: codec, originalSize: len(data), gen: gen, createdAt: now, lastAccessed: now})
+	return d.putStored(key, &stored{payload: payload, codec: codec, originalSize: len(data), gen: gen, createdAt: now, lastAccessed: now}, true)
 }
 
-func (d *DiskCache) putStored(key CacheKey, s *stored) error {
+// putStored writes an entry; durable says whether to fsync the file and the
+// directory (Put) or leave that to the next Delete in the directory (demotion).
+func (d *DiskCache) putStored(key CacheKey, s *stored, durable bool) error {
 	b := encodeDiskEntry(key, s)
 	if int64(len(b)) > d.capacity {
 		return fmt.Errorf("l2 put %s/%s (%d bytes, capacity %d): %w", key.Bucket, key.Key, len(b), d.capacity, errEntryTooLarge)
@@ -392,7 +420,7 @@ func (d *DiskCache) putStored(key CacheKey, s *stored) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -426,9 +454,15 @@ func (d *DiskCache) putStored(key CacheKey, s *stored) error {
 	d.used += meta.fileSize
 	d.maxGen = max(d.maxGen, s.gen)
 	dirs := d.evictLocked(meta)
+	dirs = append(dirs, sub)
+	if !durable {
+		for _, dir := range dirs {
+			d.changedLocked(dir)
+		}
+		dirs = nil
+	}
 	d.mu.Unlock()
 
-	dirs = append(dirs, sub)
 	for _, dir := range dirs {
 		if err := syncDir(dir); err != nil {
 			return fmt.Errorf("l2 put %s/%s: %w", key.Bucket, key.Key, err)
@@ -457,30 +491,49 @@ func (d *DiskCache) evictLocked(keep *diskMeta) []string {
 	return dirs
 }
 
-// removeLocked forgets meta and unlinks its file (the caller fsyncs the directory).
+// removeLocked forgets meta and unlinks its file, and marks its directory
+// dirty until the caller (or the next Delete there) fsyncs it.
 func (d *DiskCache) removeLocked(meta *diskMeta) {
 	d.lru.Remove(meta.elem)
 	delete(d.index, meta.key)
 	d.used -= meta.fileSize
 	_ = os.Remove(filepath.Join(d.dir, meta.name))
+	d.changedLocked(filepath.Join(d.dir, filepath.Dir(meta.name)))
 }
 
 // Delete removes key's entry, durably: when Delete returns, a crash cannot
 // bring the file back.
+// bring the file back — also a file of key that was evicted (or demoted)
+// without an fsync before.
 func (d *DiskCache) Delete(key CacheKey) error {
+	dir := filepath.Join(d.dir, filepath.Dir(entryName(key)))
 	d.mu.Lock()
-	meta := d.index[key]
-	if meta != nil {
+	if meta := d.index[key]; meta != nil {
 		d.removeLocked(meta)
 	}
+	c := d.dirs[dir]
+	var upTo uint64 // changes so far; the fsync below covers them
+	if c != nil {
+		upTo = c.changed
+	}
 	d.mu.Unlock()
-	if meta == nil {
+	if c == nil || c.syncedAtLeast(d, upTo) {
 		return nil
 	}
-	if err := syncDir(filepath.Join(d.dir, filepath.Dir(meta.name))); err != nil {
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("l2 delete %s/%s: %w", key.Bucket, key.Key, err)
 	}
+	d.mu.Lock()
+	d.deleteSyncs++
+	c.synced = max(c.synced, upTo)
+	d.mu.Unlock()
 	return nil
+}
+
+func (c *dirChanges) syncedAtLeast(d *DiskCache, n uint64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return c.synced >= n
 }
 
 // has reports whether key is stored with generation gen.

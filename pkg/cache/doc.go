@@ -26,9 +26,12 @@
 //     buffer; tests call it where they need determinism. Tiered calls it inside
 //     Put and Invalidate so that an old value still sitting in the buffer cannot
 //     surface after the call returns.
-//   - L2 (DiskCache) stores one file per entry, written as temp file + fsync +
-//     rename (+ directory fsync), each with an xxh3 checksum over header, key and
-//     payload. A corrupt, truncated or torn file is reported as a miss and
+//   - L2 (DiskCache) stores one file per entry, written as temp file + rename,
+//     each with an xxh3 checksum over header, key and payload. DiskCache.Put
+//     also fsyncs file and directory; demotions from L1 do not (a lost or torn
+//     demoted entry is only a miss, and an fsync per evicted entry made cold
+//     reads pay for disk flushes). Deletes are always durable, including for
+//     entries evicted or demoted without an fsync before. A corrupt, truncated or torn file is reported as a miss and
 //     removed, never returned. The index is rebuilt on open by scanning the
 //     directory; it is bounded in bytes with least-recently-used eviction.
 //   - L3 (Store) is an interface; its Get returns ErrNotFound for a missing key.

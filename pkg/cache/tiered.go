@@ -333,7 +333,9 @@ func (t *Tiered) handle(ev l1Event) {
 	if ev.item == nil || t.l2.has(ev.key, ev.gen) {
 		return
 	}
-	if err := t.l2.putStored(ev.key, ev.item.stored()); err != nil {
+	// Not fsynced: a demoted entry a crash loses or tears is only a miss
+	// (see DiskCache's write protocol); Invalidate's Delete stays durable.
+	if err := t.l2.putStored(ev.key, ev.item.stored(), false); err != nil {
 		// Too large for L2, or a disk error: the value is still in L3.
 		t.demoteFails.Inc()
 		t.demoteErrMu.Lock()
