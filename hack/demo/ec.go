@@ -62,6 +62,7 @@ type ecDemo struct {
 	bin, kubeconfig, dir string
 	servers              []*shardServer
 	serves               int
+	lastServeLog         string
 }
 
 // startShardServers creates the shard servers' TLS material and the client
@@ -203,6 +204,7 @@ func (e *ecDemo) run(ctx context.Context) error {
 		victim.pool, victim.node, count[victim.pool], 6*len(list), ecDownOutDelay, ecRebuildBytesSec>>20)
 	_ = victim.cmd.Process.Kill()
 	_ = victim.cmd.Wait()
+	ecSay("(for %s its shards still count as healthy: a restart within the down-out delay costs no rebuild)", ecDownOutDelay)
 
 	// A degraded read while the operator waits out the delay: the stripes
 	// are decoded around the missing shards.
@@ -252,6 +254,7 @@ func (e *ecDemo) serve(ctx context.Context) (addr string, stop func(), err error
 	e.serves++
 	n := strconv.Itoa(e.serves)
 	logPath := filepath.Join(e.dir, "ec-volume-serve-"+n+".log")
+	e.lastServeLog = logPath
 	// --journal-dir: local journal replicas under the demo's temp dir (see
 	// the report on issue 11: drop it if replicas move to shard servers).
 	cmd, err := e.ps.start("ec-volume serve", logPath, e.bin, "ec-volume", "serve", "--volume", ecVolumeName, "--listen", addr,

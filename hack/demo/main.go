@@ -272,7 +272,9 @@ scrape_configs:
 			JournalConfig: &storagev1.JournalConfig{JournalSizeBytes: ptr.To[int64](64 << 20), DestageThresholdPercent: ptr.To[int32](50), DestageInterval: "1s"}}}); err != nil {
 		return 1, fmt.Errorf("apply ErasureCodingPolicy: %w", err)
 	}
-	sel := func(t string) *metav1.LabelSelector { return &metav1.LabelSelector{MatchLabels: map[string]string{"tier": t}} }
+	sel := func(t string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{"tier": t}}
+	}
 	if err := c.Create(ctx, &storagev1.StoragePolicy{ObjectMeta: metav1.ObjectMeta{Name: policyName},
 		Spec: storagev1.StoragePolicySpec{
 			HighWatermarkIOPS: ptr.To[int64](500), WarmWatermarkIOPS: ptr.To[int64](200), LowWatermarkIOPS: ptr.To[int64](50),
@@ -333,8 +335,11 @@ delay the operator rebuilds its shards on the spare pool; the data is read back 
 			ecCancel()
 			ecErr = errors.Join(errors.New("the operator exited unexpectedly"), <-ecResult)
 		}
-		if sigCtx.Err() != nil && *duration == 0 {
-			ecErr = nil // interrupted by the user, not failed
+		if sigCtx.Err() != nil {
+			fmt.Printf("[%5.0fs] ec  interrupted\n", since())
+			if *duration == 0 || errors.Is(ecErr, context.Canceled) {
+				ecErr = nil // stopped by the user, not failed
+			}
 		} else if ecErr != nil {
 			fmt.Printf("[%5.0fs] ec  FAILED: %v\n", since(), ecErr)
 		} else {
@@ -350,8 +355,11 @@ delay the operator rebuilds its shards on the spare pool; the data is read back 
 		tail(opLog)
 		return 1, watchErr
 	}
-	if ecErr != nil && !(sigCtx.Err() != nil && errors.Is(ecErr, context.Canceled)) {
+	if ecErr != nil {
 		tail(opLog)
+		if ec.lastServeLog != "" {
+			tail(ec.lastServeLog)
+		}
 		return 1, fmt.Errorf("erasure coding: %w (logs in %s are removed on exit)", ecErr, ec.dir)
 	}
 	if *duration == 0 {
@@ -441,6 +449,10 @@ func watch(ctx context.Context, c client.Client, opExited <-chan struct{}, ecRes
 				msg := strings.TrimPrefix(e.Message, "(combined from similar events): ")
 				if msg == "" {
 					msg = e.Reason
+				}
+				// Rebuild Events do not name their stripe: say which.
+				if e.InvolvedObject.Kind == "ECStripe" && !strings.Contains(msg, e.InvolvedObject.Name) {
+					msg = e.InvolvedObject.Name + ": " + msg
 				}
 				// The engine reports on the PV and on the policy: show each once.
 				if seenMessages[msg] {
