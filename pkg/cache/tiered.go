@@ -178,7 +178,9 @@ func (t *Tiered) Get(ctx context.Context, key CacheKey) (CacheEntry, Tier, error
 		return CacheEntry{}, TierNone, fmt.Errorf("get %s/%s from l3: %w", key.Bucket, key.Key, err)
 	}
 	t.tm3.hits.add(0)
-	s, err := t.newStored(data)
+	// L3's Get hands over its bytes (Store's contract), so the cache keeps
+	// them without a copy; the caller gets the cached buffer, as on an L1 hit.
+	s, err := t.newStored(data, true)
 	if err != nil {
 		return CacheEntry{}, TierNone, fmt.Errorf("get %s/%s: %w", key.Bucket, key.Key, err)
 	}
@@ -189,13 +191,13 @@ func (t *Tiered) Get(ctx context.Context, key CacheKey) (CacheEntry, Tier, error
 }
 
 // newStored builds the cache's storage form of data, a value that has just
-// entered the cache. It never aliases data.
-func (t *Tiered) newStored(data []byte) (*stored, error) {
+// entered the cache. It aliases data only when owned says the cache owns it.
+func (t *Tiered) newStored(data []byte, owned bool) (*stored, error) {
 	payload, codec, err := t.comp.encode(data)
 	if err != nil {
 		return nil, err
 	}
-	if codec == CodecNone {
+	if codec == CodecNone && !owned {
 		payload = slices.Clone(data)
 	}
 	now := t.now().UnixNano()
@@ -237,7 +239,7 @@ func (t *Tiered) Put(ctx context.Context, key CacheKey, data []byte) error {
 	if err := t.l3.Put(ctx, key, data); err != nil {
 		return fmt.Errorf("put %s/%s to l3: %w", key.Bucket, key.Key, err)
 	}
-	s, err := t.newStored(data)
+	s, err := t.newStored(data, false)
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", key.Bucket, key.Key, err)
 	}
