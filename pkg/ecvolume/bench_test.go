@@ -29,6 +29,7 @@ func BenchmarkVolume(b *testing.B) {
 		{"seqwrite-1MiB", 1 << 20, true, false},
 		{"seqread-1MiB", 1 << 20, false, false},
 		{"randread-4KiB", 4 << 10, false, true},
+		{"randwrite-4KiB", 4 << 10, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.SetBytes(tc.bs)
