@@ -1,0 +1,250 @@
+package nbd_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
+	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/shardserver"
+	"github.com/billyronks/couchestor/pkg/stripe"
+	"github.com/billyronks/couchestor/tests/testenv"
+)
+
+// benchStripeCluster is the real stripe path for the fio comparison:
+// envtest, n shard servers as processes of the couchestor binary, one
+// ErasureCodingPolicy and ECVolume, and `couchestor ec-volume serve`. The
+// setup is the one of ecvolume_e2e_test.go, kept separate so the benchmark
+// does not change when that test does.
+type benchStripeCluster struct {
+	t          *testing.T
+	env        *testenv.Env
+	bin, dir   string
+	kubeconfig string
+	shards     []*exec.Cmd
+	store      *stripe.Store
+}
+
+func newBenchStripeCluster(t *testing.T, n int) *benchStripeCluster {
+	t.Helper()
+	env := testenv.Start(t)
+	c := &benchStripeCluster{t: t, env: env, bin: testenv.OperatorBinary(t), dir: t.TempDir()}
+	c.kubeconfig = env.WriteKubeconfig(t, c.dir)
+	certs, err := shardserver.NewCertificates([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const token = "nbd-bench-token"
+	for name, b := range map[string][]byte{"tls.crt": certs.CertPEM, "tls.key": certs.KeyPEM, "token": []byte(token)} {
+		if err := os.WriteFile(filepath.Join(c.dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	for _, ns := range []string{registry.DefaultNamespace, "mayastor"} {
+		if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"},
+		Data: map[string][]byte{registry.SecretKeyCA: certs.CAPEM, registry.SecretKeyToken: []byte(token)}}); err != nil {
+		t.Fatal(err)
+	}
+	cc, err := registry.ClientConfigFromSecret(ctx, env.Client, registry.DefaultNamespace, "couchestor-shard-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := shardserver.NewClient(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		pool, node := "pool-"+strconv.Itoa(i), "node-"+strconv.Itoa(i)
+		dp := &mayastorv1beta2.DiskPool{ObjectMeta: metav1.ObjectMeta{Namespace: "mayastor", Name: pool}, Spec: mayastorv1beta2.DiskPoolSpec{Node: node, Disks: []string{"/dev/sdb"}}}
+		if err := env.Client.Create(ctx, dp); err != nil {
+			t.Fatal(err)
+		}
+		dp.Status = mayastorv1beta2.DiskPoolStatus{CRState: mayastorv1beta2.CRStateCreated, PoolStatus: mayastorv1beta2.PoolOnline, Capacity: 8 << 30, Available: 8 << 30}
+		if err := env.Client.Status().Update(ctx, dp); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(c.bin, "shard-server", "--data-dir", filepath.Join(c.dir, pool), "--pool", pool, "--node", node,
+			"--listen", testenv.Addr(testenv.FreePort(t)), "--capacity-bytes", strconv.Itoa(4<<30),
+			"--tls-cert-file", filepath.Join(c.dir, "tls.crt"), "--tls-key-file", filepath.Join(c.dir, "tls.key"),
+			"--token-file", filepath.Join(c.dir, "token"), "--kubeconfig", c.kubeconfig, "--lease-duration", "6s")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c.shards = append(c.shards, cmd)
+	}
+	t.Cleanup(func() {
+		for _, cmd := range c.shards {
+			stopProcess(cmd, 20*time.Second)
+		}
+	})
+	lookup := &registry.Lookup{Client: env.Client}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		list, err := lookup.Servers(ctx)
+		if err == nil && len(list) == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want %d registered shard servers, have %d (%v)", n, len(list), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.store = &stripe.Store{Client: env.Client, Shards: sc, Registry: lookup, MayastorNamespace: "mayastor"}
+	return c
+}
+
+// stopProcess ends cmd with SIGTERM, or SIGKILL after grace.
+func stopProcess(cmd *exec.Cmd, grace time.Duration) {
+	if cmd == nil || cmd.Process == nil || cmd.ProcessState != nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// createVolume creates a 4+2 Reed-Solomon policy with 1 MiB stripes and a
+// 3-replica journal of journalBytes, and an ECVolume of size bytes on it.
+func (c *benchStripeCluster) createVolume(name string, size, journalBytes int64) {
+	c.t.Helper()
+	ctx := context.Background()
+	pol := &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: name + "-rs-4-2"}, Spec: storagev1.ErasureCodingPolicySpec{
+		DataShards: ptr.To(int32(4)), ParityShards: ptr.To(int32(2)), StripeSizeBytes: ptr.To(int64(1 << 20)),
+		Algorithm: storagev1.ECAlgorithm("ReedSolomon"), MinHealthyShards: ptr.To(int32(4)),
+		JournalConfig: &storagev1.JournalConfig{JournalSizeBytes: ptr.To(journalBytes), ReplicationFactor: ptr.To(int32(3)),
+			DestageThresholdPercent: ptr.To(int32(50)), DestageInterval: "1s"}}}
+	if err := c.env.Client.Create(ctx, pol); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.env.Client.Create(ctx, &storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: storagev1.ECVolumeSpec{SizeBytes: size, PolicyRef: pol.Name}}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// serve starts `couchestor ec-volume serve` for volume with a cache of
+// cacheMem (L1) + cacheDisk (L2) bytes in a fresh directory, and returns its
+// NBD URI and a stop function (SIGTERM; also run at cleanup).
+func (c *benchStripeCluster) serve(volume, cacheDir string, cacheMem, cacheDisk int64) (string, func()) {
+	c.t.Helper()
+	port := testenv.FreePort(c.t)
+	cmd := exec.Command(c.bin, "ec-volume", "serve", "--volume", volume, "--listen", testenv.Addr(port),
+		"--journal-dir", filepath.Join(c.dir, "journal"), "--cache-dir", cacheDir,
+		"--cache-memory-bytes", strconv.FormatInt(cacheMem, 10), "--cache-disk-bytes", strconv.FormatInt(cacheDisk, 10),
+		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	stop := func() { stopProcess(cmd, 60*time.Second) }
+	c.t.Cleanup(stop)
+	waitListening(c.t, testenv.Addr(port))
+	return "nbd://" + testenv.Addr(port) + "/" + volume, stop
+}
+
+// stripeWrites returns how many ECStripe objects the volume has and how
+// many stripe writes made them (the sum of spec.generation: 1 per create,
+// +1 per copy-on-write update).
+func (c *benchStripeCluster) stripeWrites(volume string) (objects int, writes int64) {
+	c.t.Helper()
+	m, err := c.store.ListStripes(context.Background(), volume)
+	if err != nil {
+		c.t.Fatalf("list ECStripes of %s: %v", volume, err)
+	}
+	for _, s := range m {
+		writes += max(s.Spec.Generation, 1)
+	}
+	return len(m), writes
+}
+
+// fioJob is one fio run with the nbd engine.
+type fioJob struct {
+	name, rw, bs string
+	depth        int
+	iops         bool
+	// ioBytes > 0 makes the job size-based: it writes (or reads) exactly
+	// ioBytes over the region, as long as it takes (capped at the timeout),
+	// instead of running for the fixed time.
+	ioBytes int64
+}
+
+type fioResult struct {
+	bw, iops float64 // bytes/s, IO/s
+	bytes    int64   // moved
+	elapsed  time.Duration
+}
+
+func runFio(t *testing.T, uri string, j fioJob, region int64, runtime time.Duration) fioResult {
+	t.Helper()
+	args := []string{"--name=" + j.name, "--ioengine=nbd", "--uri=" + uri, "--rw=" + j.rw, "--bs=" + j.bs,
+		"--iodepth=" + strconv.Itoa(j.depth), "--size=" + strconv.FormatInt(region, 10), "--output-format=json"}
+	timeout := runtime + 2*time.Minute
+	if j.ioBytes > 0 {
+		args = append(args, "--io_size="+strconv.FormatInt(j.ioBytes, 10), "--runtime=600")
+		timeout = 12 * time.Minute
+	} else {
+		args = append(args, "--time_based", "--runtime="+strconv.Itoa(int(runtime.Seconds())))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, "fio", args...).Output()
+	elapsed := time.Since(start)
+	if err != nil {
+		t.Fatalf("fio %s on %s: %v\n%s", j.name, uri, err, out)
+	}
+	var res struct {
+		Jobs []struct {
+			Read, Write struct {
+				BW      float64 `json:"bw_bytes"`
+				IOPS    float64 `json:"iops"`
+				IOBytes int64   `json:"io_bytes"`
+			}
+		} `json:"jobs"`
+	}
+	i := strings.Index(string(out), "{")
+	if i < 0 {
+		t.Fatalf("fio %s: no JSON in output:\n%s", j.name, out)
+	}
+	if err := json.Unmarshal(out[i:], &res); err != nil {
+		t.Fatalf("fio json: %v", err)
+	}
+	r := res.Jobs[0].Write
+	if strings.Contains(j.rw, "read") {
+		r = res.Jobs[0].Read
+	}
+	return fioResult{bw: r.BW, iops: r.IOPS, bytes: r.IOBytes, elapsed: elapsed}
+}
+
+func (r fioResult) String(iops bool) string {
+	if iops {
+		return fmt.Sprintf("%.0f IOPS", r.iops)
+	}
+	return fmt.Sprintf("%.0f MB/s", r.bw/1e6)
+}
