@@ -370,17 +370,18 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		writeJournalErr(w, fmt.Errorf("%w: append body of %d bytes exceeds %d", ErrBadJournalRequest, r.ContentLength, maxJournalAppendBytes))
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, maxJournalAppendBytes)
-	br := bufio.NewReaderSize(body, 256<<10)
+	// One buffer for the whole body, records decoded in place: no copy or
+	// allocation per record.
+	body, err := readBody(http.MaxBytesReader(w, r.Body, maxJournalAppendBytes), r.ContentLength)
+	if err != nil {
+		writeJournalErr(w, fmt.Errorf("%w: read append body: %w", ErrBadJournalRequest, err))
+		return
+	}
 	var recs []journal.Record
-	for {
-		var buf []byte
-		rec, err := journal.ReadRecord(br, &buf, maxJournalRecordData)
-		if errors.Is(err, io.EOF) {
-			break
-		}
+	for off := 0; off < len(body); {
+		rec, n, err := journal.DecodeRecord(body[off:])
 		if err != nil {
-			writeJournalErr(w, fmt.Errorf("%w: record %d of the append body: %w", ErrBadJournalRequest, len(recs), err))
+			writeJournalErr(w, fmt.Errorf("%w: record %d of the append body (byte %d of %d): %w", ErrBadJournalRequest, len(recs), off, len(body), err))
 			return
 		}
 		if len(recs) > 0 && rec.Seq <= recs[len(recs)-1].Seq {
@@ -388,12 +389,13 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		recs = append(recs, rec)
+		off += n
 	}
 	if len(recs) == 0 {
 		writeJournalErr(w, fmt.Errorf("%w: an append needs at least one record", ErrBadJournalRequest))
 		return
 	}
-	err := s.withReplica(r, true, func(st *journal.FileStore, _ *journalReplica) error {
+	err = s.withReplica(r, true, func(st *journal.FileStore, _ *journalReplica) error {
 		info, err := st.Info(r.Context())
 		if err != nil {
 			return err
@@ -421,6 +423,22 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// readBody reads a request body whose length is usually known up front.
+func readBody(r io.Reader, length int64) ([]byte, error) {
+	if length < 0 {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, length)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	// The declared length must be the whole body.
+	if n, _ := r.Read(make([]byte, 1)); n != 0 {
+		return nil, fmt.Errorf("body longer than its Content-Length %d", length)
+	}
+	return b, nil
 }
 
 func (s *Server) journalMutation(w http.ResponseWriter, r *http.Request, param string, fn func(*journal.FileStore, uint64) error) {
