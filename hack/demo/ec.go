@@ -255,8 +255,9 @@ func (e *ecDemo) serve(ctx context.Context) (addr string, stop func(), err error
 	n := strconv.Itoa(e.serves)
 	logPath := filepath.Join(e.dir, "ec-volume-serve-"+n+".log")
 	e.lastServeLog = logPath
-	// --journal-dir: local journal replicas under the demo's temp dir (see
-	// the report on issue 11: drop it if replicas move to shard servers).
+	// --journal-dir: the journal replicas are local directories under the
+	// demo's temp dir. When `ec-volume serve` places them on shard servers
+	// instead (internal/cmd/ecvolume/journal.go), this flag goes.
 	cmd, err := e.ps.start("ec-volume serve", logPath, e.bin, "ec-volume", "serve", "--volume", ecVolumeName, "--listen", addr,
 		"--journal-dir", filepath.Join(e.dir, "journal"), "--cache-dir", filepath.Join(e.dir, "cache-"+n),
 		"--cache-memory-bytes", strconv.Itoa(16<<20), "--cache-disk-bytes", strconv.Itoa(32<<20),
