@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -228,9 +230,50 @@ func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolu
 		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "ShardSpaceNotFreed", "DeleteStripes", "pools %v have no live shard server: their shards of this volume stay until `couchestor ec gc --volume %s --grace 0s` runs after they return", rep.UnreachablePools, vol.Name)
 	}
 	r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "StripesDeleted", "DeleteStripes", "deleted %d ECStripes and freed %d shards (%d bytes)", rep.Stripes, rep.Shards, rep.FreedBytes)
+	r.deleteJournals(ctx, st, vol)
 	controllerutil.RemoveFinalizer(vol, storagev1.ECVolumeFinalizer)
 	if err := r.Client.Update(ctx, vol); err != nil {
 		return ctrl.Result{}, fmt.Errorf("remove finalizer of ECVolume %s: %w", vol.Name, err)
 	}
 	return ctrl.Result{}, nil
+}
+
+// deleteJournals removes the volume's journal replicas from the shard
+// servers named in its journal annotations (current and retired). The
+// journal holds nothing the stripes need once the volume is deleted; a pool
+// without a live server keeps its replica (reported in an Event), as shards
+// on such pools do.
+func (r *ECVolumeReconciler) deleteJournals(ctx context.Context, st *stripe.Store, vol *storagev1.ECVolume) {
+	var pools []string
+	for _, a := range []string{storagev1.ECVolumeAnnotationJournalPools, storagev1.ECVolumeAnnotationJournalPoolsRetired} {
+		for _, p := range strings.Split(vol.Annotations[a], ",") {
+			if p = strings.TrimSpace(p); p != "" && !slices.Contains(pools, p) {
+				pools = append(pools, p)
+			}
+		}
+	}
+	if len(pools) == 0 {
+		return
+	}
+	byPool, err := st.Registry.ByPool(ctx)
+	if err != nil {
+		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "JournalNotDeleted", "DeleteJournal", "cannot list shard servers: %v; journal replicas on %v stay", err, pools)
+		return
+	}
+	var left []string
+	for _, p := range pools {
+		srv, ok := byPool[p]
+		if !ok {
+			left = append(left, p+" (no live shard server)")
+			continue
+		}
+		if err := st.Shards.DeleteJournal(ctx, srv.Address, vol.Name); err != nil {
+			left = append(left, fmt.Sprintf("%s (%v)", p, err))
+		}
+	}
+	if len(left) > 0 {
+		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "JournalNotDeleted", "DeleteJournal", "journal replicas of this volume stay on: %s", strings.Join(left, "; "))
+		return
+	}
+	r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "JournalDeleted", "DeleteJournal", "deleted the journal replicas on pools %v", pools)
 }

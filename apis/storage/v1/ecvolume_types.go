@@ -42,6 +42,18 @@ const (
 	ECVolumeError ECVolumePhase = "Error"
 )
 
+// Annotations the export (`couchestor ec-volume serve`) records on an
+// ECVolume: where its journal replicas live. The ECVolume finalizer deletes
+// the journals on every pool named in either.
+const (
+	// ECVolumeAnnotationJournalPools lists, comma-separated in replica order,
+	// the pools whose shard servers hold the volume's journal replicas.
+	ECVolumeAnnotationJournalPools = "storage.billyronks.io/journal-pools"
+	// ECVolumeAnnotationJournalPoolsRetired lists pools that held a replica
+	// before it was replaced; their replicas are garbage once the volume goes.
+	ECVolumeAnnotationJournalPoolsRetired = "storage.billyronks.io/journal-pools-retired"
+)
+
 // ECVolumeConditionReady is the condition type saying whether the volume is usable.
 const ECVolumeConditionReady = "Ready"
 

@@ -52,10 +52,10 @@ import (
 const (
 	// AnnotationJournalPools lists, comma-separated in replica order, the
 	// pools whose shard servers hold the ECVolume's journal replicas.
-	AnnotationJournalPools = "storage.billyronks.io/journal-pools"
+	AnnotationJournalPools = storagev1.ECVolumeAnnotationJournalPools
 	// AnnotationJournalPoolsRetired lists pools that held a replica before it
 	// was replaced; their replica directories are garbage once the volume goes.
-	AnnotationJournalPoolsRetired = "storage.billyronks.io/journal-pools-retired"
+	AnnotationJournalPoolsRetired = storagev1.ECVolumeAnnotationJournalPoolsRetired
 )
 
 // OpenJournalStores is openJournalStores for callers outside this package

@@ -3,10 +3,11 @@
 // (pkg/ecvolume over pkg/stripe). main.go dispatches to Command by name.
 //
 // Decisions written down:
-//   - The journal's replicationFactor replicas are local FileStores under
-//     --journal-dir (one subdirectory per replica) until shard servers gain
-//     journal endpoints (issue 11); with local replicas a write survives a
-//     process crash, not the loss of this node.
+//   - The journal's replicationFactor replicas live on shard servers of
+//     distinct nodes, chosen once and recorded on the ECVolume (journal.go);
+//     a write is acknowledged when a majority of them made it durable.
+//     --journal-dir keeps them in local directories instead (development
+//     only: a write then survives a process crash, not the loss of the node).
 //   - Size, stripe size and journalConfig come from the ECVolume and its
 //     ErasureCodingPolicy, read once at start (defaults applied as the
 //     schema states them); a policy change needs a restart.
@@ -47,12 +48,12 @@ import (
 // Command is `couchestor ec-volume serve ...`.
 func Command(ctx context.Context, args []string) error {
 	if len(args) == 0 || args[0] != "serve" {
-		return errors.New("usage: couchestor ec-volume serve --volume NAME --listen ADDR --journal-dir DIR --cache-dir DIR [flags]")
+		return errors.New("usage: couchestor ec-volume serve --volume NAME --listen ADDR --cache-dir DIR [--journal-dir DIR] [flags]")
 	}
 	fs := flag.NewFlagSet("ec-volume serve", flag.ContinueOnError)
 	volume := fs.String("volume", "", "ECVolume to export. Required.")
 	listen := fs.String("listen", "127.0.0.1:10809", "Address of the NBD listener (10809 is NBD's port).")
-	journalDir := fs.String("journal-dir", "", "Directory of the journal replicas (one subdirectory each). Required.")
+	journalDir := fs.String("journal-dir", "", "Development only: keep the journal replicas in local directories under DIR (one subdirectory each) instead of on shard servers; a write then survives a process crash, not the loss of this node.")
 	cacheDir := fs.String("cache-dir", "", "Directory of the L2 (local disk) read cache. Required.")
 	cacheMem := fs.Int64("cache-memory-bytes", 256<<20, "L1 (RAM) read cache capacity.")
 	cacheDisk := fs.Int64("cache-disk-bytes", 4<<30, "L2 (local disk) read cache capacity.")
@@ -69,7 +70,7 @@ func Command(ctx context.Context, args []string) error {
 		}
 		return err
 	}
-	for _, f := range []struct{ name, value string }{{"--volume", *volume}, {"--journal-dir", *journalDir}, {"--cache-dir", *cacheDir}} {
+	for _, f := range []struct{ name, value string }{{"--volume", *volume}, {"--cache-dir", *cacheDir}} {
 		if f.value == "" {
 			return fmt.Errorf("%s is required", f.name)
 		}
@@ -135,15 +136,19 @@ func Command(ctx context.Context, args []string) error {
 		}
 	}
 	var stores []journal.Store
-	for i := 0; i < replicas; i++ {
-		s, err := journal.OpenFileStore(filepath.Join(*journalDir, *volume, fmt.Sprintf("replica-%d", i)))
-		if err != nil {
-			for _, o := range stores {
-				_ = o.Close()
+	if *journalDir != "" {
+		for i := 0; i < replicas; i++ {
+			s, err := journal.OpenFileStore(filepath.Join(*journalDir, *volume, fmt.Sprintf("replica-%d", i)))
+			if err != nil {
+				for _, o := range stores {
+					_ = o.Close()
+				}
+				return err
 			}
-			return err
+			stores = append(stores, s)
 		}
-		stores = append(stores, s)
+	} else if stores, err = openJournalStores(ctx, kc, st.Registry, sc, vol.Object, replicas); err != nil {
+		return err
 	}
 	obs := newObserver(*volume, kc)
 	v, err := ecvolume.Open(ctx, ecvolume.Options{

@@ -16,18 +16,23 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/controllers"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/tests/testenv"
 )
 
 // TestECVolumeExportReportsDestageHealth runs `ec-volume serve` with its
-// metrics endpoint over shard-server processes and makes the destager fail
+// metrics endpoint over shard-server processes (journal replicas on three of
+// them, the default since journal endpoints exist) and makes the destager fail
 // the way the issue names: the API server refuses ECStripe writes (an
 // admission webhook that cannot be reached, failurePolicy Fail). Writes are
 // still acknowledged (they sit in the journal), the export says so on
@@ -56,7 +61,7 @@ func TestECVolumeExportReportsDestageHealth(t *testing.T) {
 	nbdPort, metricsPort := testenv.FreePort(t), testenv.FreePort(t)
 	cmd := exec.Command(c.bin, "ec-volume", "serve", "--volume", vol, "--listen", testenv.Addr(nbdPort),
 		"--metrics-bind-address", testenv.Addr(metricsPort),
-		"--journal-dir", filepath.Join(c.dir, "journal-obs"), "--cache-dir", filepath.Join(c.dir, "cache-obs"),
+		"--cache-dir", filepath.Join(c.dir, "cache-obs"),
 		"--cache-memory-bytes", strconv.Itoa(8<<20), "--cache-disk-bytes", strconv.Itoa(16<<20),
 		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -188,5 +193,47 @@ func TestECVolumeExportReportsDestageHealth(t *testing.T) {
 	e := condition("Exported")
 	if e == nil || e.Status != metav1.ConditionFalse || e.Reason != "Stopped" {
 		t.Fatalf("after SIGTERM the Exported condition is %s, want False/Stopped", fmt.Sprint(e))
+	}
+
+	// Deleting the volume deletes its journal replicas on the shard servers
+	// (the ECVolume controller's finalizer, run here in-process).
+	cur := &storagev1.ECVolume{}
+	if err := c.env.Client.Get(ctx, client.ObjectKey{Name: vol}, cur); err != nil {
+		t.Fatal(err)
+	}
+	pools := strings.Split(cur.Annotations[storagev1.ECVolumeAnnotationJournalPools], ",")
+	journalDir := func(pool string) string { return filepath.Join(c.dir, pool, "journals", vol) }
+	if len(pools) != 3 {
+		t.Fatalf("journal pools annotation %q, want three pools", cur.Annotations[storagev1.ECVolumeAnnotationJournalPools])
+	}
+	for _, p := range pools {
+		if _, err := os.Stat(journalDir(p)); err != nil {
+			t.Fatalf("journal replica on %s: %v", p, err)
+		}
+	}
+	mctx, stopMgr := context.WithCancel(ctx)
+	defer stopMgr()
+	mgr, err := ctrl.NewManager(c.env.Config, ctrl.Options{Scheme: c.env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&controllers.ECVolumeReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("test"), MayastorNamespace: "mayastor"}).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = mgr.Start(mctx) }()
+	wait("the ECVolume has its finalizer", func() bool {
+		v := &storagev1.ECVolume{}
+		return c.env.Client.Get(ctx, client.ObjectKey{Name: vol}, v) == nil && len(v.Finalizers) == 1
+	})
+	if err := c.env.Client.Delete(ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	wait("the ECVolume is gone", func() bool {
+		return apierrors.IsNotFound(c.env.Client.Get(ctx, client.ObjectKey{Name: vol}, &storagev1.ECVolume{}))
+	})
+	for _, p := range pools {
+		if _, err := os.Stat(journalDir(p)); !os.IsNotExist(err) {
+			t.Errorf("journal replica on %s still there after the volume was deleted (%v)", p, err)
+		}
 	}
 }
