@@ -139,7 +139,7 @@ type StoragePolicyReconciler struct {
 	// migration engine); nil: status counters are left as stored.
 	Migrations MigrationResults
 	// MigrationEvents re-evaluates a policy when one of its migrations ends.
-	MigrationEvents <-chan event.GenericEvent
+	MigrationEvents    <-chan event.GenericEvent
 	MayastorNamespace  string
 	EvaluationInterval time.Duration
 	ScrapeInterval     time.Duration

@@ -53,7 +53,9 @@ func StripeSpanLBAs(stripeSizeBytes int64) int64 { return stripeSizeBytes / LBAS
 
 // StripeIndexForLBA is the index of the stripe (in a volume laid out from LBA 0
 // in full stripes) that holds lba.
-func StripeIndexForLBA(lba, stripeSizeBytes int64) int64 { return lba / StripeSpanLBAs(stripeSizeBytes) }
+func StripeIndexForLBA(lba, stripeSizeBytes int64) int64 {
+	return lba / StripeSpanLBAs(stripeSizeBytes)
+}
 
 // StripeRange is the LBA range of stripe index i in a volume of volumeBytes,
 // laid out from LBA 0 in full stripes; the last stripe may be shorter.
