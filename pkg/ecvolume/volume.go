@@ -34,6 +34,10 @@ type Options struct {
 	// DestageThresholdPercent and DestageInterval are journalConfig's.
 	DestageThresholdPercent int
 	DestageInterval         time.Duration
+	// DestageParallel is how many stripes the destager writes at once (0
+	// means journal's default, 4): a stripe write waits mostly on shard
+	// servers and the API server, so a few in flight hide that latency.
+	DestageParallel int
 	// Stripes is the volume's stripe path.
 	Stripes StripeStore
 	// Cache configures the read cache; nil reads the stripes directly.
@@ -160,6 +164,7 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		ThresholdPercent: o.DestageThresholdPercent,
 		Interval:         o.DestageInterval,
 		OnError:          o.OnDestageError,
+		Parallel:         o.DestageParallel,
 	})
 	if err != nil {
 		_ = j.Close()
