@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,6 +16,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
@@ -247,4 +252,85 @@ func (r fioResult) String(iops bool) string {
 		return fmt.Sprintf("%.0f IOPS", r.iops)
 	}
 	return fmt.Sprintf("%.0f MB/s", r.bw/1e6)
+}
+
+// apiRequests returns kube-apiserver's request counters
+// (apiserver_request_total) summed by "verb resource", and the summed
+// request seconds by the same key, so the benchmark can say how many API
+// calls a stripe write costs and how long they took.
+func (c *benchStripeCluster) apiRequests() (counts, seconds map[string]float64) {
+	c.t.Helper()
+	rc, err := rest.RESTClientFor(restMetricsConfig(c.env.Config))
+	if err != nil {
+		c.t.Fatalf("metrics client: %v", err)
+	}
+	raw, err := rc.Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		c.t.Fatalf("GET /metrics: %v", err)
+	}
+	counts, seconds = map[string]float64{}, map[string]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		var m map[string]float64
+		switch {
+		case strings.HasPrefix(line, "apiserver_request_total{"):
+			m = counts
+		case strings.HasPrefix(line, "apiserver_request_duration_seconds_sum{"):
+			m = seconds
+		default:
+			continue
+		}
+		labels, value, ok := strings.Cut(line[strings.Index(line, "{")+1:], "} ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			continue
+		}
+		var verb, resource string
+		for _, kv := range strings.Split(labels, ",") {
+			k, val, _ := strings.Cut(kv, "=")
+			val = strings.Trim(val, `"`)
+			switch k {
+			case "verb":
+				verb = val
+			case "resource":
+				resource = val
+			}
+		}
+		m[verb+" "+resource] += v
+	}
+	return counts, seconds
+}
+
+func restMetricsConfig(cfg *rest.Config) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.GroupVersion = &schema.GroupVersion{}
+	c.APIPath = "/"
+	c.NegotiatedSerializer = serializer.NewCodecFactory(runtime.NewScheme()).WithoutConversion()
+	return c
+}
+
+// apiDelta formats the API requests between two apiRequests snapshots, per
+// stripe write: "GET ecstripes 2.0 (3.1 ms)", biggest first.
+func apiDelta(before, after, secBefore, secAfter map[string]float64, stripeWrites int64) string {
+	type row struct {
+		key     string
+		n, secs float64
+	}
+	var rows []row
+	for k, v := range after {
+		if d := v - before[k]; d > 0 && !strings.Contains(k, "lease") && !strings.HasPrefix(k, "WATCH") {
+			rows = append(rows, row{k, d, secAfter[k] - secBefore[k]})
+		}
+	}
+	sort.Slice(rows, func(a, b int) bool { return rows[a].n > rows[b].n })
+	var parts []string
+	for _, r := range rows {
+		if len(parts) == 8 {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f (%.1f ms each)", r.key, r.n/float64(max(stripeWrites, 1)), 1000*r.secs/r.n))
+	}
+	return strings.Join(parts, ", ")
 }

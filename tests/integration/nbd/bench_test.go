@@ -52,21 +52,11 @@ func TestFioThroughput(t *testing.T) {
 	const size = 1 << 30
 	const region = 512 << 20
 	var targets []benchTarget
-
-	port := freePort(t)
-	nbdkit := exec.Command("nbdkit", "-f", "-i", "127.0.0.1", "-p", strconv.Itoa(port), "memory", "1G")
-	if err := nbdkit.Start(); err != nil {
-		t.Fatal(err)
+	// COUCHESTOR_NBD_BENCH_ROWS=stripe runs only the stripe-path row (for
+	// profiling it); anything else runs every row.
+	if os.Getenv("COUCHESTOR_NBD_BENCH_ROWS") != "stripe" {
+		targets = append(targets, localTargets(t, region, size)...)
 	}
-	t.Cleanup(func() { _ = nbdkit.Process.Kill(); _ = nbdkit.Wait() })
-	waitListening(t, fmt.Sprintf("127.0.0.1:%d", port))
-	targets = append(targets, benchTarget{name: "nbdkit memory 1G", uri: fmt.Sprintf("nbd://127.0.0.1:%d", port), region: region, writeBytes: 4 * region})
-
-	mem := startServer(t, serverOpts{backend: "memory", size: size})
-	targets = append(targets, benchTarget{name: "couchestor nbd, memory backend", uri: mem.uri(), region: region, writeBytes: 4 * region})
-	vol := startServer(t, serverOpts{backend: "volume", stripe: "memory", dir: t.TempDir(), size: size})
-	targets = append(targets, benchTarget{name: "couchestor ecvolume (3-replica journal 64 MiB, cache 32+64 MiB, memory stripes)", uri: vol.uri(), region: region, writeBytes: 4 * region})
-
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		t.Log("KUBEBUILDER_ASSETS is unset: skipping the stripe-path row (set it with hack/envtest.sh)")
 	} else {
@@ -106,6 +96,26 @@ func TestFioThroughput(t *testing.T) {
 		runtime, strings.Join(rows, "\n"))
 }
 
+// localTargets starts nbdkit's memory plugin, the NBD server over RAM and
+// the ECVolume backend over memory stripes (a child process each).
+func localTargets(t *testing.T, region, size int64) []benchTarget {
+	var targets []benchTarget
+	port := freePort(t)
+	nbdkit := exec.Command("nbdkit", "-f", "-i", "127.0.0.1", "-p", strconv.Itoa(port), "memory", "1G")
+	if err := nbdkit.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nbdkit.Process.Kill(); _ = nbdkit.Wait() })
+	waitListening(t, fmt.Sprintf("127.0.0.1:%d", port))
+	targets = append(targets, benchTarget{name: "nbdkit memory 1G", uri: fmt.Sprintf("nbd://127.0.0.1:%d", port), region: region, writeBytes: 4 * region})
+
+	mem := startServer(t, serverOpts{backend: "memory", size: size})
+	targets = append(targets, benchTarget{name: "couchestor nbd, memory backend", uri: mem.uri(), region: region, writeBytes: 4 * region})
+	vol := startServer(t, serverOpts{backend: "volume", stripe: "memory", dir: t.TempDir(), size: size})
+	targets = append(targets, benchTarget{name: "couchestor ecvolume (3-replica journal 64 MiB, cache 32+64 MiB, memory stripes)", uri: vol.uri(), region: region, writeBytes: 4 * region})
+	return targets
+}
+
 // benchTarget is one export under test.
 type benchTarget struct {
 	name       string
@@ -132,15 +142,19 @@ func stripePathTarget(t *testing.T) (tg benchTarget) {
 	tg.name = "couchestor ec-volume serve (4+2 RS, 6 shard-server processes, envtest; 3-replica journal 64 MiB, cache 8+16 MiB)"
 	tg.uri, tg.region, tg.writeBytes = uri, volSize, volSize
 	var writeStart time.Time
+	var n0, s0 map[string]float64
 	var objs0 int
 	var writes0 int64
 	tg.writeNote = func(wrote fioResult) string {
 		objs, writes := c.stripeWrites("ecv-bench")
+		n1, s1 := c.apiRequests()
 		writeStart = time.Now().Add(-wrote.elapsed)
-		return fmt.Sprintf("during the job: %d ECStripes created (%.0f creates/s), %d stripe writes (%.0f/s)",
-			objs-objs0, float64(objs-objs0)/wrote.elapsed.Seconds(), writes-writes0, float64(writes-writes0)/wrote.elapsed.Seconds())
+		return fmt.Sprintf("during the job: %d ECStripes created (%.0f creates/s), %d stripe writes (%.0f/s); API requests per stripe write (all clients): %s",
+			objs-objs0, float64(objs-objs0)/wrote.elapsed.Seconds(), writes-writes0, float64(writes-writes0)/wrote.elapsed.Seconds(),
+			apiDelta(n0, n1, s0, s1, writes-writes0))
 	}
 	objs0, writes0 = c.stripeWrites("ecv-bench")
+	n0, s0 = c.apiRequests()
 	tg.afterWrite = func(wrote fioResult) (string, string) {
 		// Destaging continues after the last write was acknowledged: wait
 		// until every stripe exists and no stripe write happened for 3 s.
