@@ -94,7 +94,7 @@ run-local: build ## local control plane + CRDs + the operator; kubeconfig in .lo
 
 DEMO_DURATION ?= 0
 .PHONY: demo
-demo: build ## the main job on an embedded default: simulator + Prometheus + operator, live
+demo: build ## the main job on an embedded default: simulator + Prometheus + operator + shard servers (tiering and an erasure-coded rebuild), live
 	@go build -o $(LOCALBIN)/mayastorsim ./tests/mayastorsim
 	@go build -o $(LOCALBIN)/demo ./hack/demo
 	@assets="$$(hack/envtest.sh)"; prom="$$(hack/prometheus.sh)"; \

@@ -255,11 +255,10 @@ func (e *ecDemo) serve(ctx context.Context) (addr string, stop func(), err error
 	n := strconv.Itoa(e.serves)
 	logPath := filepath.Join(e.dir, "ec-volume-serve-"+n+".log")
 	e.lastServeLog = logPath
-	// --journal-dir: the journal replicas are local directories under the
-	// demo's temp dir. When `ec-volume serve` places them on shard servers
-	// instead (internal/cmd/ecvolume/journal.go), this flag goes.
+	// The journal replicas live on three of the shard servers (recorded on
+	// the ECVolume); a killed one is replaced when the export reopens.
 	cmd, err := e.ps.start("ec-volume serve", logPath, e.bin, "ec-volume", "serve", "--volume", ecVolumeName, "--listen", addr,
-		"--journal-dir", filepath.Join(e.dir, "journal"), "--cache-dir", filepath.Join(e.dir, "cache-"+n),
+		"--cache-dir", filepath.Join(e.dir, "cache-"+n),
 		"--cache-memory-bytes", strconv.Itoa(16<<20), "--cache-disk-bytes", strconv.Itoa(32<<20),
 		"--kubeconfig", e.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+shardSecret)
 	if err != nil {
