@@ -125,14 +125,23 @@ func (c *ecCluster) stopShard(i int) {
 	c.shards[i] = nil
 }
 
-// serve starts `couchestor ec-volume serve` for volume and returns its NBD URI.
+// serve starts `couchestor ec-volume serve` for volume with its journal in
+// local directories (--journal-dir) and returns its NBD URI.
 func (c *ecCluster) serve(volume, cacheDir string) (uri string, stop func()) {
 	c.t.Helper()
+	return c.serveWith(volume, cacheDir, "--journal-dir", filepath.Join(c.dir, "journal"))
+}
+
+// serveWith starts `couchestor ec-volume serve` for volume with extra flags
+// (none: the journal replicas go to shard servers, the default).
+func (c *ecCluster) serveWith(volume, cacheDir string, extra ...string) (uri string, stop func()) {
+	c.t.Helper()
 	port := testenv.FreePort(c.t)
-	cmd := exec.Command(c.bin, "ec-volume", "serve", "--volume", volume, "--listen", testenv.Addr(port),
-		"--journal-dir", filepath.Join(c.dir, "journal"), "--cache-dir", cacheDir,
-		"--cache-memory-bytes", strconv.Itoa(8<<20), "--cache-disk-bytes", strconv.Itoa(16<<20),
-		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+	args := append([]string{"ec-volume", "serve", "--volume", volume, "--listen", testenv.Addr(port),
+		"--cache-dir", cacheDir,
+		"--cache-memory-bytes", strconv.Itoa(8 << 20), "--cache-disk-bytes", strconv.Itoa(16 << 20),
+		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace + "/couchestor-shard-client"}, extra...)
+	cmd := exec.Command(c.bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
