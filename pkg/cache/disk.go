@@ -42,10 +42,10 @@ type DiskConfig struct {
 // crash loses or tears is only a miss (the checksum rejects a torn file, and
 // L3 still holds the data), and two fsyncs per demoted entry would make every
 // cold read pay for disk flushes. Delete is always durable: it unlinks and
-// fsyncs the directory, and also fsyncs a directory in which an earlier
-// unlink (eviction, corrupt entry) or rename was not yet made durable, so a
-// crash can never bring back a file that was removed or evicted before a
-// Delete of its key returned. Together with Tiered's order (drop the L2 copy
+// fsyncs the directory when the key has a file, or had one that was unlinked
+// (eviction, corrupt entry) without an fsync since, so a crash can never
+// bring back a file of the key once Delete returned; a Delete of a key with
+// no file, pending or not, costs nothing. Together with Tiered's order (drop the L2 copy
 // before writing L3) this keeps every file that survives a crash equal to the
 // current L3 value.
 //
@@ -73,23 +73,60 @@ type DiskCache struct {
 	used   int64
 	maxGen uint64
 	closed bool
-	// dirs counts, per fan-out directory, unlinks and renames and how many
-	// of them an fsync covers; Delete fsyncs a directory that has changes
-	// not yet covered (see the write protocol).
+	// dirs numbers the unlinks in each fan-out directory and records how
+	// many of them an fsync covers; unsynced maps a key whose file was
+	// unlinked without an fsync (eviction, a corrupt file) to its unlink's
+	// number. Delete of such a key fsyncs the directory (see the write
+	// protocol); other keys' Deletes do not pay for it.
 	dirs        map[string]*dirChanges
+	unsynced    map[CacheKey]uint64
 	deleteSyncs int // directory fsyncs done by Delete (tests)
 }
 
 type dirChanges struct{ changed, synced uint64 }
 
-// changedLocked records an unlink or rename in dir not yet fsynced.
-func (d *DiskCache) changedLocked(dir string) {
+// maxUnsynced bounds the unsynced map: past it, the demotion path fsyncs
+// the directories and forgets the entries.
+const maxUnsynced = 1 << 14
+
+// unlinkedLocked records that key's file in dir was unlinked, not yet durably.
+func (d *DiskCache) unlinkedLocked(key CacheKey, dir string) {
 	c := d.dirs[dir]
 	if c == nil {
 		c = &dirChanges{}
 		d.dirs[dir] = c
 	}
 	c.changed++
+	d.unsynced[key] = c.changed
+}
+
+// syncUnsynced fsyncs every directory with unlinks not yet durable and
+// forgets the keys they cover (the bound of the unsynced map).
+func (d *DiskCache) syncUnsynced() error {
+	d.mu.Lock()
+	upTo := map[string]uint64{}
+	for dir, c := range d.dirs {
+		if c.changed > c.synced {
+			upTo[dir] = c.changed
+		}
+	}
+	d.mu.Unlock()
+	for dir, n := range upTo {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.dirs[dir].synced = max(d.dirs[dir].synced, n)
+		d.mu.Unlock()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for key, n := range d.unsynced {
+		if c := d.dirs[filepath.Join(d.dir, filepath.Dir(entryName(key)))]; c == nil || c.synced >= n {
+			delete(d.unsynced, key)
+		}
+	}
+	return nil
 }
 
 type diskMeta struct {
@@ -139,21 +176,26 @@ func OpenDiskCache(cfg DiskConfig) (*DiskCache, error) {
 		}
 	}
 	d := &DiskCache{dir: cfg.Dir, capacity: cfg.CapacityBytes, comp: cfg.Compression, now: cfg.Now,
-		tm: m.tier(TierL2), index: map[CacheKey]*diskMeta{}, dirs: map[string]*dirChanges{}}
+		tm: m.tier(TierL2), index: map[CacheKey]*diskMeta{}, dirs: map[string]*dirChanges{}, unsynced: map[CacheKey]uint64{}}
 	if d.now == nil {
 		d.now = time.Now
 	}
 	for i := range 256 {
-		sub := filepath.Join(cfg.Dir, fmt.Sprintf("%02x", i))
-		if err := os.MkdirAll(sub, 0o750); err != nil {
+		if err := os.MkdirAll(filepath.Join(cfg.Dir, fmt.Sprintf("%02x", i)), 0o750); err != nil {
 			return nil, fmt.Errorf("create disk cache directory: %w", err)
 		}
-		// Whatever the last run (or scan below) unlinked may not be durable yet.
-		d.changedLocked(sub)
 	}
 	if err := d.scan(); err != nil {
 		return nil, err
 	}
+	// What the last run or the scan unlinked may not be durable yet, and
+	// those keys are not known any more: make it durable once, now.
+	for i := range 256 {
+		if err := syncDir(filepath.Join(cfg.Dir, fmt.Sprintf("%02x", i))); err != nil {
+			return nil, err
+		}
+	}
+	clear(d.unsynced)
 	m.bytes.set(TierL2, d.UsedBytes)
 	return d, nil
 }
@@ -455,13 +497,17 @@ func (d *DiskCache) putStored(key CacheKey, s *stored, durable bool) error {
 	d.maxGen = max(d.maxGen, s.gen)
 	dirs := d.evictLocked(meta)
 	dirs = append(dirs, sub)
+	prune := false
 	if !durable {
-		for _, dir := range dirs {
-			d.changedLocked(dir)
-		}
 		dirs = nil
+		prune = len(d.unsynced) > maxUnsynced
 	}
 	d.mu.Unlock()
+	if prune {
+		if err := d.syncUnsynced(); err != nil {
+			return fmt.Errorf("l2 put %s/%s: %w", key.Bucket, key.Key, err)
+		}
+	}
 
 	for _, dir := range dirs {
 		if err := syncDir(dir); err != nil {
@@ -498,11 +544,10 @@ func (d *DiskCache) removeLocked(meta *diskMeta) {
 	delete(d.index, meta.key)
 	d.used -= meta.fileSize
 	_ = os.Remove(filepath.Join(d.dir, meta.name))
-	d.changedLocked(filepath.Join(d.dir, filepath.Dir(meta.name)))
+	d.unlinkedLocked(meta.key, filepath.Join(d.dir, filepath.Dir(meta.name)))
 }
 
 // Delete removes key's entry, durably: when Delete returns, a crash cannot
-// bring the file back.
 // bring the file back — also a file of key that was evicted (or demoted)
 // without an fsync before.
 func (d *DiskCache) Delete(key CacheKey) error {
@@ -511,13 +556,18 @@ func (d *DiskCache) Delete(key CacheKey) error {
 	if meta := d.index[key]; meta != nil {
 		d.removeLocked(meta)
 	}
+	n, pending := d.unsynced[key]
 	c := d.dirs[dir]
-	var upTo uint64 // changes so far; the fsync below covers them
+	if pending && (c == nil || c.synced >= n) {
+		delete(d.unsynced, key)
+		pending = false
+	}
+	var upTo uint64
 	if c != nil {
 		upTo = c.changed
 	}
 	d.mu.Unlock()
-	if c == nil || c.syncedAtLeast(d, upTo) {
+	if !pending {
 		return nil
 	}
 	if err := syncDir(dir); err != nil {
@@ -526,14 +576,11 @@ func (d *DiskCache) Delete(key CacheKey) error {
 	d.mu.Lock()
 	d.deleteSyncs++
 	c.synced = max(c.synced, upTo)
+	if d.unsynced[key] <= c.synced {
+		delete(d.unsynced, key)
+	}
 	d.mu.Unlock()
 	return nil
-}
-
-func (c *dirChanges) syncedAtLeast(d *DiskCache, n uint64) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return c.synced >= n
 }
 
 // has reports whether key is stored with generation gen.

@@ -151,6 +151,15 @@ func (t *Tiered) Get(ctx context.Context, key CacheKey) (CacheEntry, Tier, error
 	st := t.stripe(key)
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if _, ok := st.l1[key]; ok {
+		// Another Get promoted key while this one waited for the lock (a
+		// read-ahead and a read of the same block): apply ristretto's
+		// buffer and take that value instead of fetching it again.
+		t.l1.Wait()
+		if e, ok := t.l1.Get(key); ok {
+			return e, TierL1, nil
+		}
+	}
 
 	if s, ok := t.l2.getStored(key); ok {
 		data, err := decode(s.payload, s.codec, s.originalSize)
