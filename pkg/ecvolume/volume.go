@@ -62,6 +62,12 @@ type CacheOptions struct {
 	DiskDir     string
 	DiskBytes   int64 // L2 (local disk) capacity
 	Compression cache.Compression
+	// ReadAheadBytes is how far past a sequential read the cache is filled
+	// in the background (0 means 4 MiB but at least 2 blocks, and at most a
+	// quarter of MemoryBytes; negative: none),
+	// so a sequential reader finds the next blocks cached instead of
+	// waiting a stripe read per request.
+	ReadAheadBytes int64
 	// Tiered replaces the cache built from the fields above (tests); its L3
 	// must be the volume's CacheStore.
 	Tiered func(l3 cache.Store) (*cache.Tiered, error)
@@ -82,6 +88,7 @@ type VolumeBackend struct {
 	locks      rangeLock
 	zeros      []byte
 	journaled  journaledMap
+	ahead      readAhead
 
 	destager *journal.Destager
 	cancel   context.CancelFunc
@@ -146,6 +153,15 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ecvolume %s: cache: %w", o.Name, err)
 		}
+		ra := c.ReadAheadBytes
+		if ra == 0 {
+			ra = max(4<<20, 2*v.block)
+			if c.MemoryBytes > 0 {
+				// Prefetched blocks must survive in L1 until they are read.
+				ra = min(ra, c.MemoryBytes/4)
+			}
+		}
+		v.ahead.init(max(ra, 0)/v.block, v.prefetch)
 	}
 
 	j, err := journal.Open(ctx, o.JournalStores, o.Journal)
@@ -195,6 +211,7 @@ func (v *VolumeBackend) Close() error {
 	v.closeMu.Do(func() {
 		v.cancel()
 		<-v.done
+		v.ahead.stop()
 		v.closeErr = v.j.Close()
 		v.closeCache()
 	})
@@ -262,6 +279,7 @@ func (v *VolumeBackend) readClean(ctx context.Context, p []byte, off int64) erro
 		}
 		return nil
 	}
+	v.ahead.read(off/v.block, (off+int64(len(p))-1)/v.block, (v.size-1)/v.block)
 	for len(p) > 0 {
 		bi, bo := off/v.block, off%v.block
 		e, _, err := v.cache.Get(ctx, v.key(bi))
@@ -534,4 +552,80 @@ func (m *journaledMap) clear() {
 	for i := range m.words {
 		m.words[i].Store(0)
 	}
+}
+
+// prefetch fills the cache with one block (read-ahead). Errors are left to
+// the demand read, which retries and reports them.
+func (v *VolumeBackend) prefetch(ctx context.Context, block int64) {
+	_, _, _ = v.cache.Get(ctx, v.key(block))
+}
+
+// readAhead detects sequential reads and fills the cache ahead of them.
+// Prefetching only fills the cache through Tiered.Get, the same path as a
+// read miss, so the cache's invalidation rules cover it: a block fetched
+// while the destager rewrites its stripe is dropped by the Sink's second
+// invalidation.
+type readAhead struct {
+	window int64 // blocks ahead; 0 disables
+	fetch  func(context.Context, int64)
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	slots  chan struct{} // bounds prefetches in flight
+
+	mu     sync.Mutex
+	high   int64 // highest block a recent read reached
+	issued int64 // highest block prefetched for the current run
+}
+
+func (r *readAhead) init(window int64, fetch func(context.Context, int64)) {
+	r.window, r.fetch = window, fetch
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.slots = make(chan struct{}, max(window, 1))
+	r.high, r.issued = -2, -1
+}
+
+// read notes a read of blocks [first, last] (last block of the volume:
+// maxBlock) and starts prefetches when it continues a sequential run.
+// Concurrent requests of one stream arrive slightly out of order, so a read
+// that starts within a window behind the run's head still counts.
+func (r *readAhead) read(first, last, maxBlock int64) {
+	if r.window == 0 {
+		return
+	}
+	r.mu.Lock()
+	sequential := first <= r.high+1 && first >= r.high-r.window
+	if !sequential {
+		r.high, r.issued = last, last
+		r.mu.Unlock()
+		return
+	}
+	r.high = max(r.high, last)
+	from, to := max(r.issued+1, r.high+1), min(r.high+r.window, maxBlock)
+	if to >= from {
+		r.issued = to
+	}
+	r.mu.Unlock()
+	for b := from; b <= to; b++ {
+		select {
+		case r.slots <- struct{}{}:
+		default:
+			return // enough in flight; the demand reads fetch the rest
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer func() { <-r.slots }()
+			r.fetch(r.ctx, b)
+		}()
+	}
+}
+
+// stop cancels prefetches and waits for them (before the cache closes).
+func (r *readAhead) stop() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.wg.Wait()
 }
