@@ -52,14 +52,17 @@ func TestFioThroughput(t *testing.T) {
 	const size = 1 << 30
 	const region = 512 << 20
 	var targets []benchTarget
-	// COUCHESTOR_NBD_BENCH_ROWS=stripe runs only the stripe-path row (for
-	// profiling it); anything else runs every row.
-	if os.Getenv("COUCHESTOR_NBD_BENCH_ROWS") != "stripe" {
+	// COUCHESTOR_NBD_BENCH_ROWS=stripe runs only the stripe-path row,
+	// =local only the others (for profiling one side); unset runs every row.
+	rows := os.Getenv("COUCHESTOR_NBD_BENCH_ROWS")
+	if rows != "stripe" {
 		targets = append(targets, localTargets(t, region, size)...)
 	}
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+	switch {
+	case rows == "local":
+	case os.Getenv("KUBEBUILDER_ASSETS") == "":
 		t.Log("KUBEBUILDER_ASSETS is unset: skipping the stripe-path row (set it with hack/envtest.sh)")
-	} else {
+	default:
 		targets = append(targets, stripePathTarget(t))
 	}
 
@@ -69,7 +72,7 @@ func TestFioThroughput(t *testing.T) {
 		{name: "rand write 4 KiB", rw: "randwrite", bs: "4k", depth: 32, iops: true},
 		{name: "rand read 4 KiB", rw: "randread", bs: "4k", depth: 32, iops: true},
 	}
-	var rows []string
+	var table []string
 	for _, tg := range targets {
 		uri := tg.uri
 		for i, j := range jobs {
@@ -84,16 +87,16 @@ func TestFioThroughput(t *testing.T) {
 					note += "; " + tg.writeNote(res)
 				}
 			}
-			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s |", tg.name, j.name, res.String(j.iops), note))
+			table = append(table, fmt.Sprintf("| %s | %s | %s | %s |", tg.name, j.name, res.String(j.iops), note))
 			if i == 0 && tg.afterWrite != nil {
 				var n string
 				uri, n = tg.afterWrite(res)
-				rows = append(rows, fmt.Sprintf("| %s | (between write and read) | | %s |", tg.name, n))
+				table = append(table, fmt.Sprintf("| %s | (between write and read) | | %s |", tg.name, n))
 			}
 		}
 	}
 	t.Logf("fio --ioengine=nbd, iodepth 8 (1 MiB) / 32 (4 KiB), random jobs and seq read %s each:\n| target | job | result | notes |\n|---|---|---|---|\n%s",
-		runtime, strings.Join(rows, "\n"))
+		runtime, strings.Join(table, "\n"))
 }
 
 // localTargets starts nbdkit's memory plugin, the NBD server over RAM and
