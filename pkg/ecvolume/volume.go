@@ -1,6 +1,7 @@
 package ecvolume
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,8 +36,9 @@ type Options struct {
 	DestageThresholdPercent int
 	DestageInterval         time.Duration
 	// DestageParallel is how many stripes the destager writes at once (0
-	// means journal's default, 4): a stripe write waits mostly on shard
-	// servers and the API server, so a few in flight hide that latency.
+	// means 8): a stripe write waits mostly on shard servers and the API
+	// server (measured on the stripe path: 31 stripes/s with 4 in flight,
+	// 40/s with 12, API latencies rising), so a few in flight hide that.
 	DestageParallel int
 	// Stripes is the volume's stripe path.
 	Stripes StripeStore
@@ -180,7 +182,7 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		ThresholdPercent: o.DestageThresholdPercent,
 		Interval:         o.DestageInterval,
 		OnError:          o.OnDestageError,
-		Parallel:         o.DestageParallel,
+		Parallel:         cmp.Or(o.DestageParallel, 8),
 	})
 	if err != nil {
 		_ = j.Close()
