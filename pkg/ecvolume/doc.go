@@ -42,6 +42,16 @@
 // journal before the stripes, so no read sees data older than the last
 // acknowledged write (pkg/journal documents the trim ordering).
 //
+// Read-ahead: when a read continues a sequential run, the next blocks
+// (CacheOptions.ReadAheadBytes, at most a quarter of L1) are fetched into the
+// cache in the background through the same Tiered.Get as a read miss, so the
+// invalidation rules above cover them too; a read of a block being
+// prefetched waits for that fetch instead of repeating it.
+//
+// Destaging writes DestageParallel stripes at once (a stripe write mostly
+// waits on shard servers and the API server); the journal is trimmed only
+// after every stripe of the pass is written.
+//
 // # Stripe store
 //
 // StripeStore is what the erasure-coded stripe path (pkg/stripe) provides for
