@@ -103,3 +103,45 @@ func TestTieredConcurrentMissesFetchOnce(t *testing.T) {
 		t.Fatalf("8 concurrent misses made %d L3 reads, want 1", got)
 	}
 }
+
+// TestTieredScanIsNotDemoted: values read once from L3 and evicted from L1
+// (a sequential scan) are not written to L2; values read again before
+// their eviction are.
+func TestTieredScanIsNotDemoted(t *testing.T) {
+	ctx := context.Background()
+	ms := NewMemoryStore()
+	for i := range 400 {
+		if err := ms.Put(ctx, key(i), randomBytes(uint64(i), 4096)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc, err := NewTiered(TieredConfig{Memory: MemoryConfig{CapacityBytes: 64 << 10},
+		Disk: DiskConfig{Dir: t.TempDir(), CapacityBytes: 16 << 20}, Store: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	for i := range 200 { // scan: each read once, L1 holds ~16 of them
+		if _, _, err := tc.Get(ctx, key(i)); err != nil {
+			t.Fatal(err)
+		}
+		tc.Flush()
+	}
+	if n := tc.l2.Len(); n != 0 {
+		t.Fatalf("a scan of 200 values read once left %d in L2, want 0", n)
+	}
+	if tc.scanSkips.Load() == 0 {
+		t.Fatal("no eviction seen: the scan did not exceed L1")
+	}
+	for i := 200; i < 400; i++ { // each read twice while still in L1
+		for range 2 {
+			if _, _, err := tc.Get(ctx, key(i)); err != nil {
+				t.Fatal(err)
+			}
+			tc.Flush()
+		}
+	}
+	if n := tc.l2.Len(); n == 0 {
+		t.Fatal("values read twice and then evicted were not demoted to L2")
+	}
+}

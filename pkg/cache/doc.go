@@ -39,7 +39,10 @@
 // Promotion: an L2 hit is copied into L1 (the L2 copy stays, so a later L1
 // eviction need not rewrite it); an L3 hit is copied into L1. Demotion: an entry
 // evicted from L1 is written to L2 by a background worker (ristretto's OnEvict
-// runs on its own goroutine, which must not block on disk). L2 eviction drops.
+// runs on its own goroutine, which must not block on disk), except an entry
+// that entered on an L3 read and was never read again before its eviction:
+// that is what a sequential scan leaves behind, and writing every block of a
+// scan to L2 costs more than it saves. L2 eviction drops.
 //
 // # Compression
 //

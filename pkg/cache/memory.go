@@ -62,6 +62,7 @@ type memItem struct {
 	createdAt    int64
 	lastAccessed atomic.Int64
 	accessCount  atomic.Uint64
+	readFill     bool // see stored.readFill
 }
 
 func (it *memItem) cost() int64 {
@@ -71,13 +72,13 @@ func (it *memItem) cost() int64 {
 func (it *memItem) stored() *stored {
 	return &stored{
 		payload: it.payload, codec: it.codec, originalSize: it.originalSize, gen: it.gen,
-		createdAt: it.createdAt, lastAccessed: it.lastAccessed.Load(), accessCount: it.accessCount.Load(),
+		createdAt: it.createdAt, lastAccessed: it.lastAccessed.Load(), accessCount: it.accessCount.Load(), readFill: it.readFill,
 	}
 }
 
 func newMemItem(key CacheKey, s *stored) *memItem {
 	_, check := key.hash128()
-	it := &memItem{key: key, check: check, gen: s.gen, payload: s.payload, codec: s.codec, originalSize: s.originalSize, createdAt: s.createdAt}
+	it := &memItem{key: key, check: check, gen: s.gen, payload: s.payload, codec: s.codec, originalSize: s.originalSize, createdAt: s.createdAt, readFill: s.readFill}
 	it.lastAccessed.Store(s.lastAccessed)
 	it.accessCount.Store(s.accessCount)
 	return it

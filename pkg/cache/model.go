@@ -94,6 +94,11 @@ type stored struct {
 	createdAt    int64 // unix nanoseconds
 	lastAccessed int64
 	accessCount  uint64
+	// readFill: the value entered the cache on an L3 read (not a Put). Such
+	// an entry evicted from L1 without a second access is not demoted: it
+	// is what a sequential scan leaves behind, and writing every block of a
+	// scan to L2 would cost more than it could save.
+	readFill bool
 }
 
 func (s *stored) metadata() EntryMetadata {

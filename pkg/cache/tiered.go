@@ -53,6 +53,7 @@ type Tiered struct {
 	promotedL3  prometheus.Counter
 	demotedL2   prometheus.Counter
 	demoteFails prometheus.Counter
+	scanSkips   atomic.Int64 // evictions not demoted because read only once
 
 	// Demotion queue, fed by ristretto's policy goroutine, drained by one worker.
 	qmu          sync.Mutex
@@ -194,6 +195,7 @@ func (t *Tiered) Get(ctx context.Context, key CacheKey) (CacheEntry, Tier, error
 		return CacheEntry{}, TierNone, fmt.Errorf("get %s/%s: %w", key.Bucket, key.Key, err)
 	}
 	s.accessCount = 1 // this read
+	s.readFill = true
 	t.promoteLocked(st, key, s)
 	t.promotedL3.Inc()
 	return CacheEntry{Data: data, Metadata: s.metadata()}, TierL3, nil
@@ -342,6 +344,11 @@ func (t *Tiered) handle(ev l1Event) {
 	}
 	delete(st.l1, ev.key)
 	if ev.item == nil || t.l2.has(ev.key, ev.gen) {
+		return
+	}
+	if ev.item.readFill && ev.item.accessCount.Load() <= 1 {
+		// Read once and evicted: scan data, not worth an L2 write (L3 has it).
+		t.scanSkips.Add(1)
 		return
 	}
 	// Not fsynced: a demoted entry a crash loses or tears is only a miss
