@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"go.uber.org/zap/zapcore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
@@ -233,10 +235,18 @@ func run(ctx context.Context, o *options) error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up StoragePolicy controller: %w", err)
 	}
+	shardSecretNS, shardSecretName, ok := strings.Cut(o.erasure.ShardSecret, "/")
+	if !ok || shardSecretNS == "" || shardSecretName == "" {
+		return fmt.Errorf("--shard-client-secret %q must be namespace/name", o.erasure.ShardSecret)
+	}
 	if err := (&controllers.ECVolumeReconciler{
 		Client:            mgr.GetClient(),
 		Recorder:          mgr.GetEventRecorder("couchestor-ecvolume"),
 		MayastorNamespace: o.mayastorNamespace,
+		// The same shard servers as the ECStripe controllers: a non-default
+		// registry namespace or client Secret must reach the finalizer too.
+		RegistryNamespace: o.erasure.RegistryNamespace,
+		ShardSecret:       types.NamespacedName{Namespace: shardSecretNS, Name: shardSecretName},
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up ECVolume controller: %w", err)
 	}
@@ -252,6 +262,8 @@ func run(ctx context.Context, o *options) error {
 			CertDir:   o.webhookCertDir,
 			Namespace: o.webhookNamespace,
 			LocalURL:  o.webhookLocalURL,
+			// ErasureCodingPolicies wider than the registered shard servers warn.
+			ShardRegistryNamespace: o.erasure.RegistryNamespace,
 		})
 		if err != nil {
 			return fmt.Errorf("set up webhooks: %w", err)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -15,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/registry"
 )
 
 var (
@@ -158,6 +161,37 @@ func TestAdmission(t *testing.T) {
 		wantAccepted(t, c.Create(ctx, ecp("wide", storagev1.ErasureCodingPolicySpec{DataShards: ptr.To[int32](2), ParityShards: ptr.To[int32](3)})))
 		if w := warns.take(); !strings.Contains(w, "spec.parityShards (3) is greater than spec.dataShards (2)") {
 			t.Fatalf("warnings %q", w)
+		}
+	})
+
+	t.Run("ErasureCodingPolicy wider than the registered shard servers warns", func(t *testing.T) {
+		warns.take()
+		wantAccepted(t, c.Create(ctx, ecp("cap", storagev1.ErasureCodingPolicySpec{})))
+		if w := warns.take(); !strings.Contains(w, "spec.dataShards + spec.parityShards = 6, but only 0 shard servers (0 nodes) are registered") {
+			t.Fatalf("warnings %q", w)
+		}
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: registry.DefaultNamespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		register := func(pool, node string) {
+			r := &registry.Registrar{Client: c, Pool: pool, Node: node, Address: "127.0.0.1:1", LeaseDuration: time.Hour}
+			if err := r.Register(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := 0; i < 6; i++ { // six pools on three nodes
+			register(fmt.Sprintf("cap-pool-%d", i), fmt.Sprintf("cap-node-%d", i/2))
+		}
+		wantAccepted(t, c.Create(ctx, ecp("cap-nodes", storagev1.ErasureCodingPolicySpec{})))
+		if w := warns.take(); !strings.Contains(w, "the registered shard servers span only 3 nodes") {
+			t.Fatalf("warnings %q", w)
+		}
+		for i := 6; i < 9; i++ { // three more pools on three more nodes
+			register(fmt.Sprintf("cap-pool-%d", i), fmt.Sprintf("cap-node-%d", i-3))
+		}
+		wantAccepted(t, c.Create(ctx, ecp("cap-ok", storagev1.ErasureCodingPolicySpec{})))
+		if w := warns.take(); w != "" {
+			t.Fatalf("6 nodes hold a 4+2 stripe, yet: %q", w)
 		}
 	})
 

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/registry"
 )
 
 // The webhook configurations come from these markers (make manifests →
@@ -133,6 +134,35 @@ func (w *StoragePolicyWebhook) validate(ctx context.Context, p *storagev1.Storag
 type ErasureCodingPolicyWebhook struct {
 	r       readers
 	stripes *StripeIndex
+	// servers lists the registered shard servers (nil: no capacity warning).
+	servers interface {
+		Servers(ctx context.Context) ([]registry.Entry, error)
+	}
+}
+
+// capacityWarnings warns (never refuses: shard servers may be installed
+// after the policy) when the registered shard servers cannot hold a stripe
+// of the policy on distinct pools, or not on distinct nodes.
+func (w *ErasureCodingPolicyWebhook) capacityWarnings(ctx context.Context, spec *storagev1.ErasureCodingPolicySpec) admission.Warnings {
+	if w.servers == nil || spec.DataShards == nil || spec.ParityShards == nil {
+		return nil
+	}
+	width := int(*spec.DataShards + *spec.ParityShards)
+	list, err := w.servers.Servers(ctx)
+	if err != nil {
+		return admission.Warnings{fmt.Sprintf("could not count the registered shard servers (%v): a stripe under this policy needs %d of them on distinct nodes", err, width)}
+	}
+	pools, nodes := map[string]bool{}, map[string]bool{}
+	for _, e := range list {
+		pools[e.Pool], nodes[e.Node] = true, true
+	}
+	switch {
+	case len(pools) < width:
+		return admission.Warnings{fmt.Sprintf("spec.dataShards + spec.parityShards = %d, but only %d shard servers (%d nodes) are registered: stripes under this policy cannot be written until at least %d run, one per pool, on distinct nodes", width, len(pools), len(nodes), width)}
+	case len(nodes) < width:
+		return admission.Warnings{fmt.Sprintf("spec.dataShards + spec.parityShards = %d, but the registered shard servers span only %d nodes: shards of a stripe will share nodes, so losing one node can cost more than one shard", width, len(nodes))}
+	}
+	return nil
 }
 
 var (
@@ -149,14 +179,20 @@ func (w *ErasureCodingPolicyWebhook) Default(_ context.Context, p *storagev1.Era
 }
 
 // ValidateCreate applies schema 6.2 and the LRC layout.
-func (w *ErasureCodingPolicyWebhook) ValidateCreate(_ context.Context, p *storagev1.ErasureCodingPolicy) (admission.Warnings, error) {
+func (w *ErasureCodingPolicyWebhook) ValidateCreate(ctx context.Context, p *storagev1.ErasureCodingPolicy) (admission.Warnings, error) {
 	errs, warns := storagev1.ValidateErasureCodingPolicySpec(&p.Spec, specPath)
+	if len(errs) == 0 {
+		warns = append(warns, w.capacityWarnings(ctx, &p.Spec)...)
+	}
 	return warns, invalid(gkErasureCodingPolicy, p.Name, errs)
 }
 
 // ValidateUpdate also refuses changing how existing stripes were encoded.
-func (w *ErasureCodingPolicyWebhook) ValidateUpdate(_ context.Context, old, p *storagev1.ErasureCodingPolicy) (admission.Warnings, error) {
+func (w *ErasureCodingPolicyWebhook) ValidateUpdate(ctx context.Context, old, p *storagev1.ErasureCodingPolicy) (admission.Warnings, error) {
 	errs, warns := storagev1.ValidateErasureCodingPolicySpec(&p.Spec, specPath)
+	if len(errs) == 0 {
+		warns = append(warns, w.capacityWarnings(ctx, &p.Spec)...)
+	}
 	if !w.stripes.Synced() {
 		return warns, errIndexNotSynced
 	}

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/registry"
 )
 
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations;validatingwebhookconfigurations,verbs=get;list;watch;update;patch
@@ -85,6 +86,10 @@ type Options struct {
 	// and the certificate is copied from the Secret into CertDir (in a pod the
 	// Secret is mounted there). Only with CertModeSelfSigned.
 	LocalURL string
+	// ShardRegistryNamespace holds the shard-server Leases; an
+	// ErasureCodingPolicy wider than the registered shard servers gets an
+	// admission warning. Default registry.DefaultNamespace.
+	ShardRegistryNamespace string
 }
 
 func (o *Options) applyDefaults() {
@@ -94,6 +99,7 @@ func (o *Options) applyDefaults() {
 		}
 	}
 	def(&o.Namespace, DefaultNamespace)
+	def(&o.ShardRegistryNamespace, registry.DefaultNamespace)
 	def(&o.SecretName, DefaultSecretName)
 	def(&o.ServiceName, DefaultServiceName)
 	def(&o.MutatingConfigurationName, DefaultMutatingConfigurationName)
@@ -139,7 +145,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) (healthz.Checker
 			WithDefaulter(&StoragePolicyWebhook{r: r}).WithValidator(&StoragePolicyWebhook{r: r}).Complete(); err != nil {
 			return fmt.Errorf("register StoragePolicy webhooks: %w", err)
 		}
-		ecp := &ErasureCodingPolicyWebhook{r: r, stripes: stripes}
+		ecp := &ErasureCodingPolicyWebhook{r: r, stripes: stripes, servers: &registry.Lookup{Client: r.live, Namespace: opts.ShardRegistryNamespace}}
 		if err := ctrl.NewWebhookManagedBy(mgr, &storagev1.ErasureCodingPolicy{}).
 			WithDefaulter(ecp).WithValidator(ecp).Complete(); err != nil {
 			return fmt.Errorf("register ErasureCodingPolicy webhooks: %w", err)
