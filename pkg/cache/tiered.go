@@ -73,12 +73,14 @@ type Tiered struct {
 const stripeCount = 1024
 
 // stripe serialises the multi-tier operations of its keys and records which
-// of them L1 holds, with the generation of the held value. A demotion is
-// written only if its generation is still the recorded one: a Put or
-// Invalidate that came in between wins.
+// of them L1 holds, with the held value (and so its generation). A demotion
+// is written only if its generation is still the recorded one: a Put or
+// Invalidate that came in between wins. A Get that waited for the lock while
+// another promoted the key takes the recorded value, which ristretto may not
+// have applied yet.
 type stripe struct {
 	mu sync.Mutex
-	l1 map[CacheKey]uint64
+	l1 map[CacheKey]*stored // the value L1 holds (or will, once ristretto applies the Set)
 }
 
 // l1Event is an L1 eviction (item set) or rejection (item nil) to process.
@@ -117,7 +119,7 @@ func NewTiered(cfg TieredConfig) (*Tiered, error) {
 	t.demotedL2 = m.demotions.WithLabelValues(TierL2.String())
 	t.demoteFails = m.demotionFailures
 	for i := range t.stripes {
-		t.stripes[i].l1 = map[CacheKey]uint64{}
+		t.stripes[i].l1 = map[CacheKey]*stored{}
 	}
 
 	dcfg := cfg.Disk
@@ -152,13 +154,12 @@ func (t *Tiered) Get(ctx context.Context, key CacheKey) (CacheEntry, Tier, error
 	st := t.stripe(key)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if _, ok := st.l1[key]; ok {
+	if s, ok := st.l1[key]; ok {
 		// Another Get promoted key while this one waited for the lock (a
-		// read-ahead and a read of the same block): apply ristretto's
-		// buffer and take that value instead of fetching it again.
-		t.l1.Wait()
-		if e, ok := t.l1.Get(key); ok {
-			return e, TierL1, nil
+		// read-ahead and a read of the same block), and ristretto has not
+		// applied the Set yet: take that value instead of fetching it again.
+		if data, err := decode(s.payload, s.codec, s.originalSize); err == nil {
+			return CacheEntry{Data: data, Metadata: s.metadata()}, TierL1, nil
 		}
 	}
 
@@ -218,7 +219,7 @@ func (t *Tiered) newStored(data []byte, owned bool) (*stored, error) {
 // promoteLocked puts s into L1 and records it in the stripe.
 func (t *Tiered) promoteLocked(st *stripe, key CacheKey, s *stored) {
 	if t.l1.setItem(newMemItem(key, s)) {
-		st.l1[key] = s.gen
+		st.l1[key] = s
 	} else {
 		delete(st.l1, key)
 	}
@@ -339,7 +340,7 @@ func (t *Tiered) handle(ev l1Event) {
 	st := t.stripe(ev.key)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if g, ok := st.l1[ev.key]; !ok || g != ev.gen {
+	if s, ok := st.l1[ev.key]; !ok || s.gen != ev.gen {
 		return
 	}
 	delete(st.l1, ev.key)
