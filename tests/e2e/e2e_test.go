@@ -344,7 +344,7 @@ spec:
   ecPolicyRef: e2e-missing
 `, "spec.ecPolicyRef", "e2e-missing")
 
-	if _, err := s.kubectl(`
+	if out, err := s.kubectl(`
 apiVersion: storage.billyronks.io/v1
 kind: ErasureCodingPolicy
 metadata: {name: e2e-ec}
@@ -359,6 +359,10 @@ spec:
   volumeSelector: {matchLabels: {e2e: none}}
 `, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
+	} else if !strings.Contains(out, "Warning: spec.dataShards + spec.parityShards = 6, but only 0 shard servers") {
+		// No shard server runs in this suite: kubectl must say the policy
+		// cannot be written to yet, while accepting it.
+		t.Errorf("kubectl apply of a 4+2 policy without shard servers printed no capacity warning:\n%s", out)
 	}
 	out, err := s.kubectl("", "get", "sp", "e2e-defaults", "-o", "yaml")
 	if err != nil {
