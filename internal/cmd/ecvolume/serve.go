@@ -20,6 +20,7 @@
 package ecvolume
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -28,6 +29,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -222,8 +224,13 @@ func (a *StripeAdapter) WriteStripe(ctx context.Context, idx int64, extents []jo
 	start := idx * a.Volume.StripeSize
 	end := min(start+a.Volume.StripeSize, a.Volume.Object.Spec.SizeBytes)
 	buf := make([]byte, end-start)
-	if _, err := a.Store.ReadAt(ctx, a.Volume, buf, start); err != nil {
-		return fmt.Errorf("read stripe %d before merging: %w", idx, err)
+	// A stripe the extents cover whole needs no read of its old bytes (the
+	// common case of sequential writes): that read costs an ECStripe GET,
+	// k shard GETs and a decode.
+	if !covers(extents, start, end) {
+		if _, err := a.Store.ReadAt(ctx, a.Volume, buf, start); err != nil {
+			return fmt.Errorf("read stripe %d before merging: %w", idx, err)
+		}
 	}
 	for _, e := range extents {
 		o := int64(e.LBA)*lba - start
@@ -233,6 +240,26 @@ func (a *StripeAdapter) WriteStripe(ctx context.Context, idx int64, extents []jo
 		copy(buf[o:], e.Data)
 	}
 	return a.Store.WriteAt(ctx, a.Volume, buf, start)
+}
+
+// covers reports whether the extents together cover the byte range
+// [start, end) of the volume.
+func covers(extents []journal.Extent, start, end int64) bool {
+	type span struct{ a, b int64 }
+	spans := make([]span, 0, len(extents))
+	for _, e := range extents {
+		a := int64(e.LBA) * lba
+		spans = append(spans, span{a, a + int64(len(e.Data))})
+	}
+	slices.SortFunc(spans, func(x, y span) int { return cmp.Compare(x.a, y.a) })
+	at := start
+	for _, s := range spans {
+		if s.a > at {
+			break
+		}
+		at = max(at, s.b)
+	}
+	return at >= end
 }
 
 func kubeClient(kubeconfig string) (client.Client, error) {
