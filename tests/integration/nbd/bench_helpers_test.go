@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -22,100 +20,20 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
-	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/registry"
-	"github.com/billyronks/couchestor/pkg/shardserver"
-	"github.com/billyronks/couchestor/pkg/stripe"
 	"github.com/billyronks/couchestor/tests/testenv"
 )
 
-// benchStripeCluster is the real stripe path for the fio comparison:
-// envtest, n shard servers as processes of the couchestor binary, one
-// ErasureCodingPolicy and ECVolume, and `couchestor ec-volume serve`. The
-// setup is the one of ecvolume_e2e_test.go, kept separate so the benchmark
-// does not change when that test does.
-type benchStripeCluster struct {
-	t          *testing.T
-	env        *testenv.Env
-	bin, dir   string
-	kubeconfig string
-	shards     []*exec.Cmd
-	store      *stripe.Store
-}
+// benchStripeCluster is the real stripe path for the fio comparison: the
+// cluster of ecvolume_e2e_test.go (envtest, n shard servers as processes of
+// the couchestor binary) plus the benchmark's own volume, export and
+// API-request accounting.
+type benchStripeCluster struct{ *ecCluster }
 
 func newBenchStripeCluster(t *testing.T, n int) *benchStripeCluster {
 	t.Helper()
-	env := testenv.Start(t)
-	c := &benchStripeCluster{t: t, env: env, bin: testenv.OperatorBinary(t), dir: t.TempDir()}
-	c.kubeconfig = env.WriteKubeconfig(t, c.dir)
-	certs, err := shardserver.NewCertificates([]string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const token = "nbd-bench-token"
-	for name, b := range map[string][]byte{"tls.crt": certs.CertPEM, "tls.key": certs.KeyPEM, "token": []byte(token)} {
-		if err := os.WriteFile(filepath.Join(c.dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx := context.Background()
-	for _, ns := range []string{registry.DefaultNamespace, "mayastor"} {
-		if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"},
-		Data: map[string][]byte{registry.SecretKeyCA: certs.CAPEM, registry.SecretKeyToken: []byte(token)}}); err != nil {
-		t.Fatal(err)
-	}
-	cc, err := registry.ClientConfigFromSecret(ctx, env.Client, registry.DefaultNamespace, "couchestor-shard-client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, err := shardserver.NewClient(cc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < n; i++ {
-		pool, node := "pool-"+strconv.Itoa(i), "node-"+strconv.Itoa(i)
-		dp := &mayastorv1beta2.DiskPool{ObjectMeta: metav1.ObjectMeta{Namespace: "mayastor", Name: pool}, Spec: mayastorv1beta2.DiskPoolSpec{Node: node, Disks: []string{"/dev/sdb"}}}
-		if err := env.Client.Create(ctx, dp); err != nil {
-			t.Fatal(err)
-		}
-		dp.Status = mayastorv1beta2.DiskPoolStatus{CRState: mayastorv1beta2.CRStateCreated, PoolStatus: mayastorv1beta2.PoolOnline, Capacity: 8 << 30, Available: 8 << 30}
-		if err := env.Client.Status().Update(ctx, dp); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(c.bin, "shard-server", "--data-dir", filepath.Join(c.dir, pool), "--pool", pool, "--node", node,
-			"--listen", testenv.Addr(testenv.FreePort(t)), "--capacity-bytes", strconv.Itoa(4<<30),
-			"--tls-cert-file", filepath.Join(c.dir, "tls.crt"), "--tls-key-file", filepath.Join(c.dir, "tls.key"),
-			"--token-file", filepath.Join(c.dir, "token"), "--kubeconfig", c.kubeconfig, "--lease-duration", "6s")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		c.shards = append(c.shards, cmd)
-	}
-	t.Cleanup(func() {
-		for _, cmd := range c.shards {
-			stopProcess(cmd, 20*time.Second)
-		}
-	})
-	lookup := &registry.Lookup{Client: env.Client}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		list, err := lookup.Servers(ctx)
-		if err == nil && len(list) == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("want %d registered shard servers, have %d (%v)", n, len(list), err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	c.store = &stripe.Store{Client: env.Client, Shards: sc, Registry: lookup, MayastorNamespace: "mayastor"}
-	return c
+	return &benchStripeCluster{newECCluster(t, n)}
 }
 
 // stopProcess ends cmd with SIGTERM, or SIGKILL after grace.
@@ -160,7 +78,7 @@ func (c *benchStripeCluster) serve(volume, cacheDir string, cacheMem, cacheDisk 
 	c.t.Helper()
 	port := testenv.FreePort(c.t)
 	cmd := exec.Command(c.bin, "ec-volume", "serve", "--volume", volume, "--listen", testenv.Addr(port),
-		"--journal-dir", filepath.Join(c.dir, "journal"), "--cache-dir", cacheDir,
+		"--cache-dir", cacheDir, // the journal replicas go to shard servers, as in production
 		"--cache-memory-bytes", strconv.FormatInt(cacheMem, 10), "--cache-disk-bytes", strconv.FormatInt(cacheDisk, 10),
 		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

@@ -142,7 +142,7 @@ func stripePathTarget(t *testing.T) (tg benchTarget) {
 	c := newBenchStripeCluster(t, 6)
 	c.createVolume("ecv-bench", volSize, journalBytes)
 	uri, stop := c.serve("ecv-bench", filepath.Join(c.dir, "cache-warm"), cacheMem, cacheDisk)
-	tg.name = "couchestor ec-volume serve (4+2 RS, 6 shard-server processes, envtest; 3-replica journal 64 MiB, cache 8+16 MiB)"
+	tg.name = "couchestor ec-volume serve (4+2 RS, 6 shard-server processes, envtest; 3-replica journal 64 MiB on shard servers, cache 8+16 MiB)"
 	tg.uri, tg.region, tg.writeBytes = uri, volSize, volSize
 	var writeStart time.Time
 	var n0, s0 map[string]float64
