@@ -53,6 +53,9 @@ type Options struct {
 	// OnDestageError hears destage failures (the destager retries at its next
 	// trigger; writes back-pressure meanwhile). Wire it to an alert.
 	OnDestageError func(error)
+	// OnDestageSuccess hears a destage pass that wrote every stripe it
+	// touched (n, 0 when idle) and trimmed the journal.
+	OnDestageSuccess func(n int)
 }
 
 // CacheOptions configure the volume's L1/L2 read cache.
@@ -182,6 +185,7 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		ThresholdPercent: o.DestageThresholdPercent,
 		Interval:         o.DestageInterval,
 		OnError:          o.OnDestageError,
+		OnSuccess:        o.OnDestageSuccess,
 		Parallel:         cmp.Or(o.DestageParallel, 8),
 	})
 	if err != nil {

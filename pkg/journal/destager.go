@@ -29,6 +29,9 @@ type DestagerConfig struct {
 	Ticks <-chan time.Time
 	// OnError hears destage failures; Run retries at the next trigger.
 	OnError func(error)
+	// OnSuccess hears a pass that wrote every stripe it touched (n of them)
+	// and trimmed the journal; n is 0 when there was nothing to destage.
+	OnSuccess func(n int)
 	// Parallel is how many stripes are written at once (0 means 4): a
 	// stripe write is mostly waiting on shard servers and the API server.
 	Parallel int
@@ -83,8 +86,12 @@ func (d *Destager) Run(ctx context.Context) error {
 				continue
 			}
 		}
-		if _, err := d.DestageOnce(ctx); err != nil && d.cfg.OnError != nil {
+		n, err := d.DestageOnce(ctx)
+		switch {
+		case err != nil && d.cfg.OnError != nil:
 			d.cfg.OnError(err)
+		case err == nil && d.cfg.OnSuccess != nil:
+			d.cfg.OnSuccess(n)
 		}
 	}
 }

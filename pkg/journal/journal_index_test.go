@@ -230,3 +230,51 @@ func TestParallelDestageTrimsOnlyWhenEveryStripeSucceeded(t *testing.T) {
 		t.Fatalf("at most %d stripe writes ran at once, want 2..4 (Parallel 4)", top)
 	}
 }
+
+// Run reports each pass: OnError for a pass with a failing stripe (even
+// though other stripes of it were written), OnSuccess only for a pass that
+// wrote everything and trimmed — what the export's "destage failing" metric
+// is built on.
+func TestRunReportsFailedAndWholePasses(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	j := openJournal(t, t.TempDir(), 3, 1<<20)
+	defer j.Close()
+	sink := &failOneSink{memSink: memSink{img: map[uint64][]byte{}, span: 8}, failStripe: 5}
+	ticks := make(chan time.Time)
+	errs, oks := make(chan error, 4), make(chan int, 4)
+	d, err := NewDestager(j, sink, DestagerConfig{StripeSizeBytes: 8 * LBASize, ThresholdPercent: 100, Ticks: ticks, Parallel: 4,
+		OnError: func(err error) { errs <- err }, OnSuccess: func(n int) { oks <- n }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = d.Run(ctx) }()
+	for s := uint64(0); s < 16; s++ {
+		if _, err := j.Append(ctx, s*8, block(s*8, 1, 8)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ticks <- time.Now()
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), "stripe 5") {
+			t.Fatalf("OnError got %v", err)
+		}
+	case n := <-oks:
+		t.Fatalf("OnSuccess(%d) for a pass whose stripe 5 failed", n)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no report of the failed pass")
+	}
+	sink.failStripe = -1
+	ticks <- time.Now()
+	select {
+	case n := <-oks:
+		if n != 16 {
+			t.Fatalf("OnSuccess(%d), want 16 stripes", n)
+		}
+	case err := <-errs:
+		t.Fatalf("second pass failed: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no report of the whole pass")
+	}
+}

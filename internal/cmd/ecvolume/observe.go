@@ -67,7 +67,7 @@ func newObserver(volume string, kube client.Client) *observer {
 	o.destageFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "couchestor_ecvolume_destage_failures_total",
 		Help: "Destage rounds that failed (stripe write, ECStripe update or journal trim); the destager retries.", ConstLabels: labels})
 	o.destageFailing = prometheus.NewGauge(prometheus.GaugeOpts{Name: "couchestor_ecvolume_destage_failing",
-		Help: "1 while the last destage attempt failed and no stripe has been written since; writes back-pressure once the journal is full.", ConstLabels: labels})
+		Help: "1 from a failed destage pass until a pass succeeds whole; the journal is not trimmed meanwhile and writes back-pressure once it is full.", ConstLabels: labels})
 	o.lastDestageOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "couchestor_ecvolume_last_destage_success_timestamp_seconds",
 		Help: "Unix time of the last stripe the destager stored (0: none since start).", ConstLabels: labels})
 	o.stripesDestaged = prometheus.NewCounter(prometheus.CounterOpts{Name: "couchestor_ecvolume_stripes_destaged_total",
@@ -129,6 +129,13 @@ func (o *observer) stripeWritten(took time.Duration) {
 	o.stripesDestaged.Inc()
 	o.stripeWriteHisto.Observe(took.Seconds())
 	o.lastDestageOK.Set(float64(o.now().Unix()))
+}
+
+// destagePassed is the volume's OnDestageSuccess: a whole pass wrote its
+// stripes and trimmed the journal. Only that clears "failing": with stripes
+// destaged in parallel, one stripe that keeps failing must not be hidden by
+// its neighbours' successes (the alert's "for" would restart each time).
+func (o *observer) destagePassed(int) {
 	o.destageFailing.Set(0)
 	o.mu.Lock()
 	changed := o.failing

@@ -162,6 +162,7 @@ func Command(ctx context.Context, args []string) error {
 		// and a decode of the whole stripe, so smaller blocks would repeat both.
 		Cache: &ecvolume.CacheOptions{BlockBytes: vol.StripeSize, MemoryBytes: *cacheMem,
 			DiskDir: filepath.Join(*cacheDir, *volume), DiskBytes: *cacheDisk},
+		OnDestageSuccess: obs.destagePassed,
 		OnDestageError: func(err error) {
 			obs.destageError(err)
 			log.Printf("ec-volume %s: destage failed (writes back-pressure until it succeeds): %v", *volume, err)
