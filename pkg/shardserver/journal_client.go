@@ -97,7 +97,7 @@ func (c *Client) journalDo(ctx context.Context, method, addr, path string, q url
 				return nil, fmt.Errorf("%s %s: %w", method, u.Redacted(), err)
 			}
 		}
-		resp, data, err := c.once(ctx, method, u.String(), hdr, body)
+		resp, data, err := c.once(ctx, method, u.String(), hdr, body, nil)
 		if err == nil {
 			if resp.StatusCode < 300 {
 				return data, nil

@@ -30,6 +30,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // HeaderShard is the HTTP header carrying a base64 JSON ShardHeader.
@@ -145,13 +146,23 @@ func parseExpect(r *http.Request) (int64, Expect, error) {
 	return off, x, nil
 }
 
+// readBuffers holds shard read buffers between requests.
+var readBuffers sync.Pool
+
 func (s *Server) getShard(w http.ResponseWriter, r *http.Request) {
 	off, x, err := parseExpect(r)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	h, payload, err := s.store.Read(off, x)
+	// Shard reads reuse buffers: a fresh one per read made the server's
+	// garbage collector run (and scan its extent map) every few reads.
+	bp, _ := readBuffers.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	h, payload, whole, err := s.store.ReadBuffered(off, x, *bp)
+	defer func() { *bp = whole; readBuffers.Put(bp) }()
 	if err != nil {
 		writeErr(w, err)
 		return

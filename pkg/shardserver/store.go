@@ -509,7 +509,32 @@ func (s *Store) Read(off int64, x Expect) (*ShardHeader, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	buf := make([]byte, length)
+	return s.readExtent(off, x, length, hdrLen, make([]byte, length))
+}
+
+// ReadBuffered is Read into buf when it is large enough (else a new
+// buffer); the payload aliases the buffer returned as whole, which the
+// caller may reuse once it is done with the payload.
+func (s *Store) ReadBuffered(off int64, x Expect, buf []byte) (h *ShardHeader, payload, whole []byte, err error) {
+	s.mu.Lock()
+	e, err := s.lookup(off, x, true)
+	var length, hdrLen int64
+	if err == nil {
+		length, hdrLen = e.length, e.hdrLen
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return nil, nil, buf, err
+	}
+	if int64(cap(buf)) < length {
+		buf = make([]byte, length)
+	}
+	buf = buf[:length]
+	h, payload, err = s.readExtent(off, x, length, hdrLen, buf)
+	return h, payload, buf, err
+}
+
+func (s *Store) readExtent(off int64, x Expect, length, hdrLen int64, buf []byte) (*ShardHeader, []byte, error) {
 	if _, err := s.data.ReadAt(buf, off); err != nil {
 		return nil, nil, fmt.Errorf("read shard at %d: %w", off, err)
 	}

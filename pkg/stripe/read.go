@@ -39,7 +39,7 @@ func (s *Store) ReadAt(ctx context.Context, v *Volume, p []byte, off int64) (Rea
 	if err != nil {
 		return rep, err
 	}
-	servers, err := s.Registry.ByPool(ctx)
+	servers, err := s.serversByPool(ctx)
 	if err != nil {
 		return rep, err
 	}
@@ -60,12 +60,27 @@ func (s *Store) ReadAt(ctx context.Context, v *Volume, p []byte, off int64) (Rea
 					clear(dst)
 					continue
 				}
-				data, drep, err := s.readStripe(ctx, v, es, servers)
+				// A read of the whole stripe decodes straight into p.
+				var into []byte
+				if lo == stripeOff && hi-lo == (es.Spec.LbaRange.EndLba-es.Spec.LbaRange.StartLba)*geometry.LBASize {
+					into = dst
+				}
+				data, drep, err := s.readStripe(ctx, v, es, servers, into)
 				if err != nil {
 					errs[id-first] = fmt.Errorf("volume %s stripe %d: %w", v.Name(), id, err)
 					continue
 				}
-				copy(dst, data[lo-stripeOff:hi-stripeOff])
+				if into == nil {
+					copy(dst, data[lo-stripeOff:hi-stripeOff])
+				}
+				if len(drep.Missing)+len(drep.Corrupt) > 0 && (s.Known != nil || s.ViewTTL > 0) {
+					// Remembered state may be stale (a rebuild moved shards,
+					// a server moved): look again so later reads are whole.
+					s.dropViews()
+					if s.Known != nil {
+						_, _ = s.getStripe(ctx, v.Name(), id)
+					}
+				}
 				mu.Lock()
 				rep.Stripes++
 				rep.Missing += len(drep.Missing)
@@ -87,22 +102,31 @@ func (s *Store) ReadAt(ctx context.Context, v *Volume, p []byte, off int64) (Rea
 
 // readStripe returns the data bytes of one ECStripe version, reconstructing
 // around missing or corrupt shards. servers may be nil (looked up here).
-func (s *Store) readStripe(ctx context.Context, v *Volume, es *storagev1.ECStripe, servers map[string]registry.Entry) ([]byte, erasure.DecodeReport, error) {
+// into, when not nil, has room for the stripe's data bytes and receives them.
+func (s *Store) readStripe(ctx context.Context, v *Volume, es *storagev1.ECStripe, servers map[string]registry.Entry, into []byte) ([]byte, erasure.DecodeReport, error) {
 	var err error
 	if servers == nil {
-		if servers, err = s.Registry.ByPool(ctx); err != nil {
+		if servers, err = s.serversByPool(ctx); err != nil {
 			return nil, erasure.DecodeReport{}, err
 		}
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		data, rep, err := s.decodeStripe(ctx, v, es, servers)
+		data, rep, err := s.decodeStripe(ctx, v, es, servers, into)
 		if err == nil || !errors.Is(err, erasure.ErrNotDecodable) {
 			return data, rep, err
 		}
 		// Too few shards: if the stripe moved to a new version meanwhile
 		// (its old shards freed by a copy-on-write update), read that one.
 		cur, gerr := s.getStripe(ctx, es.Spec.VolumeRef, es.Spec.StripeID)
-		if gerr != nil || cur.ResourceVersion == es.ResourceVersion {
+		// With cached server views, a server may have moved: look again once.
+		fresh := false
+		if s.ViewTTL > 0 && attempt == 0 {
+			s.dropViews()
+			if m, lerr := s.serversByPool(ctx); lerr == nil {
+				servers, fresh = m, true
+			}
+		}
+		if gerr != nil || (cur.ResourceVersion == es.ResourceVersion && !fresh) {
 			return nil, rep, err
 		}
 		es = cur
@@ -110,7 +134,7 @@ func (s *Store) readStripe(ctx context.Context, v *Volume, es *storagev1.ECStrip
 	return nil, erasure.DecodeReport{}, fmt.Errorf("stripe %d kept changing while being read", es.Spec.StripeID)
 }
 
-func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStripe, servers map[string]registry.Entry) ([]byte, erasure.DecodeReport, error) {
+func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStripe, servers map[string]registry.Entry, into []byte) ([]byte, erasure.DecodeReport, error) {
 	n := v.K + v.M
 	if len(es.Spec.ShardLocations) != n {
 		return nil, erasure.DecodeReport{}, fmt.Errorf("ECStripe %s has %d shardLocations, policy %s needs %d", es.Name, len(es.Spec.ShardLocations), v.Policy, n)
@@ -141,7 +165,7 @@ func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStr
 			wg.Add(1)
 			go func(i int, l storagev1.ShardLocation) {
 				defer wg.Done()
-				_, b, err := s.Shards.Get(ctx, srv.Address, l.Offset, shardserver.Expect{Volume: es.Spec.VolumeRef, StripeID: es.Spec.StripeID, ShardIndex: int(l.ShardIndex), Generation: es.Spec.Generation})
+				_, b, err := s.Shards.GetInto(ctx, srv.Address, l.Offset, shardserver.Expect{Volume: es.Spec.VolumeRef, StripeID: es.Spec.StripeID, ShardIndex: int(l.ShardIndex), Generation: es.Spec.Generation}, getShardBuffer(int(l.SizeBytes)))
 				if err != nil {
 					return
 				}
@@ -172,7 +196,13 @@ func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStr
 		}
 		fetch(parIdx)
 	}
-	data, rep, err := v.Codec.Decode(set, nil)
+	data, rep, err := v.Codec.Decode(set, into)
+	// Decode copied the data bytes out (into p, or a new slice): the shard
+	// buffers can serve the next read.
+	for i, b := range set.Shards {
+		putShardBuffer(b)
+		set.Shards[i] = nil
+	}
 	// Parity shards not fetched because the data shards were good are not missing.
 	missing := rep.Missing[:0]
 	for _, i := range rep.Missing {
@@ -182,4 +212,23 @@ func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStr
 	}
 	rep.Missing = missing
 	return data, rep, err
+}
+
+// shardBuffers recycles shard payload buffers between stripe reads: a cold
+// sequential read otherwise allocates (and zeroes) k shard buffers per
+// stripe and keeps the garbage collector busy.
+var shardBuffers sync.Pool
+
+func getShardBuffer(n int) []byte {
+	if bp, _ := shardBuffers.Get().(*[]byte); bp != nil && cap(*bp) >= n {
+		return (*bp)[:n]
+	}
+	return make([]byte, n)
+}
+
+func putShardBuffer(b []byte) {
+	if cap(b) == 0 {
+		return
+	}
+	shardBuffers.Put(&b)
 }

@@ -81,6 +81,14 @@ type Store struct {
 	Parallel int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Known, when set, remembers ECStripes between calls (see Known): set it
+	// in a process that is the only writer of its volumes (an export).
+	Known *Known
+	// ViewTTL, when positive, reuses the live shard servers, their DiskPools'
+	// state and free space for that long (see placementView) instead of
+	// looking them up for every read and write.
+	ViewTTL time.Duration
+	view    placementView
 	// AfterShardsDurable, when set, runs after a stripe version's shards are
 	// durable and before its ECStripe is created or updated. It is a
 	// fault-injection seam: tests block here and kill the writer.
@@ -203,22 +211,55 @@ func (s *Store) ListStripes(ctx context.Context, volume string) (map[int64]*stor
 	return out, nil
 }
 
-// stripesFor returns the ECStripes of ids: by Get for a few, one List otherwise.
+// stripesFor returns the ECStripes of ids: from Known when it knows them,
+// else by Get for a few, one List otherwise.
 func (s *Store) stripesFor(ctx context.Context, volume string, first, last int64) (map[int64]*storagev1.ECStripe, error) {
-	if last-first+1 > 4 {
-		return s.ListStripes(ctx, volume)
-	}
 	out := map[int64]*storagev1.ECStripe{}
+	var ask []int64
 	for id := first; id <= last; id++ {
+		if s.Known != nil {
+			if es, ok := s.Known.get(volume, id); ok {
+				if es != nil {
+					out[id] = es
+				}
+				continue
+			}
+		}
+		ask = append(ask, id)
+	}
+	if len(ask) > 4 {
+		all, err := s.ListStripes(ctx, volume)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ask {
+			if es := all[id]; es != nil {
+				out[id] = es
+				if s.Known != nil {
+					s.Known.learn(es)
+				}
+			} else if s.Known != nil {
+				s.Known.learnAbsent(volume, id)
+			}
+		}
+		return out, nil
+	}
+	for _, id := range ask {
 		es := &storagev1.ECStripe{}
 		err := s.Client.Get(ctx, client.ObjectKey{Name: StripeName(volume, id)}, es)
 		if apierrors.IsNotFound(err) {
+			if s.Known != nil {
+				s.Known.learnAbsent(volume, id)
+			}
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("get ECStripe %s: %w", StripeName(volume, id), err)
 		}
 		out[id] = es
+		if s.Known != nil {
+			s.Known.learn(es)
+		}
 	}
 	return out, nil
 }

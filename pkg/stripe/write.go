@@ -46,7 +46,7 @@ func (s *Store) WriteAt(ctx context.Context, v *Volume, p []byte, off int64) err
 	if err != nil {
 		return err
 	}
-	pl, err := s.candidates(ctx)
+	pl, err := s.cachedCandidates(ctx)
 	if err != nil {
 		return err
 	}
@@ -60,6 +60,10 @@ func (s *Store) WriteAt(ctx context.Context, v *Volume, p []byte, off int64) err
 			defer wg.Done()
 			for id := range ids {
 				errs[id-first] = s.writeStripe(ctx, v, pl, id, existing[id], p, off, &warned)
+				if errs[id-first] != nil && s.Known != nil {
+					// The ECStripe may or may not have changed: ask next time.
+					s.Known.forget(v.Name(), id)
+				}
 			}
 		}()
 	}
@@ -91,7 +95,7 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 		st := v.Codec.NewStripe()
 		buf := st.DataBuffer()[:dataLen]
 		if old != nil && !covered {
-			data, _, err := s.readStripe(ctx, v, old, nil)
+			data, _, err := s.readStripe(ctx, v, old, nil, nil)
 			if err != nil {
 				return fmt.Errorf("stripe %d: read the current version for a partial write: %w", id, err)
 			}
@@ -169,11 +173,17 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 				return fmt.Errorf("stripe %d: update ECStripe %s to generation %d: %w", id, obj.Name, gen, err)
 			}
 		}
+		if s.Known != nil {
+			s.Known.learn(obj.DeepCopy())
+		}
 		obj.Status = stripeStatus(v, writes, s.now())
 		if err := s.Client.Status().Update(ctx, obj); err != nil {
 			// The stripe exists and its shards are durable; the ECStripe
 			// controller recomputes health. Report, do not undo.
 			return fmt.Errorf("stripe %d: write ECStripe %s status: %w", id, obj.Name, err)
+		}
+		if s.Known != nil {
+			s.Known.learn(obj)
 		}
 		if old != nil {
 			s.freeStripeShards(ctx, old)
@@ -186,7 +196,17 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 func (s *Store) getStripe(ctx context.Context, volume string, id int64) (*storagev1.ECStripe, error) {
 	es := &storagev1.ECStripe{}
 	if err := s.Client.Get(ctx, client.ObjectKey{Name: StripeName(volume, id)}, es); err != nil {
+		if s.Known != nil {
+			if apierrors.IsNotFound(err) {
+				s.Known.learnAbsent(volume, id)
+			} else {
+				s.Known.forget(volume, id)
+			}
+		}
 		return nil, fmt.Errorf("get ECStripe %s: %w", StripeName(volume, id), err)
+	}
+	if s.Known != nil {
+		s.Known.learn(es)
 	}
 	return es, nil
 }
@@ -313,7 +333,7 @@ func (s *Store) freeWritten(ctx context.Context, v *Volume, id, gen int64, write
 // freeStripeShards frees the shards an ECStripe version recorded (best
 // effort, after a newer version replaced it).
 func (s *Store) freeStripeShards(ctx context.Context, es *storagev1.ECStripe) {
-	servers, err := s.Registry.ByPool(ctx)
+	servers, err := s.serversByPool(ctx)
 	if err != nil {
 		return
 	}

@@ -65,6 +65,7 @@ func Command(ctx context.Context, args []string) error {
 	secret := fs.String("shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
 	tokenFile := fs.String("token-file", "", "Bearer token file of the shard servers.")
+	knownStripes := fs.Int("known-stripes", 65536, "How many ECStripe objects the export keeps in memory (about 3 KiB each) so reads and writes need not GET them; past it, misses are read from the API server.")
 	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -108,9 +109,17 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	st := &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: *registryNS}, MayastorNamespace: *mayastorNS}
+	// The export is its volume's only stripe writer (the journal's epoch
+	// fences an older export), so it remembers the volume's ECStripes and
+	// looks shard servers up at most every serverViewTTL instead of asking
+	// the API server before every stripe read and write (stripe.Known).
+	st := &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: *registryNS}, MayastorNamespace: *mayastorNS,
+		Known: &stripe.Known{MaxStripes: *knownStripes}, ViewTTL: serverViewTTL}
 	vol, err := st.OpenVolume(ctx, *volume)
 	if err != nil {
+		return err
+	}
+	if err := st.Prime(ctx, *volume); err != nil {
 		return err
 	}
 	pol := &storagev1.ErasureCodingPolicy{}
@@ -189,6 +198,11 @@ func Command(ctx context.Context, args []string) error {
 	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: v}}, Logf: log.Printf}
 	return srv.Serve(ctx, l)
 }
+
+// serverViewTTL is how long the export reuses the list of live shard servers,
+// their DiskPools' state and free space (stripe.Store.ViewTTL): a server that
+// died meanwhile costs a retried shard write or a degraded read, never data.
+const serverViewTTL = 2 * time.Second
 
 // StripeAdapter is the erasure-coded stripe path of one volume as
 // ecvolume.StripeStore: reads any byte range (rounded out to LBAs), and

@@ -1,0 +1,114 @@
+package ecstripes
+
+import (
+	"bytes"
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/stripe"
+	"github.com/billyronks/couchestor/tests/testenv"
+)
+
+// countingClient counts GETs of ECStripes.
+type countingClient struct {
+	client.Client
+	gets atomic.Int64
+}
+
+func (c *countingClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*storagev1.ECStripe); ok {
+		c.gets.Add(1)
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// TestRememberedStripesStayCorrect: a Store that remembers ECStripes and
+// server views (what an export uses) reads and writes without GETting
+// ECStripes, and stays exact when what it remembers goes stale: another
+// writer replaced a stripe, a shard server came back on a new address.
+func TestRememberedStripesStayCorrect(t *testing.T) {
+	testenv.RequireAssets(t)
+	c := newCluster(t, 6)
+	ctx := context.Background()
+	c.policy("rs-4-2-known", storagev1.AlgorithmReedSolomon, 4, 2, 1<<20)
+	v := c.volume("vol-known", "rs-4-2-known", 8<<20)
+
+	cc := &countingClient{Client: c.env.Client}
+	st := &stripe.Store{Client: cc, Shards: c.client, Registry: &registry.Lookup{Client: c.env.Client}, MayastorNamespace: "mayastor",
+		Known: &stripe.Known{}, ViewTTL: time.Hour}
+	if err := st.Prime(ctx, v.Name()); err != nil {
+		t.Fatal(err)
+	}
+	data := random(t, 8<<20)
+	// Half the volume, then all of it: creates, then copy-on-write updates
+	// of stripes it wrote itself, then a read.
+	if err := st.WriteAt(ctx, v, data[:4<<20], 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.WriteAt(ctx, v, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := st.ReadAt(ctx, v, got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: equal=%v err=%v", bytes.Equal(got, data), err)
+	}
+	if n := cc.gets.Load(); n != 0 {
+		t.Fatalf("%d ECStripe GETs for writes and reads of stripes the store wrote itself, want 0", n)
+	}
+
+	// Another writer replaces stripe 2 (and frees its old shards): the
+	// remembered version is stale and must not be served.
+	patch := random(t, 1<<20)
+	if err := c.store.WriteAt(ctx, v, patch, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	copy(data[2<<20:], patch)
+	if _, err := st.ReadAt(ctx, v, got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after another writer replaced stripe 2: equal=%v err=%v", bytes.Equal(got, data), err)
+	}
+	if cc.gets.Load() == 0 {
+		t.Fatal("the stale stripe was not looked up again")
+	}
+	// And the store's own next write of that stripe succeeds (its
+	// precondition is the fresh version, learned above).
+	copy(data[2<<20+4096:], patch[:8192])
+	if err := st.WriteAt(ctx, v, patch[:8192], 2<<20+4096); err != nil {
+		t.Fatalf("partial write of the stripe another writer replaced: %v", err)
+	}
+
+	// A shard server comes back on a new port: the remembered address is
+	// stale (ViewTTL is an hour). The read is still exact (degraded), and the
+	// next one finds the server at its new address.
+	s := c.servers[0]
+	c.stop(s)
+	s.port = testenv.FreePort(t)
+	c.start(s)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		m, err := (&registry.Lookup{Client: c.env.Client}).ByPool(ctx)
+		if err == nil && m[s.pool].Address == testenv.Addr(s.port) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool %s did not register its new address: %v %v", s.pool, m[s.pool], err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	rep, err := st.ReadAt(ctx, v, got, 0)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read with a stale server address: equal=%v err=%v", bytes.Equal(got, data), err)
+	}
+	if rep.Missing == 0 {
+		t.Fatalf("no shard was missing with pool %s's old address remembered: the test did not exercise a stale view (%+v)", s.pool, rep)
+	}
+	rep, err = st.ReadAt(ctx, v, got, 0)
+	if err != nil || !bytes.Equal(got, data) || rep.Missing != 0 || rep.Degraded != 0 {
+		t.Fatalf("read after the view was refreshed: equal=%v report=%+v err=%v", bytes.Equal(got, data), rep, err)
+	}
+}
