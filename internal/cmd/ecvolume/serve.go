@@ -66,12 +66,16 @@ func Command(ctx context.Context, args []string) error {
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
 	tokenFile := fs.String("token-file", "", "Bearer token file of the shard servers.")
 	knownStripes := fs.Int("known-stripes", 65536, "How many ECStripe objects the export keeps in memory (about 3 KiB each) so reads and writes need not GET them; past it, misses are read from the API server.")
+	destageParallel := fs.Int("destage-parallel", 8, "How many stripes the destager writes at once. A stripe write waits mostly on shard servers and two API requests (create or update, then status), so several in flight keep both busy.")
 	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if *destageParallel < 1 {
+		return fmt.Errorf("--destage-parallel %d must be at least 1", *destageParallel)
 	}
 	for _, f := range []struct{ name, value string }{{"--volume", *volume}, {"--cache-dir", *cacheDir}} {
 		if f.value == "" {
@@ -165,7 +169,7 @@ func Command(ctx context.Context, args []string) error {
 	v, err := ecvolume.Open(ctx, ecvolume.Options{
 		Name: *volume, SizeBytes: vol.Object.Spec.SizeBytes, StripeSizeBytes: vol.StripeSize,
 		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize},
-		DestageThresholdPercent: threshold, DestageInterval: interval,
+		DestageThresholdPercent: threshold, DestageInterval: interval, DestageParallel: *destageParallel,
 		Stripes: observedSink{StripeAdapter: &StripeAdapter{Store: st, Volume: vol}, o: obs},
 		// One cache block per stripe: a stripe read costs an ECStripe GET
 		// and a decode of the whole stripe, so smaller blocks would repeat both.

@@ -52,13 +52,13 @@ func stopProcess(cmd *exec.Cmd, grace time.Duration) {
 	}
 }
 
-// createVolume creates a 4+2 Reed-Solomon policy with 1 MiB stripes and a
+// createVolume creates a 4+2 Reed-Solomon policy with stripes of stripeBytes and a
 // 3-replica journal of journalBytes, and an ECVolume of size bytes on it.
-func (c *benchStripeCluster) createVolume(name string, size, journalBytes int64) {
+func (c *benchStripeCluster) createVolume(name string, size, journalBytes, stripeBytes int64) {
 	c.t.Helper()
 	ctx := context.Background()
 	pol := &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: name + "-rs-4-2"}, Spec: storagev1.ErasureCodingPolicySpec{
-		DataShards: ptr.To(int32(4)), ParityShards: ptr.To(int32(2)), StripeSizeBytes: ptr.To(int64(1 << 20)),
+		DataShards: ptr.To(int32(4)), ParityShards: ptr.To(int32(2)), StripeSizeBytes: ptr.To(stripeBytes),
 		Algorithm: storagev1.ECAlgorithm("ReedSolomon"), MinHealthyShards: ptr.To(int32(4)),
 		JournalConfig: &storagev1.JournalConfig{JournalSizeBytes: ptr.To(journalBytes), ReplicationFactor: ptr.To(int32(3)),
 			DestageThresholdPercent: ptr.To(int32(50)), DestageInterval: "1s"}}}
@@ -81,6 +81,8 @@ func (c *benchStripeCluster) serve(volume, cacheDir string, cacheMem, cacheDisk 
 		"--cache-dir", cacheDir, // the journal replicas go to shard servers, as in production
 		"--cache-memory-bytes", strconv.FormatInt(cacheMem, 10), "--cache-disk-bytes", strconv.FormatInt(cacheDisk, 10),
 		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+	// COUCHESTOR_NBD_BENCH_SERVE_ARGS adds flags (e.g. "--destage-parallel 16").
+	cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("COUCHESTOR_NBD_BENCH_SERVE_ARGS"))...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)

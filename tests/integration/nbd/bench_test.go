@@ -138,11 +138,22 @@ type benchTarget struct {
 // restarts the export on an empty cache directory for the cold reads.
 func stripePathTarget(t *testing.T) (tg benchTarget) {
 	const volSize, journalBytes = 256 << 20, 64 << 20
-	const cacheMem, cacheDisk = 8 << 20, 16 << 20
+	// COUCHESTOR_NBD_BENCH_STRIPE_BYTES sets the policy's stripeSizeBytes
+	// (default 1 MiB, the schema's default). The caches scale with it (8 and
+	// 16 stripes), so the 256 MiB read stays larger than them.
+	stripeBytes := int64(1 << 20)
+	if s := os.Getenv("COUCHESTOR_NBD_BENCH_STRIPE_BYTES"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("COUCHESTOR_NBD_BENCH_STRIPE_BYTES=%q: %v", s, err)
+		}
+		stripeBytes = n
+	}
+	cacheMem, cacheDisk := 8*stripeBytes, 16*stripeBytes
 	c := newBenchStripeCluster(t, 6)
-	c.createVolume("ecv-bench", volSize, journalBytes)
+	c.createVolume("ecv-bench", volSize, journalBytes, stripeBytes)
 	uri, stop := c.serve("ecv-bench", filepath.Join(c.dir, "cache-warm"), cacheMem, cacheDisk)
-	tg.name = "couchestor ec-volume serve (4+2 RS, 6 shard-server processes, envtest; 3-replica journal 64 MiB on shard servers, cache 8+16 MiB)"
+	tg.name = fmt.Sprintf("couchestor ec-volume serve (4+2 RS, %d KiB stripes, 6 shard-server processes, envtest; 3-replica journal 64 MiB on shard servers, cache %d+%d MiB)", stripeBytes>>10, cacheMem>>20, cacheDisk>>20)
 	tg.uri, tg.region, tg.writeBytes = uri, volSize, volSize
 	var writeStart time.Time
 	var n0, s0 map[string]float64
@@ -161,7 +172,7 @@ func stripePathTarget(t *testing.T) (tg benchTarget) {
 	tg.afterWrite = func(wrote fioResult) (string, string) {
 		// Destaging continues after the last write was acknowledged: wait
 		// until every stripe exists and no stripe write happened for 3 s.
-		want := volSize / (1 << 20)
+		want := int(volSize / stripeBytes)
 		deadline := time.Now().Add(10 * time.Minute)
 		var objs int
 		var writes, last int64
