@@ -381,6 +381,25 @@ func (s *FileStore) Read(_ context.Context, seq uint64) (Record, error) {
 }
 
 func (s *FileStore) Append(_ context.Context, recs []Record) error {
+	return s.append(recs, nil)
+}
+
+// AppendEncoded is Append for records that arrive encoded: encoded must be
+// exactly recs encoded back to back (as DecodeRecord parsed them from it),
+// and is written as is instead of being encoded again. A shard server
+// receives journal appends this way.
+func (s *FileStore) AppendEncoded(_ context.Context, recs []Record, encoded []byte) error {
+	var total int64
+	for i := range recs {
+		total += recs[i].encodedSize()
+	}
+	if total != int64(len(encoded)) {
+		return fmt.Errorf("journal store %s: %d encoded bytes for records that encode to %d", s.dir, len(encoded), total)
+	}
+	return s.append(recs, encoded)
+}
+
+func (s *FileStore) append(recs []Record, encoded []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var total int64
@@ -391,17 +410,27 @@ func (s *FileStore) Append(_ context.Context, recs []Record) error {
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, 0, total) // one allocation: appending would regrow (and clear) it repeatedly
+	var buf []byte
+	if encoded == nil {
+		buf = make([]byte, 0, total) // one allocation: appending would regrow (and clear) it repeatedly
+	}
 	last := s.lastSeq
 	locs := make([]recLoc, 0, len(recs))
+	var off int64
 	for i := range recs {
 		if recs[i].Seq <= last {
 			return fmt.Errorf("journal store %s: append seq %d after %d", s.dir, recs[i].Seq, last)
 		}
 		last = recs[i].Seq
-		off := int64(len(buf))
-		buf = appendRecord(buf, &recs[i])
-		locs = append(locs, recLoc{seq: recs[i].Seq, epoch: recs[i].Epoch, seg: seg, off: seg.size + off, n: int64(len(buf)) - off})
+		n := recs[i].encodedSize()
+		if encoded == nil {
+			buf = appendRecord(buf, &recs[i])
+		}
+		locs = append(locs, recLoc{seq: recs[i].Seq, epoch: recs[i].Epoch, seg: seg, off: seg.size + off, n: n})
+		off += n
+	}
+	if encoded != nil {
+		buf = encoded
 	}
 	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
 		return fmt.Errorf("journal store %s: append: %w", s.dir, err)

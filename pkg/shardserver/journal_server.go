@@ -378,6 +378,7 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var recs []journal.Record
+	var starts []int // where each record begins in body
 	for off := 0; off < len(body); {
 		rec, n, err := journal.DecodeRecord(body[off:])
 		if err != nil {
@@ -389,6 +390,7 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		recs = append(recs, rec)
+		starts = append(starts, off)
 		off += n
 	}
 	if len(recs) == 0 {
@@ -416,7 +418,9 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		if i == len(recs) {
 			return nil
 		}
-		return st.Append(r.Context(), recs[i:])
+		// The records were verified as they were decoded: store their bytes
+		// as received rather than encoding them again.
+		return st.AppendEncoded(r.Context(), recs[i:], body[starts[i]:])
 	})
 	if err != nil {
 		writeJournalErr(w, err)
