@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -51,7 +52,23 @@ func startAPIServer(t *testing.T, webhooks bool) (*envtest.Environment, *rest.Co
 // and waits until the returned readiness check passes.
 func startManager(t *testing.T, cfg *rest.Config, mgrOpts ctrl.Options, opts Options) {
 	t.Helper()
+	m := startManagerAsync(t, cfg, mgrOpts, opts)
+	waitReady(t, m.ready, m.done)
+}
+
+// runningManager is a started manager: its readiness check and exit.
+type runningManager struct {
+	ready healthz.Checker
+	done  chan error
+}
+
+// startManagerAsync is startManager without waiting for readiness.
+func startManagerAsync(t *testing.T, cfg *rest.Config, mgrOpts ctrl.Options, opts Options) runningManager {
+	t.Helper()
 	mgrOpts.Scheme = scheme.New()
+	// Several managers run in this one test process (the cert rotator's
+	// controller name is process-global otherwise).
+	mgrOpts.Controller.SkipNameValidation = ptr.To(true)
 	mgrOpts.Metrics = metricsserver.Options{BindAddress: "0"}
 	mgrOpts.HealthProbeBindAddress = "0"
 	mgr, err := ctrl.NewManager(cfg, mgrOpts)
@@ -65,14 +82,15 @@ func startManager(t *testing.T, cfg *rest.Config, mgrOpts ctrl.Options, opts Opt
 		t.Fatalf("Setup: %v", err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
+	exited := make(chan error, 1)
+	go func() { err := mgr.Start(ctx); done <- err; exited <- err }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
+		if err := <-exited; err != nil {
 			t.Errorf("manager: %v", err)
 		}
 	})
-	waitReady(t, ready, done)
+	return runningManager{ready: ready, done: done}
 }
 
 func waitReady(t *testing.T, ready healthz.Checker, done chan error) {

@@ -36,10 +36,11 @@ import (
 type CertMode string
 
 const (
-	// CertModeSelfSigned: the operator rotates its own CA and serving
-	// certificate (open-policy-agent/cert-controller), stores them in a Secret,
-	// injects the CA into the webhook configurations, and is not ready until
-	// both are in place.
+	// CertModeSelfSigned: the leader rotates the CA and serving certificate
+	// (open-policy-agent/cert-controller), stores them in a Secret and
+	// injects the CA into the webhook configurations; every replica copies
+	// the certificate from the Secret into its cert dir (which must be
+	// writable) and is not ready until it is there and its CA injected.
 	CertModeSelfSigned CertMode = "self-signed"
 	// CertModeCertManager: cert-manager issues the certificate into the Secret
 	// mounted at CertDir and its CA injector fills the caBundle
@@ -82,14 +83,18 @@ type Options struct {
 	MutatingConfigurationName, ValidatingConfigurationName string
 	// LocalURL, when set, runs the webhooks outside a cluster (make run-local,
 	// tests): Setup installs both webhook configurations pointing at this URL
-	// (e.g. https://localhost:9443), the serving certificate names its host,
-	// and the certificate is copied from the Secret into CertDir (in a pod the
-	// Secret is mounted there). Only with CertModeSelfSigned.
+	// (e.g. https://localhost:9443) and the serving certificate names its
+	// host. Only with CertModeSelfSigned. (In that mode every replica copies
+	// the certificate from the Secret into CertDir, in a pod or not.)
 	LocalURL string
 	// ShardRegistryNamespace holds the shard-server Leases; an
 	// ErasureCodingPolicy wider than the registered shard servers gets an
 	// admission warning. Default registry.DefaultNamespace.
 	ShardRegistryNamespace string
+
+	// rotatorName names the certificate rotator's controller (tests run
+	// several managers in one process; controller names are process-wide).
+	rotatorName string
 }
 
 func (o *Options) applyDefaults() {
@@ -237,33 +242,102 @@ func setupSelfSigned(ctx context.Context, mgr ctrl.Manager, opts Options, ready 
 	if err := direct.Create(ctx, secret); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create webhook certificate Secret %s/%s: %w", opts.Namespace, opts.SecretName, err)
 	}
+	key := types.NamespacedName{Namespace: opts.Namespace, Name: opts.SecretName}
 	if err := rotator.AddRotator(mgr, &rotator.CertRotator{
-		SecretKey:      types.NamespacedName{Namespace: opts.Namespace, Name: opts.SecretName},
+		SecretKey:      key,
 		CertDir:        opts.CertDir,
 		CAName:         "couchestor-webhook-ca",
 		CAOrganization: "couchestor",
 		DNSName:        dnsName,
 		ExtraDNSNames:  extra,
-		IsReady:        ready,
+		// Readiness is awaitCertificate's (every replica), not the rotator's.
+		IsReady: make(chan struct{}),
 		Webhooks: []rotator.WebhookInfo{
 			{Name: opts.MutatingConfigurationName, Type: rotator.Mutating},
 			{Name: opts.ValidatingConfigurationName, Type: rotator.Validating},
 		},
-		// Every replica serves admission, so every replica rotates and injects
-		// (cert-controller tolerates the races: the Secret is the single truth).
-		RequireLeaderElection: false,
+		// Only the leader creates, rotates and injects the certificate; every
+		// replica serves admission with the certificate the Secret holds.
+		RequireLeaderElection: true,
 		EnableReadinessCheck:  true,
+		ControllerName:        opts.rotatorName,
 	}); err != nil {
 		return fmt.Errorf("add webhook certificate rotator: %w", err)
 	}
-	if opts.LocalURL != "" {
-		if err := mgr.Add(nonLeaderRunnable(func(ctx context.Context) error {
-			return copySecretToDir(ctx, mgr.GetAPIReader(), types.NamespacedName{Namespace: opts.Namespace, Name: opts.SecretName}, opts.CertDir)
-		})); err != nil {
-			return fmt.Errorf("add certificate copier: %w", err)
-		}
+	// Every replica copies the Secret's certificate into CertDir (nothing
+	// mounts it in this mode) and is ready once it is there and the leader
+	// has injected its CA into both webhook configurations.
+	if err := mgr.Add(nonLeaderRunnable(func(ctx context.Context) error {
+		return copySecretToDir(ctx, mgr.GetAPIReader(), key, opts.CertDir)
+	})); err != nil {
+		return fmt.Errorf("add certificate copier: %w", err)
+	}
+	if err := mgr.Add(nonLeaderRunnable(func(ctx context.Context) error {
+		return awaitCertificate(ctx, mgr.GetAPIReader(), opts, key, ready)
+	})); err != nil {
+		return fmt.Errorf("add certificate readiness: %w", err)
 	}
 	return nil
+}
+
+// awaitCertificate closes ready once CertDir holds the Secret's serving
+// certificate and every webhook of both configurations trusts the Secret's
+// CA, i.e. once the API server can call this replica's webhook server.
+func awaitCertificate(ctx context.Context, r client.Reader, opts Options, key types.NamespacedName, ready chan struct{}) error {
+	log := ctrl.Log.WithName("webhook-cert-readiness")
+	for {
+		why, err := certificateInPlace(ctx, r, opts, key)
+		if err != nil {
+			log.Error(err, "check the webhook certificate")
+		} else if why == "" {
+			log.Info("webhook certificate in place and trusted", "certDir", opts.CertDir)
+			close(ready)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// certificateInPlace says why the webhook certificate is not usable yet
+// ("" when it is).
+func certificateInPlace(ctx context.Context, r client.Reader, opts Options, key types.NamespacedName) (string, error) {
+	var s corev1.Secret
+	if err := r.Get(ctx, key, &s); err != nil {
+		return "", fmt.Errorf("read Secret %s: %w", key, err)
+	}
+	ca, crt := s.Data["ca.crt"], s.Data["tls.crt"]
+	if len(ca) == 0 || len(crt) == 0 {
+		return "the leader has not created the certificate yet", nil
+	}
+	onDisk, err := os.ReadFile(filepath.Join(opts.CertDir, "tls.crt"))
+	if err != nil || !bytes.Equal(onDisk, crt) {
+		return "the certificate is not in the cert dir yet", nil
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := r.Get(ctx, types.NamespacedName{Name: opts.MutatingConfigurationName}, &mwc); err != nil {
+		return "", fmt.Errorf("read MutatingWebhookConfiguration %s: %w", opts.MutatingConfigurationName, err)
+	}
+	var vwc admissionregistrationv1.ValidatingWebhookConfiguration
+	if err := r.Get(ctx, types.NamespacedName{Name: opts.ValidatingConfigurationName}, &vwc); err != nil {
+		return "", fmt.Errorf("read ValidatingWebhookConfiguration %s: %w", opts.ValidatingConfigurationName, err)
+	}
+	var bundles [][]byte
+	for _, w := range mwc.Webhooks {
+		bundles = append(bundles, w.ClientConfig.CABundle)
+	}
+	for _, w := range vwc.Webhooks {
+		bundles = append(bundles, w.ClientConfig.CABundle)
+	}
+	for _, b := range bundles {
+		if !bytes.Contains(b, bytes.TrimSpace(ca)) {
+			return "the CA is not injected into the webhook configurations yet", nil
+		}
+	}
+	return "", nil
 }
 
 // copySecretToDir plays the kubelet's part outside a pod: it keeps tls.crt
