@@ -204,13 +204,17 @@ func (s *Store) Prime(ctx context.Context, volume string) error {
 
 // ---- short-lived views of the shard servers ----
 
-// placementView caches what placement and reads look up about shard servers
-// (Leases, DiskPools, free space) for Store.ViewTTL, so an export does not
-// List Leases and DiskPools and probe every server before each stripe.
-// Within the TTL a server that died is still a candidate: its shard write
-// fails and is retried on another pool, as it would be without the cache;
-// free space is reserved in the cached placer by every write that uses it.
-type placementView struct {
+// ServerViews caches what placement and reads look up about shard servers
+// (Leases, DiskPools, free space) for TTL, so an export does not List Leases
+// and DiskPools and probe every server before each stripe. Within the TTL a
+// server that died is still a candidate: its shard write fails and is
+// retried on another pool, as it would be without the cache; free space is
+// reserved in the cached placement by every write that uses it. A read that
+// finds shards missing drops the views. It is safe for concurrent use.
+type ServerViews struct {
+	// TTL is how long a view is reused; 0 disables the cache.
+	TTL time.Duration
+
 	mu      sync.Mutex
 	placer  *placer
 	placeAt time.Time
@@ -218,48 +222,53 @@ type placementView struct {
 	poolsAt time.Time
 }
 
-func (s *Store) viewTTL() time.Duration { return s.ViewTTL }
+func (s *Store) viewsOn() bool { return s.Views != nil && s.Views.TTL > 0 }
 
-// cachedCandidates is candidates, reused for ViewTTL.
+// cachedCandidates is candidates, reused for Views.TTL.
 func (s *Store) cachedCandidates(ctx context.Context) (*placer, error) {
-	if s.viewTTL() <= 0 {
+	if !s.viewsOn() {
 		return s.candidates(ctx)
 	}
-	s.view.mu.Lock()
-	defer s.view.mu.Unlock()
-	if s.view.placer != nil && s.now().Sub(s.view.placeAt) < s.viewTTL() {
-		return s.view.placer, nil
+	w := s.Views
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.placer != nil && s.now().Sub(w.placeAt) < w.TTL {
+		return w.placer, nil
 	}
 	pl, err := s.candidates(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s.view.placer, s.view.placeAt = pl, s.now()
+	w.placer, w.placeAt = pl, s.now()
 	return pl, nil
 }
 
-// serversByPool is Registry.ByPool, reused for ViewTTL.
+// serversByPool is Registry.ByPool, reused for Views.TTL.
 func (s *Store) serversByPool(ctx context.Context) (map[string]registry.Entry, error) {
-	if s.viewTTL() <= 0 {
+	if !s.viewsOn() {
 		return s.Registry.ByPool(ctx)
 	}
-	s.view.mu.Lock()
-	defer s.view.mu.Unlock()
-	if s.view.byPool != nil && s.now().Sub(s.view.poolsAt) < s.viewTTL() {
-		return s.view.byPool, nil
+	w := s.Views
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.byPool != nil && s.now().Sub(w.poolsAt) < w.TTL {
+		return w.byPool, nil
 	}
 	m, err := s.Registry.ByPool(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s.view.byPool, s.view.poolsAt = m, s.now()
+	w.byPool, w.poolsAt = m, s.now()
 	return m, nil
 }
 
 // dropViews forgets the cached server views (after a read found shards
 // missing: a server may have moved or died).
 func (s *Store) dropViews() {
-	s.view.mu.Lock()
-	s.view.byPool, s.view.placer = nil, nil
-	s.view.mu.Unlock()
+	if s.Views == nil {
+		return
+	}
+	s.Views.mu.Lock()
+	s.Views.byPool, s.Views.placer = nil, nil
+	s.Views.mu.Unlock()
 }

@@ -73,7 +73,7 @@ func (s *Store) ReadAt(ctx context.Context, v *Volume, p []byte, off int64) (Rea
 				if into == nil {
 					copy(dst, data[lo-stripeOff:hi-stripeOff])
 				}
-				if len(drep.Missing)+len(drep.Corrupt) > 0 && (s.Known != nil || s.ViewTTL > 0) {
+				if len(drep.Missing)+len(drep.Corrupt) > 0 && (s.Known != nil || s.viewsOn()) {
 					// Remembered state may be stale (a rebuild moved shards,
 					// a server moved): look again so later reads are whole.
 					s.dropViews()
@@ -120,7 +120,7 @@ func (s *Store) readStripe(ctx context.Context, v *Volume, es *storagev1.ECStrip
 		cur, gerr := s.getStripe(ctx, es.Spec.VolumeRef, es.Spec.StripeID)
 		// With cached server views, a server may have moved: look again once.
 		fresh := false
-		if s.ViewTTL > 0 && attempt == 0 {
+		if s.viewsOn() && attempt == 0 {
 			s.dropViews()
 			if m, lerr := s.serversByPool(ctx); lerr == nil {
 				servers, fresh = m, true
@@ -147,6 +147,12 @@ func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStr
 	}
 	good := make([]bool, n)
 	tried := make([]bool, n)
+	// A full-size stripe read into p: each data shard is fetched straight
+	// into its place in p, so the usual case (every data shard good) needs
+	// no decode and no copy.
+	ss := v.Codec.ShardSize()
+	inPlace := into != nil && set.DataLength == int64(v.K)*int64(ss) && len(into) == int(set.DataLength)
+	pooled := make([]bool, n)
 	for _, l := range es.Spec.ShardLocations {
 		if int(l.ShardIndex) >= n || l.ShardIndex < 0 {
 			return nil, erasure.DecodeReport{}, fmt.Errorf("ECStripe %s: shardIndex %d out of range [0, %d)", es.Name, l.ShardIndex, n)
@@ -165,11 +171,21 @@ func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStr
 			wg.Add(1)
 			go func(i int, l storagev1.ShardLocation) {
 				defer wg.Done()
-				_, b, err := s.Shards.GetInto(ctx, srv.Address, l.Offset, shardserver.Expect{Volume: es.Spec.VolumeRef, StripeID: es.Spec.StripeID, ShardIndex: int(l.ShardIndex), Generation: es.Spec.Generation}, getShardBuffer(int(l.SizeBytes)))
+				idx := int(l.ShardIndex)
+				here := inPlace && idx < v.K
+				var buf []byte
+				if here {
+					buf = into[idx*ss : (idx+1)*ss : (idx+1)*ss]
+				} else {
+					buf = getShardBuffer(int(l.SizeBytes))
+				}
+				_, b, err := s.Shards.GetInto(ctx, srv.Address, l.Offset, shardserver.Expect{Volume: es.Spec.VolumeRef, StripeID: es.Spec.StripeID, ShardIndex: idx, Generation: es.Spec.Generation}, buf)
 				if err != nil {
 					return
 				}
-				set.Shards[l.ShardIndex] = b
+				// A buffer inside into is never recycled.
+				pooled[idx] = !here || len(b) == 0 || &b[0] != &buf[0]
+				set.Shards[idx] = b
 				good[l.ShardIndex] = erasure.ShardChecksum(b) == l.Checksum
 			}(i, l)
 		}
@@ -196,11 +212,27 @@ func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStr
 		}
 		fetch(parIdx)
 	}
+	if inPlace && allGood && set.StripeChecksum != "" {
+		// Every data shard is in place and matched its recorded checksum;
+		// what is left of Decode's checks is that the recorded checksums
+		// agree with the stripe's.
+		if sum, err := erasure.StripeChecksum(set.DataLength, set.ShardChecksums); err == nil && sum == set.StripeChecksum {
+			for i := v.K; i < n; i++ {
+				if set.Shards[i] != nil && pooled[i] {
+					putShardBuffer(set.Shards[i])
+				}
+			}
+			return into, erasure.DecodeReport{}, nil
+		}
+	}
 	data, rep, err := v.Codec.Decode(set, into)
-	// Decode copied the data bytes out (into p, or a new slice): the shard
-	// buffers can serve the next read.
+	// Decode copied the data bytes out (into p, or a new slice; a shard
+	// fetched in place is copied onto itself): pooled shard buffers can
+	// serve the next read.
 	for i, b := range set.Shards {
-		putShardBuffer(b)
+		if b != nil && pooled[i] {
+			putShardBuffer(b)
+		}
 		set.Shards[i] = nil
 	}
 	// Parity shards not fetched because the data shards were good are not missing.

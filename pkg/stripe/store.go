@@ -84,11 +84,10 @@ type Store struct {
 	// Known, when set, remembers ECStripes between calls (see Known): set it
 	// in a process that is the only writer of its volumes (an export).
 	Known *Known
-	// ViewTTL, when positive, reuses the live shard servers, their DiskPools'
-	// state and free space for that long (see placementView) instead of
-	// looking them up for every read and write.
-	ViewTTL time.Duration
-	view    placementView
+	// Views, when set, reuses the live shard servers, their DiskPools' state
+	// and free space for Views.TTL (see ServerViews) instead of looking them
+	// up for every read and write.
+	Views *ServerViews
 	// AfterShardsDurable, when set, runs after a stripe version's shards are
 	// durable and before its ECStripe is created or updated. It is a
 	// fault-injection seam: tests block here and kill the writer.

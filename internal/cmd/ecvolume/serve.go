@@ -118,7 +118,7 @@ func Command(ctx context.Context, args []string) error {
 	// looks shard servers up at most every serverViewTTL instead of asking
 	// the API server before every stripe read and write (stripe.Known).
 	st := &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: *registryNS}, MayastorNamespace: *mayastorNS,
-		Known: &stripe.Known{MaxStripes: *knownStripes}, ViewTTL: serverViewTTL}
+		Known: &stripe.Known{MaxStripes: *knownStripes}, Views: &stripe.ServerViews{TTL: serverViewTTL}}
 	vol, err := st.OpenVolume(ctx, *volume)
 	if err != nil {
 		return err
@@ -204,7 +204,7 @@ func Command(ctx context.Context, args []string) error {
 }
 
 // serverViewTTL is how long the export reuses the list of live shard servers,
-// their DiskPools' state and free space (stripe.Store.ViewTTL): a server that
+// their DiskPools' state and free space (stripe.ServerViews): a server that
 // died meanwhile costs a retried shard write or a degraded read, never data.
 const serverViewTTL = 2 * time.Second
 

@@ -41,7 +41,7 @@ func TestRememberedStripesStayCorrect(t *testing.T) {
 
 	cc := &countingClient{Client: c.env.Client}
 	st := &stripe.Store{Client: cc, Shards: c.client, Registry: &registry.Lookup{Client: c.env.Client}, MayastorNamespace: "mayastor",
-		Known: &stripe.Known{}, ViewTTL: time.Hour}
+		Known: &stripe.Known{}, Views: &stripe.ServerViews{TTL: time.Hour}}
 	if err := st.Prime(ctx, v.Name()); err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestRememberedStripesStayCorrect(t *testing.T) {
 	}
 
 	// A shard server comes back on a new port: the remembered address is
-	// stale (ViewTTL is an hour). The read is still exact (degraded), and the
+	// stale (the views live an hour). The read is still exact (degraded), and the
 	// next one finds the server at its new address.
 	s := c.servers[0]
 	c.stop(s)
