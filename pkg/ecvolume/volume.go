@@ -285,7 +285,13 @@ func (v *VolumeBackend) readClean(ctx context.Context, p []byte, off int64) erro
 		}
 		return nil
 	}
-	v.ahead.read(off/v.block, (off+int64(len(p))-1)/v.block, (v.size-1)/v.block)
+	firstB, lastB := off/v.block, (off+int64(len(p))-1)/v.block
+	v.ahead.read(firstB, lastB, (v.size-1)/v.block)
+	if lastB > firstB {
+		// Several blocks: fetch them at once (each miss waits on the stripe
+		// path), then copy in order.
+		return v.readBlocks(ctx, p, off, firstB, lastB)
+	}
 	for len(p) > 0 {
 		bi, bo := off/v.block, off%v.block
 		e, _, err := v.cache.Get(ctx, v.key(bi))
@@ -299,6 +305,33 @@ func (v *VolumeBackend) readClean(ctx context.Context, p []byte, off int64) erro
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
+}
+
+// readBlocks fills p (at volume offset off, spanning cache blocks
+// firstB..lastB) with one concurrent cache Get per block.
+func (v *VolumeBackend) readBlocks(ctx context.Context, p []byte, off, firstB, lastB int64) error {
+	errs := make([]error, lastB-firstB+1)
+	var wg sync.WaitGroup
+	for bi := firstB; bi <= lastB; bi++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, _, err := v.cache.Get(ctx, v.key(bi))
+			if err != nil {
+				errs[bi-firstB] = fmt.Errorf("ecvolume %s: read block %d: %w", v.name, bi, err)
+				return
+			}
+			// The part of p this block covers.
+			a, b := max(off, bi*v.block), min(off+int64(len(p)), (bi+1)*v.block)
+			if int64(len(e.Data)) < b-bi*v.block {
+				errs[bi-firstB] = fmt.Errorf("ecvolume %s: cached block %d holds %d bytes, need %d", v.name, bi, len(e.Data), b-bi*v.block)
+				return
+			}
+			copy(p[a-off:b-off], e.Data[a-bi*v.block:])
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (v *VolumeBackend) key(block int64) cache.CacheKey {

@@ -60,6 +60,13 @@ func (s *Store) ReadAt(ctx context.Context, v *Volume, p []byte, off int64) (Rea
 					clear(dst)
 					continue
 				}
+				// A read inside one data shard needs that shard only.
+				if s.readWithinShard(ctx, v, es, servers, dst, lo-stripeOff) {
+					mu.Lock()
+					rep.Stripes++
+					mu.Unlock()
+					continue
+				}
 				// A read of the whole stripe decodes straight into p.
 				var into []byte
 				if lo == stripeOff && hi-lo == (es.Spec.LbaRange.EndLba-es.Spec.LbaRange.StartLba)*geometry.LBASize {
@@ -263,4 +270,73 @@ func putShardBuffer(b []byte) {
 		return
 	}
 	shardBuffers.Put(&b)
+}
+
+// readWithinShard serves a read of dst at byte at of the stripe from the one
+// data shard that holds it, when it does: the shard is fetched whole and
+// verified against its recorded checksum (and the recorded checksums against
+// the stripe's), so a 4 KiB read moves one shard instead of k. It reports
+// false, having written nothing that counts, when the range spans shards or
+// the shard is missing or corrupt: the caller then reads the stripe the
+// usual way (degraded if need be).
+func (s *Store) readWithinShard(ctx context.Context, v *Volume, es *storagev1.ECStripe, servers map[string]registry.Entry, dst []byte, at int64) bool {
+	n, ss := v.K+v.M, int64(v.Codec.ShardSize())
+	idx := at / ss
+	if len(dst) == 0 || (at+int64(len(dst))-1)/ss != idx || idx >= int64(v.K) || len(es.Spec.ShardLocations) != n {
+		return false
+	}
+	sums := make([]string, n)
+	var loc *storagev1.ShardLocation
+	for i := range es.Spec.ShardLocations {
+		l := &es.Spec.ShardLocations[i]
+		if l.ShardIndex < 0 || int(l.ShardIndex) >= n {
+			return false
+		}
+		sums[l.ShardIndex] = l.Checksum
+		if int64(l.ShardIndex) == idx {
+			loc = l
+		}
+	}
+	if loc == nil {
+		return false
+	}
+	dataLen := (es.Spec.LbaRange.EndLba - es.Spec.LbaRange.StartLba) * geometry.LBASize
+	if es.Spec.Checksum != "" {
+		if sum, err := erasure.StripeChecksum(dataLen, sums); err != nil || sum != es.Spec.Checksum {
+			return false
+		}
+	}
+	srv, ok := servers[loc.PoolName]
+	if !ok {
+		return false
+	}
+	rel := at - idx*ss
+	// A read of exactly the shard (a cache block) lands in dst directly; a
+	// failed attempt leaves garbage there, which the caller's fallback
+	// overwrites.
+	direct := rel == 0 && int64(len(dst)) == ss && loc.SizeBytes == ss
+	var buf []byte
+	if direct {
+		buf = dst[:ss:ss]
+	} else {
+		buf = getShardBuffer(int(loc.SizeBytes))
+	}
+	_, b, err := s.Shards.GetInto(ctx, srv.Address, loc.Offset, shardserver.Expect{Volume: es.Spec.VolumeRef, StripeID: es.Spec.StripeID, ShardIndex: int(idx), Generation: es.Spec.Generation}, buf)
+	if err != nil {
+		if !direct {
+			putShardBuffer(buf)
+		}
+		return false
+	}
+	inDst := direct && len(b) > 0 && &b[0] == &dst[0]
+	if !inDst {
+		defer putShardBuffer(b)
+	}
+	if int64(len(b)) != ss || erasure.ShardChecksum(b) != loc.Checksum || rel+int64(len(dst)) > int64(len(b)) {
+		return false
+	}
+	if !inDst {
+		copy(dst, b[rel:])
+	}
+	return true
 }

@@ -66,6 +66,7 @@ func Command(ctx context.Context, args []string) error {
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
 	tokenFile := fs.String("token-file", "", "Bearer token file of the shard servers.")
 	knownStripes := fs.Int("known-stripes", 65536, "How many ECStripe objects the export keeps in memory (about 3 KiB each) so reads and writes need not GET them; past it, misses are read from the API server.")
+	cacheBlockBytes := fs.Int64("cache-block-bytes", 0, "Unit of the read cache. 0 picks one data shard (stripeSizeBytes/k) when the stripe splits evenly, else the stripe: a miss then fetches one shard, so random small reads move a k-th of a stripe. The stripe size suits purely sequential readers (a tenth or so faster there). Must be a multiple of 512 dividing stripeSizeBytes.")
 	destageParallel := fs.Int("destage-parallel", 8, "How many stripes the destager writes at once. A stripe write waits mostly on shard servers and two API requests (create or update, then status), so several in flight keep both busy.")
 	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -123,6 +124,13 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	block := cacheBlock(vol)
+	if b := *cacheBlockBytes; b != 0 {
+		if b < 0 || b%lba != 0 || vol.StripeSize%b != 0 {
+			return fmt.Errorf("--cache-block-bytes %d must be a positive multiple of %d that divides the policy's stripeSizeBytes %d", b, lba, vol.StripeSize)
+		}
+		block = b
+	}
 	if err := st.Prime(ctx, *volume); err != nil {
 		return err
 	}
@@ -171,9 +179,7 @@ func Command(ctx context.Context, args []string) error {
 		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize},
 		DestageThresholdPercent: threshold, DestageInterval: interval, DestageParallel: *destageParallel,
 		Stripes: observedSink{StripeAdapter: &StripeAdapter{Store: st, Volume: vol}, o: obs},
-		// One cache block per stripe: a stripe read costs an ECStripe GET
-		// and a decode of the whole stripe, so smaller blocks would repeat both.
-		Cache: &ecvolume.CacheOptions{BlockBytes: vol.StripeSize, MemoryBytes: *cacheMem,
+		Cache: &ecvolume.CacheOptions{BlockBytes: block, MemoryBytes: *cacheMem,
 			DiskDir: filepath.Join(*cacheDir, *volume), DiskBytes: *cacheDisk},
 		OnDestageSuccess: obs.destagePassed,
 		OnDestageError: func(err error) {
@@ -201,6 +207,17 @@ func Command(ctx context.Context, args []string) error {
 		*volume, vol.Object.Spec.SizeBytes, pol.Name, vol.StripeSize, replicas, jsize, l.Addr())
 	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: v}}, Logf: log.Printf}
 	return srv.Serve(ctx, l)
+}
+
+// cacheBlock is the read cache's unit: one data shard when the stripe splits
+// evenly into k of them (a miss then fetches that one shard, with no decode:
+// a random 4 KiB read moves stripe/k bytes, not the stripe), else the stripe.
+func cacheBlock(v *stripe.Volume) int64 {
+	ss := int64(v.Codec.ShardSize())
+	if ss*int64(v.K) == v.StripeSize && ss%lba == 0 {
+		return ss
+	}
+	return v.StripeSize
 }
 
 // serverViewTTL is how long the export reuses the list of live shard servers,

@@ -3,7 +3,9 @@ package ecvolume
 import (
 	"testing"
 
+	"github.com/billyronks/couchestor/pkg/erasure"
 	"github.com/billyronks/couchestor/pkg/journal"
+	"github.com/billyronks/couchestor/pkg/stripe"
 )
 
 // covers decides whether a destaged stripe skips reading its old bytes: a
@@ -28,6 +30,29 @@ func TestCovers(t *testing.T) {
 	} {
 		if got := covers(c.ext, start, end); got != c.want {
 			t.Errorf("%s: covers = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// cacheBlock is one data shard when the stripe splits evenly into k, else
+// the stripe (a block must divide the stripe).
+func TestCacheBlock(t *testing.T) {
+	for _, c := range []struct {
+		k, m   int
+		stripe int64
+		want   int64
+	}{
+		{4, 2, 1 << 20, 256 << 10},
+		{8, 3, 4 << 20, 512 << 10},
+		{3, 2, 1 << 20, 1 << 20}, // 1 MiB does not split into 3 shards of whole LBAs
+	} {
+		codec, err := erasure.NewStripeCodec(erasure.ReedSolomon, c.k, c.m, c.stripe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := &stripe.Volume{K: c.k, M: c.m, StripeSize: c.stripe, Codec: codec}
+		if got := cacheBlock(v); got != c.want || c.stripe%got != 0 {
+			t.Errorf("%d+%d, %d-byte stripes: block %d, want %d", c.k, c.m, c.stripe, got, c.want)
 		}
 	}
 }

@@ -112,3 +112,59 @@ func TestRememberedStripesStayCorrect(t *testing.T) {
 		t.Fatalf("read after the view was refreshed: equal=%v report=%+v err=%v", bytes.Equal(got, data), rep, err)
 	}
 }
+
+// TestReadWithinOneShard: a read that lies inside one data shard fetches
+// that shard alone (verified against its checksum), and falls back to the
+// whole stripe when that shard is corrupt or its server is gone.
+func TestReadWithinOneShard(t *testing.T) {
+	testenv.RequireAssets(t)
+	c := newCluster(t, 6)
+	ctx := context.Background()
+	c.policy("rs-4-2-shard", storagev1.AlgorithmReedSolomon, 4, 2, 1<<20)
+	v := c.volume("vol-shard", "rs-4-2-shard", 4<<20)
+	data := random(t, 4<<20)
+	if err := c.store.WriteAt(ctx, v, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	const ss = 256 << 10 // 1 MiB / 4
+	read := func(off, n int64, when string) stripe.ReadReport {
+		t.Helper()
+		got := make([]byte, n)
+		rep, err := c.store.ReadAt(ctx, v, got, off)
+		if err != nil || !bytes.Equal(got, data[off:off+n]) {
+			t.Fatalf("%s: read [%d, +%d): equal=%v err=%v", when, off, n, bytes.Equal(got, data[off:off+n]), err)
+		}
+		return rep
+	}
+	stripes, err := c.store.ListStripes(ctx, v.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := stripes[1]
+	base := int64(1 << 20)
+	if rep := read(base+2*ss+8192, 4096, "inside shard 2"); rep.Stripes != 1 || rep.Missing+rep.Corrupt != 0 {
+		t.Fatalf("inside shard 2: %+v", rep)
+	}
+	read(base+3*ss, ss, "exactly shard 3")
+
+	tamper(t, c, es, 2)
+	if rep := read(base+2*ss+8192, 4096, "inside the corrupt shard 2"); rep.Corrupt != 1 || rep.Degraded != 1 {
+		t.Fatalf("a read inside a corrupt shard must fall back to a degraded stripe read: %+v", rep)
+	}
+	// A read inside shard 0 touches shard 0 only: the corrupt shard 2 is not
+	// fetched, so it is not reported (the whole-stripe path would report it).
+	if rep := read(base+100*512, 4096, "inside shard 0"); rep.Corrupt != 0 || rep.Missing != 0 {
+		t.Fatalf("a read inside shard 0 fetched more than shard 0: %+v", rep)
+	}
+
+	// The server of shard 1 goes away: a read inside shard 1 decodes around it.
+	pool := es.Spec.ShardLocations[1].PoolName
+	for _, s := range c.servers {
+		if s.pool == pool {
+			c.stop(s)
+		}
+	}
+	if rep := read(base+ss+512, 4096, "inside shard 1, its server stopped"); rep.Missing == 0 || rep.Degraded != 1 {
+		t.Fatalf("a read inside a missing shard must fall back to a degraded stripe read: %+v", rep)
+	}
+}
