@@ -73,6 +73,10 @@ type CacheOptions struct {
 	// so a sequential reader finds the next blocks cached instead of
 	// waiting a stripe read per request.
 	ReadAheadBytes int64
+	// ConcurrentMisses fetches the blocks of one read concurrently rather
+	// than in turn: right for a stripe store whose misses wait on the
+	// network (shard servers), wasted work for one in RAM.
+	ConcurrentMisses bool
 	// Tiered replaces the cache built from the fields above (tests); its L3
 	// must be the volume's CacheStore.
 	Tiered func(l3 cache.Store) (*cache.Tiered, error)
@@ -94,6 +98,7 @@ type VolumeBackend struct {
 	zeros      []byte
 	journaled  journaledMap
 	ahead      readAhead
+	concurrent bool // CacheOptions.ConcurrentMisses
 
 	destager *journal.Destager
 	cancel   context.CancelFunc
@@ -158,6 +163,7 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ecvolume %s: cache: %w", o.Name, err)
 		}
+		v.concurrent = c.ConcurrentMisses
 		ra := c.ReadAheadBytes
 		if ra == 0 {
 			ra = max(4<<20, 2*v.block)
@@ -287,7 +293,7 @@ func (v *VolumeBackend) readClean(ctx context.Context, p []byte, off int64) erro
 	}
 	firstB, lastB := off/v.block, (off+int64(len(p))-1)/v.block
 	v.ahead.read(firstB, lastB, (v.size-1)/v.block)
-	if lastB > firstB {
+	if lastB > firstB && v.concurrent {
 		// Several blocks: fetch them at once (each miss waits on the stripe
 		// path), then copy in order.
 		return v.readBlocks(ctx, p, off, firstB, lastB)

@@ -30,6 +30,18 @@ func journalStores(t *testing.T, dir string, n int) []journal.Store {
 
 func openVolume(t *testing.T, dir string, stripes StripeStore, size, journalSize int64, withCache bool) *VolumeBackend {
 	t.Helper()
+	mode := "none"
+	if withCache {
+		mode = "cache"
+	}
+	return openVolumeMode(t, dir, stripes, size, journalSize, mode)
+}
+
+// openVolumeMode opens a volume without a cache ("none"), with one ("cache")
+// or with one that fetches the blocks of a read concurrently ("concurrent").
+func openVolumeMode(t *testing.T, dir string, stripes StripeStore, size, journalSize int64, mode string) *VolumeBackend {
+	t.Helper()
+	withCache := mode != "none"
 	o := Options{
 		Name: "vol-a", SizeBytes: size, StripeSizeBytes: 256 << 10,
 		JournalStores: journalStores(t, dir, 3), Journal: journal.Options{SizeBytes: journalSize},
@@ -37,7 +49,8 @@ func openVolume(t *testing.T, dir string, stripes StripeStore, size, journalSize
 		OnDestageError: func(err error) { t.Logf("destage: %v", err) },
 	}
 	if withCache {
-		o.Cache = &CacheOptions{BlockBytes: 16 << 10, MemoryBytes: 256 << 10, DiskDir: filepath.Join(dir, "l2"), DiskBytes: 512 << 10}
+		o.Cache = &CacheOptions{BlockBytes: 16 << 10, MemoryBytes: 256 << 10, DiskDir: filepath.Join(dir, "l2"), DiskBytes: 512 << 10,
+			ConcurrentMisses: mode == "concurrent"}
 	}
 	v, err := Open(context.Background(), o)
 	if err != nil {
@@ -51,12 +64,12 @@ func openVolume(t *testing.T, dir string, stripes StripeStore, size, journalSize
 // in-memory model of the disk. Caches are small, so blocks are evicted,
 // demoted to L2, promoted and invalidated along the way.
 func TestRandomIOMatchesModel(t *testing.T) {
-	for _, withCache := range []bool{false, true} {
-		t.Run(fmt.Sprintf("cache=%v", withCache), func(t *testing.T) {
+	for _, mode := range []string{"none", "cache", "concurrent"} {
+		t.Run("cache="+mode, func(t *testing.T) {
 			const size = 4 << 20
 			ctx := context.Background()
 			stripes := NewMemoryStripeStore(256 << 10)
-			v := openVolume(t, t.TempDir(), stripes, size, 2<<20, withCache)
+			v := openVolumeMode(t, t.TempDir(), stripes, size, 2<<20, mode)
 			defer v.Close()
 			model := make([]byte, size)
 			rng := rand.New(rand.NewPCG(1, 2))

@@ -179,7 +179,7 @@ func Command(ctx context.Context, args []string) error {
 		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize},
 		DestageThresholdPercent: threshold, DestageInterval: interval, DestageParallel: *destageParallel,
 		Stripes: observedSink{StripeAdapter: &StripeAdapter{Store: st, Volume: vol}, o: obs},
-		Cache: &ecvolume.CacheOptions{BlockBytes: block, MemoryBytes: *cacheMem,
+		Cache: &ecvolume.CacheOptions{BlockBytes: block, ConcurrentMisses: true, MemoryBytes: *cacheMem,
 			DiskDir: filepath.Join(*cacheDir, *volume), DiskBytes: *cacheDisk},
 		OnDestageSuccess: obs.destagePassed,
 		OnDestageError: func(err error) {
