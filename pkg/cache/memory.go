@@ -173,13 +173,14 @@ func NewMemoryCache(cfg MemoryConfig) (*MemoryCache, error) {
 
 // Get returns the entry and true on a hit, updating its access statistics.
 func (c *MemoryCache) Get(key CacheKey) (CacheEntry, bool) {
+	lo, hi := key.hash128()
+	now := c.nowNanos()
 	var start time.Time
-	timed := sampleLatency()
+	timed := sampleLatency(lo, now)
 	if timed {
 		start = time.Now()
 	}
-	lo, hi := key.hash128()
-	it, count, last := c.lookup(lo, hi)
+	it, count := c.lookup(lo, hi, now)
 	if it == nil {
 		c.tm.misses.add(lo)
 		if timed {
@@ -187,7 +188,7 @@ func (c *MemoryCache) Get(key CacheKey) (CacheEntry, bool) {
 		}
 		return CacheEntry{}, false
 	}
-	e, err := c.entry(it, count, last)
+	e, err := c.entry(it, count, now)
 	if err != nil {
 		// Only a bug can corrupt RAM-held bytes; still, never return them.
 		c.tm.corrupt.Inc()
@@ -202,22 +203,30 @@ func (c *MemoryCache) Get(key CacheKey) (CacheEntry, bool) {
 	return e, true
 }
 
-// lookup finds the item of key and records the access on it. It returns
-// the access count and time this access left on the item.
-func (c *MemoryCache) lookup(lo, hi uint64) (it *memItem, count uint64, last int64) {
+// nowNanos is the clock in unix nanoseconds. The default coarse clock is
+// read straight from its atomic (no indirect call, no time.Time).
+func (c *MemoryCache) nowNanos() int64 {
+	if c.coarse != nil {
+		return c.coarse.nanos.Load()
+	}
+	return c.now().UnixNano()
+}
+
+// lookup finds the item of key and records an access at now on it. It
+// returns the access count this access left on the item.
+func (c *MemoryCache) lookup(lo, hi uint64, now int64) (*memItem, uint64) {
 	it, ok := c.c.Get(lo)
 	if !ok || it == nil || it.check != hi {
-		return nil, 0, 0
+		return nil, 0
 	}
-	count = it.accessCount.Add(1)
+	count := it.accessCount.Add(1)
 	// Skip the store when the (coarse) time has not moved: fewer dirty lines.
 	// A racing Get may store an older coarse time after ours; the error is
 	// bounded by how far apart the two Gets read the clock.
-	last = c.now().UnixNano()
-	if it.lastAccessed.Load() != last {
-		it.lastAccessed.Store(last)
+	if it.lastAccessed.Load() != now {
+		it.lastAccessed.Store(now)
 	}
-	return it, count, last
+	return it, count
 }
 
 // entry is the CacheEntry of a hit. It reads only the item's hot half.

@@ -3,6 +3,7 @@ package cache
 import (
 	"sync"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -78,5 +79,34 @@ func TestMemoryRefusesValuesLargerThanL1Holds(t *testing.T) {
 	it := newMemItem(k, s)
 	if it == nil || it.originalSize != maxL1ValueSize {
 		t.Fatalf("newMemItem at the limit = %+v", it)
+	}
+}
+
+// TestSampleLatencyRate: about 1 in 64 keys is timed at any clock value,
+// and every key is timed about 1 in 64 clock values (no key is never timed).
+func TestSampleLatencyRate(t *testing.T) {
+	const n = 1 << 16
+	within := func(got int) bool { return got > n/64*8/10 && got < n/64*12/10 }
+	ks, _ := benchKeySet()
+	byKey := 0
+	for i := range n {
+		lo, _ := ks[i%len(ks)].hash128()
+		lo ^= uint64(i / len(ks)) // distinct hashes past the key set
+		if sampleLatency(lo, 1_700_000_000_000_000_000) {
+			byKey++
+		}
+	}
+	if !within(byKey) {
+		t.Errorf("%d of %d keys timed at one clock value, want about %d", byKey, n, n/64)
+	}
+	lo, _ := ks[0].hash128()
+	byTime := 0
+	for i := range n {
+		if sampleLatency(lo, 1_700_000_000_000_000_000+int64(i)*int64(time.Millisecond)) {
+			byTime++
+		}
+	}
+	if !within(byTime) {
+		t.Errorf("one key timed at %d of %d clock values, want about %d", byTime, n, n/64)
 	}
 }
