@@ -215,9 +215,12 @@ type ServerViews struct {
 	// TTL is how long a view is reused; 0 disables the cache.
 	TTL time.Duration
 
-	mu      sync.Mutex
+	// Two locks: a placement refresh probes every server (seconds when one
+	// hangs) and must not hold up reads, which need only the Lease view.
+	placeMu sync.Mutex
 	placer  *placer
 	placeAt time.Time
+	poolsMu sync.Mutex
 	byPool  map[string]registry.Entry
 	poolsAt time.Time
 }
@@ -230,8 +233,8 @@ func (s *Store) cachedCandidates(ctx context.Context) (*placer, error) {
 		return s.candidates(ctx)
 	}
 	w := s.Views
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.placeMu.Lock()
+	defer w.placeMu.Unlock()
 	if w.placer != nil && s.now().Sub(w.placeAt) < w.TTL {
 		return w.placer, nil
 	}
@@ -249,8 +252,8 @@ func (s *Store) serversByPool(ctx context.Context) (map[string]registry.Entry, e
 		return s.Registry.ByPool(ctx)
 	}
 	w := s.Views
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.poolsMu.Lock()
+	defer w.poolsMu.Unlock()
 	if w.byPool != nil && s.now().Sub(w.poolsAt) < w.TTL {
 		return w.byPool, nil
 	}
@@ -268,7 +271,13 @@ func (s *Store) dropViews() {
 	if s.Views == nil {
 		return
 	}
-	s.Views.mu.Lock()
-	s.Views.byPool, s.Views.placer = nil, nil
-	s.Views.mu.Unlock()
+	s.Views.poolsMu.Lock()
+	s.Views.byPool = nil
+	s.Views.poolsMu.Unlock()
+	// A placement refresh in progress (it may take seconds) yields a fresh
+	// placement anyway: do not wait for it.
+	if s.Views.placeMu.TryLock() {
+		s.Views.placer = nil
+		s.Views.placeMu.Unlock()
+	}
 }
