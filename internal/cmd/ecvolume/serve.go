@@ -75,6 +75,9 @@ func Command(ctx context.Context, args []string) error {
 		}
 		return err
 	}
+	if *knownStripes < 1 {
+		return fmt.Errorf("--known-stripes %d must be at least 1", *knownStripes)
+	}
 	if *destageParallel < 1 {
 		return fmt.Errorf("--destage-parallel %d must be at least 1", *destageParallel)
 	}
