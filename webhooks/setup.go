@@ -285,10 +285,14 @@ func setupSelfSigned(ctx context.Context, mgr ctrl.Manager, opts Options, ready 
 // CA, i.e. once the API server can call this replica's webhook server.
 func awaitCertificate(ctx context.Context, r client.Reader, opts Options, key types.NamespacedName, ready chan struct{}) error {
 	log := ctrl.Log.WithName("webhook-cert-readiness")
+	last := ""
 	for {
 		why, err := certificateInPlace(ctx, r, opts, key)
 		if err != nil {
 			log.Error(err, "check the webhook certificate")
+		} else if why != "" && why != last {
+			log.Info("webhook certificate not ready", "reason", why)
+			last = why
 		} else if why == "" {
 			log.Info("webhook certificate in place and trusted", "certDir", opts.CertDir)
 			close(ready)
