@@ -232,6 +232,7 @@ func run(ctx context.Context, o *options) error {
 		EvaluationInterval: o.tiering.EvaluationInterval,
 		ScrapeInterval:     o.tiering.ScrapeInterval,
 		GlobalDryRun:       o.tiering.DryRun,
+		HysteresisPercent:  &o.tiering.HysteresisPercent,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up StoragePolicy controller: %w", err)
 	}

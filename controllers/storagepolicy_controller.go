@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -80,8 +81,11 @@ type TieringOptions struct {
 	VolumeLabel        string
 	QueryTemplate      string
 	CoverageTemplate   string
-	MinCoverage        float64
+	MaxGap             time.Duration
 	MetricsCacheTTL    time.Duration
+	// HysteresisPercent is the default demotion margin of every policy (see
+	// pkg/tiering, Hysteresis); a policy's annotation overrides it.
+	HysteresisPercent float64
 	EvaluationInterval time.Duration
 	DryRun             bool
 }
@@ -97,8 +101,9 @@ func (o *TieringOptions) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.WriteMetric, "iops-write-metric", iops.DefaultWriteMetric, "Cumulative write-operations counter of a volume.")
 	fs.StringVar(&o.VolumeLabel, "iops-volume-label", iops.DefaultVolumeLabel, "Label of the counters that holds the PersistentVolume name.")
 	fs.StringVar(&o.QueryTemplate, "iops-query-template", iops.DefaultQueryTemplate, "PromQL (Go text/template) giving IOPS per volume over the window. Fields: .Window (e.g. 5400s), .ReadMetric, .WriteMetric, .VolumeLabel.")
-	fs.StringVar(&o.CoverageTemplate, "iops-coverage-template", iops.DefaultCoverageTemplate, "PromQL (Go text/template) giving the number of samples per volume in the window, for the coverage rule. \"-\" disables the rule.")
-	fs.Float64Var(&o.MinCoverage, "iops-min-coverage", iops.DefaultMinCoverage, "Fraction of the sampling window a published volume's series must cover; below it the volume's IOPS are unknown (never moved).")
+	fs.StringVar(&o.CoverageTemplate, "iops-coverage-template", iops.DefaultCoverageTemplate, "Instant-vector selector (Go text/template, same fields) whose sample timestamps measure a volume's coverage of the window. \"-\" disables the coverage rule.")
+	fs.DurationVar(&o.MaxGap, "iops-max-gap", 0, "Longest gap between samples (and longest delay of the first sample after the window's start) for a published volume's IOPS to count; longer and they are unknown (never moved). 0: max(3 x scrape interval, scrape interval + 5s).")
+	fs.Float64Var(&o.HysteresisPercent, "tiering-hysteresis-percent", tiering.DefaultHysteresisPercent, "Default demotion margin in percent: a volume leaves a tier downwards only when its IOPS are below the watermark by this margin. A StoragePolicy's annotation "+tiering.AnnotationHysteresis+" overrides it.")
 	fs.DurationVar(&o.MetricsCacheTTL, "metrics-cache-ttl", iops.DefaultCacheTTL, "How long a volume's measured IOPS are reused before Prometheus is asked again. 0 disables the cache.")
 	fs.DurationVar(&o.EvaluationInterval, "evaluation-interval", time.Minute, "How often each StoragePolicy is evaluated (also on changes of PVs, PVCs, MayastorVolumes and DiskPools).")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "Treat every StoragePolicy as dryRun: record what would move in migrationHistory, move nothing.")
@@ -109,18 +114,21 @@ func (o *TieringOptions) NewIOPSMeter() (*iops.Meter, error) {
 	src, err := iops.NewPrometheusSource(iops.PrometheusConfig{
 		Address: o.PrometheusURL, BearerTokenFile: o.BearerTokenFile, CAFile: o.CAFile, Timeout: o.QueryTimeout,
 		ReadMetric: o.ReadMetric, WriteMetric: o.WriteMetric, VolumeLabel: o.VolumeLabel,
-		QueryTemplate: o.QueryTemplate, CoverageTemplate: o.CoverageTemplate,
+		QueryTemplate: o.QueryTemplate, CoverageTemplate: o.CoverageTemplate, ScrapeInterval: o.ScrapeInterval,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--prometheus-*/--iops-* flags: %w", err)
 	}
-	if o.MinCoverage <= 0 || o.MinCoverage > 1 {
-		return nil, fmt.Errorf("--iops-min-coverage=%v: must be in (0, 1]", o.MinCoverage)
+	if o.MaxGap < 0 {
+		return nil, fmt.Errorf("--iops-max-gap=%v: must not be negative", o.MaxGap)
+	}
+	if _, err := tiering.ParseHysteresis(strconv.FormatFloat(o.HysteresisPercent, 'f', -1, 64)); err != nil {
+		return nil, fmt.Errorf("--tiering-hysteresis-percent=%v: %w", o.HysteresisPercent, err)
 	}
 	if o.ScrapeInterval <= 0 {
 		return nil, fmt.Errorf("--prometheus-scrape-interval=%v: must be positive", o.ScrapeInterval)
 	}
-	return &iops.Meter{Querier: src, Cache: iops.NewMetricsCache(o.MetricsCacheTTL, nil), ScrapeInterval: o.ScrapeInterval, MinCoverage: o.MinCoverage}, nil
+	return &iops.Meter{Querier: src, Cache: iops.NewMetricsCache(o.MetricsCacheTTL, nil), ScrapeInterval: o.ScrapeInterval, MaxGap: o.MaxGap}, nil
 }
 
 // StoragePolicyReconciler evaluates StoragePolicies: it finds the volumes each
@@ -145,6 +153,9 @@ type StoragePolicyReconciler struct {
 	ScrapeInterval     time.Duration
 	// GlobalDryRun is --dry-run.
 	GlobalDryRun bool
+	// HysteresisPercent is --tiering-hysteresis-percent; nil means
+	// tiering.DefaultHysteresisPercent. A policy's annotation overrides it.
+	HysteresisPercent *float64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// SkipNameValidation lets tests run several managers in one process.
@@ -265,9 +276,19 @@ func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.S
 		o.phase, o.invalid = storagev1.StoragePolicyError, err.Error()
 		return o, "invalid", nil
 	}
+	hysteresis := float64(tiering.DefaultHysteresisPercent) / 100
+	if r.HysteresisPercent != nil {
+		hysteresis = *r.HysteresisPercent / 100
+	}
+	if raw, ok := pol.Annotations[tiering.AnnotationHysteresis]; ok {
+		if hysteresis, err = tiering.ParseHysteresis(raw); err != nil {
+			o.phase, o.invalid = storagev1.StoragePolicyError, fmt.Sprintf("metadata.annotations[%s]: %v", tiering.AnnotationHysteresis, err)
+			return o, "invalid", nil
+		}
+	}
 	policy := tiering.Policy{
 		Watermarks: tiering.Watermarks{High: float64(*spec.HighWatermarkIOPS), Warm: float64(*spec.WarmWatermarkIOPS), Low: float64(*spec.LowWatermarkIOPS)},
-		Selectors:  selectors, Cooldown: o.cooldown,
+		Selectors:  selectors, Cooldown: o.cooldown, Hysteresis: hysteresis,
 		ECEnabled: spec.ECPolicyRef != "", ECMinVolumeSizeBytes: *spec.ECMinVolumeSizeBytes,
 	}
 	if spec.ECPolicyRef != "" {

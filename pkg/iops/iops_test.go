@@ -17,9 +17,11 @@ import (
 
 // fakeProm answers /api/v1/query like Prometheus does, from a canned vector.
 type fakeProm struct {
-	mu      sync.Mutex
-	iops    map[string]float64
-	samples map[string]float64
+	mu   sync.Mutex
+	iops map[string]float64
+	// covered lists the volumes whose samples cover the whole window (first
+	// sample an hour ago, gaps of one second); the others get no coverage answer.
+	covered map[string]bool
 	fail    bool
 	queries atomic.Int64
 	last    string
@@ -46,8 +48,10 @@ func (f *fakeProm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for v, x := range f.iops {
 		res = append(res, sample{map[string]string{"pv_name": v, "couchestor_kind": "iops"}, [2]any{1.0, fmt.Sprint(x)}})
 	}
-	for v, x := range f.samples {
-		res = append(res, sample{map[string]string{"pv_name": v, "couchestor_kind": "coverage"}, [2]any{1.0, fmt.Sprint(x)}})
+	for v := range f.covered {
+		first := float64(time.Now().Add(-10 * time.Hour).Unix())
+		res = append(res, sample{map[string]string{"pv_name": v, "couchestor_kind": "first"}, [2]any{1.0, fmt.Sprint(first)}},
+			sample{map[string]string{"pv_name": v, "couchestor_kind": "gap"}, [2]any{1.0, "1"}})
 	}
 	_ = json.NewEncoder(w).Encode(map[string]any{"status": "success", "data": map[string]any{"resultType": "vector", "result": res}})
 }
@@ -68,7 +72,7 @@ func newSource(t *testing.T, f *fakeProm, mod func(*PrometheusConfig)) *Promethe
 }
 
 func TestDefaultQueryIsOneBatchedRequestWithWindowInWholeSeconds(t *testing.T) {
-	f := &fakeProm{iops: map[string]float64{"pv-a": 10}, samples: map[string]float64{"pv-a": 180}}
+	f := &fakeProm{iops: map[string]float64{"pv-a": 10}, covered: map[string]bool{"pv-a": true}}
 	s := newSource(t, f, nil)
 	m := &Meter{Querier: s, ScrapeInterval: 30 * time.Second}
 	vols := []Volume{{"pv-a", true}, {"pv-b", false}, {"pv-c", true}}
@@ -76,7 +80,7 @@ func TestDefaultQueryIsOneBatchedRequestWithWindowInWholeSeconds(t *testing.T) {
 	if n := f.queries.Load(); n != 1 {
 		t.Fatalf("%d requests for 3 volumes, want exactly 1", n)
 	}
-	want := `label_replace(sum by (pv_name) (rate(volume_num_read_ops[5400s]) + rate(volume_num_write_ops[5400s])), "couchestor_kind", "iops", "", "") or label_replace(sum by (pv_name) (count_over_time(volume_num_read_ops[5400s])), "couchestor_kind", "coverage", "", "")`
+	want := `label_replace(sum by (pv_name) (rate(volume_num_read_ops[5400s]) + rate(volume_num_write_ops[5400s])), "couchestor_kind", "iops", "", "") or label_replace(min by (pv_name) (min_over_time(timestamp(volume_num_read_ops)[5400s:30s])), "couchestor_kind", "first", "", "") or label_replace(max by (pv_name) (max_over_time((time() - timestamp(volume_num_read_ops))[5400s:30s])), "couchestor_kind", "gap", "", "")`
 	if f.last != want {
 		t.Fatalf("query\n got %s\nwant %s", f.last, want)
 	}
@@ -103,28 +107,45 @@ func TestCustomMetricNamesLabelAndTemplate(t *testing.T) {
 }
 
 func TestRulesPerVolume(t *testing.T) {
-	const window, scrape = 100 * time.Second, 10 * time.Second // 10 samples = full coverage
+	const window, maxGap = 100 * time.Second, 30 * time.Second
+	at := time.Unix(10_000, 0)
+	start := float64(at.Unix()) - window.Seconds() // 9900
 	ans := Answer{
-		IOPS:    map[string]float64{"full": 4800, "idle": 0, "half": 900, "gone": 12, "edge": 50},
-		Samples: map[string]float64{"full": 11, "idle": 10, "half": 5, "gone": 3, "edge": 7.5},
+		At:   at,
+		IOPS: map[string]float64{"full": 4800, "idle": 0, "late": 900, "gap": 5100, "edge": 50, "edgegap": 60, "gone": 12, "nocov": 70},
+		First: map[string]float64{"full": start - 4, "idle": start, "late": start + 50, "gap": start - 1,
+			"edge": start + 30, "edgegap": start, "gone": start - 2},
+		MaxGap: map[string]float64{"full": 10, "idle": 12, "late": 10, "gap": 40, "edge": 10, "edgegap": 30, "gone": 70},
 	}
 	cases := []struct {
 		v    Volume
 		want Measurement
 	}{
-		{Volume{"full", true}, Measurement{IOPS: 4800, Known: true, Coverage: 1}},
-		{Volume{"idle", true}, Measurement{IOPS: 0, Known: true, Coverage: 1}},
-		{Volume{"half", true}, Measurement{Reason: ReasonInsufficientCoverage, Coverage: 0.5}},
-		{Volume{"edge", true}, Measurement{IOPS: 50, Known: true, Coverage: 0.75}}, // exactly MinCoverage counts
+		{Volume{"full", true}, Measurement{IOPS: 4800, Known: true, Coverage: 1, MaxGap: 10 * time.Second}},
+		{Volume{"idle", true}, Measurement{IOPS: 0, Known: true, Coverage: 1, MaxGap: 12 * time.Second}},
+		// Begins half-way through the window: its rate under-reports.
+		{Volume{"late", true}, Measurement{Reason: ReasonInsufficientCoverage, Coverage: 0.5, MaxGap: 10 * time.Second}},
+		// Covers the window end to end but with a 40 s hole (a Prometheus restart):
+		// the count of samples could still be high; the gap is what matters.
+		{Volume{"gap", true}, Measurement{Reason: ReasonInsufficientCoverage, Coverage: 1, MaxGap: 40 * time.Second}},
+		{Volume{"edge", true}, Measurement{IOPS: 50, Known: true, Coverage: 0.7, MaxGap: 10 * time.Second}},  // starts exactly maxGap late: counts
+		{Volume{"edgegap", true}, Measurement{IOPS: 60, Known: true, Coverage: 1, MaxGap: 30 * time.Second}}, // gap exactly maxGap: counts
+		{Volume{"nocov", true}, Measurement{Reason: ReasonInsufficientCoverage}},                             // no coverage answer: not known to cover
 		{Volume{"missing", true}, Measurement{Reason: ReasonNoSeries}},
-		{Volume{"missing", false}, Measurement{IOPS: 0, Known: true}},              // unpublished: no I/O
-		{Volume{"gone", false}, Measurement{IOPS: 12, Known: true, Coverage: 0.3}}, // unpublished mid-window: its series is the truth
+		{Volume{"missing", false}, Measurement{IOPS: 0, Known: true}},                                      // unpublished: no I/O
+		{Volume{"gone", false}, Measurement{IOPS: 12, Known: true, Coverage: 1, MaxGap: 70 * time.Second}}, // unpublished mid-window: its series is the truth
 	}
 	for _, c := range cases {
-		got := Decide(c.v, ans, window, scrape, DefaultMinCoverage)
+		got := Decide(c.v, ans, window, maxGap)
 		if got != c.want {
 			t.Errorf("%+v: got %+v want %+v", c.v, got, c.want)
 		}
+	}
+	if got := DefaultMaxGap(time.Second); got != 6*time.Second {
+		t.Errorf("DefaultMaxGap(1s) = %s, want 6s", got)
+	}
+	if got := DefaultMaxGap(30 * time.Second); got != 90*time.Second {
+		t.Errorf("DefaultMaxGap(30s) = %s, want 90s", got)
 	}
 }
 
@@ -159,7 +180,7 @@ func mustSource(t *testing.T, addr string) *PrometheusSource {
 func TestCacheAnswersWithinTTLAndExpires(t *testing.T) {
 	now := time.Unix(1000, 0)
 	clock := func() time.Time { return now }
-	f := &fakeProm{iops: map[string]float64{"a": 7}, samples: map[string]float64{"a": 20}}
+	f := &fakeProm{iops: map[string]float64{"a": 7}, covered: map[string]bool{"a": true}}
 	m := &Meter{Querier: newSource(t, f, nil), Cache: NewMetricsCache(30*time.Second, clock), ScrapeInterval: time.Second, Now: clock}
 	vols := []Volume{{"a", true}, {"b", false}}
 	for range 3 {

@@ -22,7 +22,8 @@ const (
 	ReasonPrometheusUnavailable UnknownReason = "PrometheusUnavailable"
 	// ReasonNoSeries: a published volume has no series in the window.
 	ReasonNoSeries UnknownReason = "NoSeries"
-	// ReasonInsufficientCoverage: a published volume's series covers too little of the window.
+	// ReasonInsufficientCoverage: a published volume's samples do not cover
+	// the whole window, or have a gap longer than the allowed one.
 	ReasonInsufficientCoverage UnknownReason = "InsufficientCoverage"
 )
 
@@ -32,8 +33,11 @@ type Measurement struct {
 	Known bool
 	// Reason is set when Known is false.
 	Reason UnknownReason
-	// Coverage is the fraction of the window the series covers (0..1), when measured.
+	// Coverage is the fraction of the window the series covers from its
+	// first sample on (0..1), when measured.
 	Coverage float64
+	// MaxGap is the longest wait for a sample within the window, when measured.
+	MaxGap time.Duration
 }
 
 // Report is the result of one Measure call.
@@ -47,9 +51,13 @@ type Report struct {
 	Unknown map[UnknownReason]int
 }
 
-// DefaultMinCoverage is the fraction of the window a published volume's
-// series must cover for its rate to count.
-const DefaultMinCoverage = 0.75
+// DefaultMaxGap is the longest gap between samples that a window may hold for
+// its rate to count, given the scrape interval: three intervals, and never
+// less than one interval plus 5 s (scrapes of a busy exporter run late by a
+// second or two; an outage is longer than that).
+func DefaultMaxGap(scrapeInterval time.Duration) time.Duration {
+	return max(3*scrapeInterval, scrapeInterval+5*time.Second)
+}
 
 // Meter applies the package's rules (see the package doc) on top of a Querier
 // and a MetricsCache.
@@ -59,8 +67,9 @@ type Meter struct {
 	Cache *MetricsCache
 	// ScrapeInterval is Prometheus's scrape interval for the exporter.
 	ScrapeInterval time.Duration
-	// MinCoverage: 0 means DefaultMinCoverage.
-	MinCoverage float64
+	// MaxGap is the longest gap between samples a window may hold; 0 means
+	// DefaultMaxGap(ScrapeInterval).
+	MaxGap time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -105,13 +114,16 @@ func (m *Meter) Measure(ctx context.Context, window time.Duration, vols []Volume
 		r.Unknown[ReasonPrometheusUnavailable] = len(vols)
 		return r
 	}
-	minCov := m.MinCoverage
-	if minCov <= 0 {
-		minCov = DefaultMinCoverage
+	maxGap := m.MaxGap
+	if maxGap <= 0 {
+		maxGap = DefaultMaxGap(m.ScrapeInterval)
+	}
+	if ans.At.IsZero() {
+		ans.At = at
 	}
 	known := make(map[string]float64, len(vols))
 	for _, v := range vols {
-		ms := Decide(v, ans, window, m.ScrapeInterval, minCov)
+		ms := Decide(v, ans, window, maxGap)
 		r.Measurements[v.Name] = ms
 		if ms.Known {
 			known[v.Name] = ms.IOPS
@@ -125,14 +137,28 @@ func (m *Meter) Measure(ctx context.Context, window time.Duration, vols []Volume
 	return r
 }
 
-// Decide applies the rules to one volume given a successful answer.
-func Decide(v Volume, ans Answer, window, scrapeInterval time.Duration, minCoverage float64) Measurement {
+// Decide applies the rules to one volume given a successful answer. A
+// published volume's rate counts only when its samples cover the whole window
+// (the earliest one no later than maxGap after the window's start) and no
+// point of the window waited longer than maxGap for a sample (which also
+// bounds the age of the newest sample at the end of the window).
+func Decide(v Volume, ans Answer, window, maxGap time.Duration) Measurement {
 	rate, hasSeries := ans.IOPS[v.Name]
-	cov := 1.0
-	if ans.Samples != nil && scrapeInterval > 0 && window > 0 {
-		cov = ans.Samples[v.Name] * scrapeInterval.Seconds() / window.Seconds()
-		if cov > 1 {
-			cov = 1
+	covered, cov, gap := true, 1.0, time.Duration(0)
+	if ans.First != nil && hasSeries {
+		first, okF := ans.First[v.Name]
+		g, okG := ans.MaxGap[v.Name]
+		switch {
+		case !okF || !okG:
+			covered, cov = false, 0 // coverage not measured: not known to cover
+		default:
+			start := float64(ans.At.UnixNano())/1e9 - window.Seconds()
+			gap = time.Duration(g * float64(time.Second))
+			late := first - start // how long after the window's start the series begins
+			if window > 0 {
+				cov = min(1, max(0, 1-late/window.Seconds()))
+			}
+			covered = late <= maxGap.Seconds() && gap <= maxGap
 		}
 	}
 	if !hasSeries {
@@ -142,13 +168,13 @@ func Decide(v Volume, ans Answer, window, scrapeInterval time.Duration, minCover
 	case !v.Published && !hasSeries:
 		return Measurement{IOPS: 0, Known: true}
 	case !v.Published:
-		return Measurement{IOPS: rate, Known: true, Coverage: cov}
+		return Measurement{IOPS: rate, Known: true, Coverage: cov, MaxGap: gap}
 	case !hasSeries:
 		return Measurement{Reason: ReasonNoSeries}
-	case cov < minCoverage:
-		return Measurement{Reason: ReasonInsufficientCoverage, Coverage: cov}
+	case !covered:
+		return Measurement{Reason: ReasonInsufficientCoverage, Coverage: cov, MaxGap: gap}
 	default:
-		return Measurement{IOPS: rate, Known: true, Coverage: cov}
+		return Measurement{IOPS: rate, Known: true, Coverage: cov, MaxGap: gap}
 	}
 }
 
@@ -160,7 +186,7 @@ func (r UnknownReason) Describe() string {
 	case ReasonNoSeries:
 		return "published but Prometheus has no series for it"
 	case ReasonInsufficientCoverage:
-		return "its series covers too little of the sampling window"
+		return "its samples do not cover the whole sampling window without a gap (new series, exporter or Prometheus restart)"
 	}
 	return fmt.Sprintf("unknown (%s)", string(r))
 }

@@ -26,18 +26,30 @@ const (
 	// DefaultQueryTemplate is the IOPS expression. Fields: .Window ("5400s"),
 	// .ReadMetric, .WriteMetric, .VolumeLabel.
 	DefaultQueryTemplate = `sum by ({{.VolumeLabel}}) (rate({{.ReadMetric}}[{{.Window}}]) + rate({{.WriteMetric}}[{{.Window}}]))`
-	// DefaultCoverageTemplate counts the samples each volume has in the window.
-	DefaultCoverageTemplate = `sum by ({{.VolumeLabel}}) (count_over_time({{.ReadMetric}}[{{.Window}}]))`
+	// DefaultCoverageTemplate is the instant-vector selector whose sample
+	// timestamps say how well a volume's series covers the window (see the
+	// package doc, rule 3). Fields as for DefaultQueryTemplate.
+	DefaultCoverageTemplate = `{{.ReadMetric}}`
 )
 
 // kindLabel tags each half of the combined query so one request carries both.
 const kindLabel = "couchestor_kind"
 
-// Answer is one batched answer: per volume, the IOPS over the window and the
-// number of samples the window holds. A volume absent from IOPS has no series.
+// Answer is one batched answer: per volume, the IOPS over the window and how
+// its samples cover the window. A volume absent from IOPS has no series.
 type Answer struct {
-	IOPS    map[string]float64
-	Samples map[string]float64
+	IOPS map[string]float64
+	// First is, per volume, the Unix time (seconds) of the earliest sample
+	// seen from the window's start on (the sample current at the start may
+	// be a little older). Nil when the coverage rule is disabled.
+	First map[string]float64
+	// MaxGap is, per volume, the longest time (seconds) any point of the
+	// window waited for its latest sample: the largest gap between two
+	// samples, or since the last one, to within one scrape interval. Nil when
+	// the coverage rule is disabled.
+	MaxGap map[string]float64
+	// At is the evaluation time of the query; the window is (At-W, At].
+	At time.Time
 	// Query is the PromQL that was sent.
 	Query string
 }
@@ -63,9 +75,13 @@ type PrometheusConfig struct {
 	VolumeLabel string
 	// QueryTemplate is the IOPS expression (text/template, see DefaultQueryTemplate).
 	QueryTemplate string
-	// CoverageTemplate counts samples per volume in the window. "-" disables
-	// the coverage rule (every series then counts as covering the whole window).
+	// CoverageTemplate is the selector whose sample timestamps measure
+	// coverage (see DefaultCoverageTemplate). "-" disables the coverage rule
+	// (every series then counts as covering the whole window).
 	CoverageTemplate string
+	// ScrapeInterval is Prometheus's scrape interval for the exporter: the
+	// resolution at which gaps are measured. Zero means 30 s.
+	ScrapeInterval time.Duration
 }
 
 // PrometheusSource is the Querier backed by Prometheus's HTTP API.
@@ -76,6 +92,8 @@ type PrometheusSource struct {
 	iopsTmpl *template.Template
 	covTmpl  *template.Template
 	fields   templateFields
+	step     string
+	now      func() time.Time
 }
 
 type templateFields struct {
@@ -124,7 +142,14 @@ func NewPrometheusSource(cfg PrometheusConfig) (*PrometheusSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prometheus client for %s: %w", cfg.Address, err)
 	}
-	s := &PrometheusSource{api: promv1.NewAPI(c), timeout: cfg.Timeout, label: f.VolumeLabel, iopsTmpl: iopsTmpl, covTmpl: covTmpl, fields: f}
+	if cfg.ScrapeInterval < 0 {
+		return nil, fmt.Errorf("scrape interval %s: must not be negative", cfg.ScrapeInterval)
+	}
+	if cfg.ScrapeInterval == 0 {
+		cfg.ScrapeInterval = 30 * time.Second
+	}
+	s := &PrometheusSource{api: promv1.NewAPI(c), timeout: cfg.Timeout, label: f.VolumeLabel, iopsTmpl: iopsTmpl, covTmpl: covTmpl, fields: f,
+		step: RenderWindow(cfg.ScrapeInterval), now: time.Now}
 	if s.timeout <= 0 {
 		s.timeout = 30 * time.Second
 	}
@@ -145,8 +170,10 @@ func RenderWindow(w time.Duration) string {
 	return fmt.Sprintf("%ds", s)
 }
 
-// Query returns the PromQL sent for a window: the IOPS expression, and the
-// coverage expression when enabled, joined into one request.
+// Query returns the PromQL sent for a window: the IOPS expression and, when
+// the coverage rule is enabled, two subqueries over the coverage selector at
+// the scrape interval's resolution — the earliest sample timestamp and the
+// longest wait for a sample — all joined into one request.
 func (s *PrometheusSource) Query(window time.Duration) (string, error) {
 	f := s.fields
 	f.Window = RenderWindow(window)
@@ -160,7 +187,11 @@ func (s *PrometheusSource) Query(window time.Duration) (string, error) {
 		if err := s.covTmpl.Execute(&b, f); err != nil {
 			return "", fmt.Errorf("render coverage template: %w", err)
 		}
-		q += fmt.Sprintf(` or label_replace(%s, %q, "coverage", "", "")`, b.String(), kindLabel)
+		sel := b.String()
+		l := f.VolumeLabel
+		first := fmt.Sprintf(`min by (%s) (min_over_time(timestamp(%s)[%s:%s]))`, l, sel, f.Window, s.step)
+		gap := fmt.Sprintf(`max by (%s) (max_over_time((time() - timestamp(%s))[%s:%s]))`, l, sel, f.Window, s.step)
+		q += fmt.Sprintf(` or label_replace(%s, %q, "first", "", "") or label_replace(%s, %q, "gap", "", "")`, first, kindLabel, gap, kindLabel)
 	}
 	return q, nil
 }
@@ -174,7 +205,8 @@ func (s *PrometheusSource) QueryIOPS(ctx context.Context, window time.Duration) 
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	start := time.Now()
-	val, _, _, err := s.api.Query(ctx, q, time.Now())
+	at := s.now()
+	val, _, _, err := s.api.Query(ctx, q, at)
 	queryDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		queryErrors.Inc()
@@ -185,7 +217,7 @@ func (s *PrometheusSource) QueryIOPS(ctx context.Context, window time.Duration) 
 		queryErrors.Inc()
 		return Answer{Query: q}, fmt.Errorf("prometheus query %q: want an instant vector, got %s", q, val.Type())
 	}
-	a := Answer{IOPS: make(map[string]float64, len(vec)/2+1), Samples: make(map[string]float64, len(vec)/2+1), Query: q}
+	a := Answer{IOPS: make(map[string]float64, len(vec)/3+1), First: map[string]float64{}, MaxGap: map[string]float64{}, At: at, Query: q}
 	for _, smp := range vec {
 		vol := string(smp.Metric[model.LabelName(s.label)])
 		v := float64(smp.Value)
@@ -195,12 +227,16 @@ func (s *PrometheusSource) QueryIOPS(ctx context.Context, window time.Duration) 
 		switch smp.Metric[kindLabel] {
 		case "iops":
 			a.IOPS[vol] += v
-		case "coverage":
-			a.Samples[vol] += v
+		case "first":
+			if old, ok := a.First[vol]; !ok || v < old {
+				a.First[vol] = v
+			}
+		case "gap":
+			a.MaxGap[vol] = max(a.MaxGap[vol], v)
 		}
 	}
 	if s.covTmpl == nil {
-		a.Samples = nil
+		a.First, a.MaxGap = nil, nil
 	}
 	return a, nil
 }

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/tiering"
 )
 
 // Options configure an Engine.
@@ -207,7 +208,7 @@ func (e *Engine) Migrate(ctx context.Context, req Request) error {
 
 	in, err := e.prepare(ctx, req, now)
 	if err == nil {
-		err = e.persistNew(ctx, req.PVName, in)
+		err = e.persistNew(ctx, req.PVName, in, req.Cooldown)
 	}
 	if err != nil {
 		e.release(req.VolumeID, req.Policy)
@@ -411,8 +412,10 @@ func (e *Engine) updatePV(ctx context.Context, name string, mutate func(ann map[
 	})
 }
 
-// persistNew writes a new intent; the PV must not carry one already.
-func (e *Engine) persistNew(ctx context.Context, pv string, in *Intent) error {
+// persistNew writes a new intent; the PV must not carry one already, and
+// must be out of cooldown as its fresh annotations say (the update carries the
+// resourceVersion it read, so the check and the write are one step).
+func (e *Engine) persistNew(ctx context.Context, pv string, in *Intent, cooldown time.Duration) error {
 	b, err := json.Marshal(in)
 	if err != nil {
 		return err
@@ -420,6 +423,13 @@ func (e *Engine) persistNew(ctx context.Context, pv string, in *Intent) error {
 	err = e.updatePV(ctx, pv, func(ann map[string]string) (bool, error) {
 		if ann[AnnotationMigration] != "" {
 			return false, fmt.Errorf("PV %s carries annotation %s: %w", pv, AnnotationMigration, ErrAlreadyActive)
+		}
+		until, err := tiering.Cooldown(ann, cooldown)
+		if err != nil {
+			return false, &SkipError{Reason: fmt.Sprintf("PV %s: %v", pv, err)}
+		}
+		if now := e.o.Clock.Now(); now.Before(until) {
+			return false, &SkipError{Reason: fmt.Sprintf("PV %s is in cooldown until %s (annotation %s=%s)", pv, until.UTC().Format(time.RFC3339), AnnotationLastMigration, ann[AnnotationLastMigration])}
 		}
 		ann[AnnotationMigration] = string(b)
 		return true, nil

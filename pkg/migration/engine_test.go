@@ -382,3 +382,59 @@ func TestCrashPastDeadlineRollsBack(t *testing.T) {
 	f.checkIntact("a", "n1-cold", "n2-cold")
 	f.expectNoDips()
 }
+
+// A move that completes and the next decision in the same instant: the
+// decision was made on a cache that had not yet seen the completion (no
+// last-migration annotation), so only the engine's check against the PV it
+// writes can stop it. The cooldown holds; after it the move starts.
+func TestCooldownIsCheckedAgainstTheFreshPV(t *testing.T) {
+	f := newFixture(t, replicasim.Options{Seed: 1, SyncBytesPerSecond: 8 * gib})
+	f.cluster(2)
+	f.policy("p")
+	f.volume("a", 2*gib, "cold", "n1-cold", "n2-cold")
+	e := f.engine(Options{})
+	r := req("p", "a", "cold", "hot")
+	r.Cooldown = time.Hour
+	if err := e.Migrate(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	f.checkMoved(e.Engine, "a", "hot")
+	f.fold(e.Engine, "p")
+	last := f.getPV("a").Annotations[AnnotationLastMigration]
+	if last == "" {
+		t.Fatal("no last-migration annotation after the move")
+	}
+
+	back := req("p", "a", "hot", "cold")
+	back.Cooldown = time.Hour
+	var skip *SkipError
+	if err := e.Migrate(context.Background(), back); !errors.As(err, &skip) || !strings.Contains(skip.Reason, "cooldown") {
+		t.Fatalf("Migrate right after completion with a 1h cooldown: %v, want a *SkipError naming the cooldown", err)
+	}
+	if pv := f.getPV("a"); pv.Annotations[AnnotationMigration] != "" {
+		t.Fatalf("an intent was written in cooldown: %s", pv.Annotations[AnnotationMigration])
+	}
+	if n := e.ActiveCount("p"); n != 0 {
+		t.Fatalf("%d migrations active after a refused start", n)
+	}
+	// An unreadable cooldown annotation blocks too (it cannot prove the cooldown over).
+	pv := f.getPV("a")
+	pv.Annotations[AnnotationMigrationFailures] = "many"
+	if err := f.c.Update(context.Background(), &pv); err != nil {
+		t.Fatal(err)
+	}
+	back.Cooldown = time.Nanosecond
+	if err := e.Migrate(context.Background(), back); !errors.As(err, &skip) || !strings.Contains(skip.Reason, AnnotationMigrationFailures) {
+		t.Fatalf("Migrate with an unreadable failure count: %v, want a *SkipError naming %s", err, AnnotationMigrationFailures)
+	}
+	pv = f.getPV("a")
+	delete(pv.Annotations, AnnotationMigrationFailures)
+	if err := f.c.Update(context.Background(), &pv); err != nil {
+		t.Fatal(err)
+	}
+	// A cooldown that is over lets the move start.
+	if err := e.Migrate(context.Background(), back); err != nil {
+		t.Fatalf("Migrate after the cooldown: %v", err)
+	}
+	f.checkMoved(e.Engine, "a", "cold")
+}

@@ -39,11 +39,16 @@ func (s *PolicyStarter) StartMigrations(ctx context.Context, pol *storagev1.Stor
 		logger.Error(err, "spec.migrationTimeout unreadable; nothing started", "value", spec.MigrationTimeout)
 		return
 	}
+	cooldown, err := storagev1.ParseDuration(spec.CooldownPeriod)
+	if err != nil {
+		logger.Error(err, "spec.cooldownPeriod unreadable; nothing started", "value", spec.CooldownPeriod)
+		return
+	}
 	for _, d := range moves {
 		if d.Action != tiering.Move {
 			continue
 		}
-		req, err := s.request(ctx, pol.Name, spec, d, timeout)
+		req, err := s.request(ctx, pol.Name, spec, d, timeout, cooldown)
 		if err == nil {
 			err = s.Engine.Migrate(ctx, req)
 		}
@@ -61,7 +66,7 @@ func (s *PolicyStarter) StartMigrations(ctx context.Context, pol *storagev1.Stor
 	}
 }
 
-func (s *PolicyStarter) request(ctx context.Context, policy string, spec *storagev1.StoragePolicySpec, d tiering.Decision, timeout time.Duration) (Request, error) {
+func (s *PolicyStarter) request(ctx context.Context, policy string, spec *storagev1.StoragePolicySpec, d tiering.Decision, timeout, cooldown time.Duration) (Request, error) {
 	var pv corev1.PersistentVolume
 	if err := s.Engine.o.Client.Get(ctx, types.NamespacedName{Name: d.Volume}, &pv); err != nil {
 		return Request{}, fmt.Errorf("get PV %s: %w", d.Volume, err)
@@ -80,7 +85,7 @@ func (s *PolicyStarter) request(ctx context.Context, policy string, spec *storag
 	}
 	return Request{
 		Policy: policy, MaxConcurrent: *spec.MaxConcurrentMigrations, PVName: d.Volume, VolumeID: pv.Spec.CSI.VolumeHandle,
-		FromTier: string(d.From), ToTier: string(d.To), TargetPools: sel, TriggerIOPS: d.IOPS, Timeout: timeout,
+		FromTier: string(d.From), ToTier: string(d.To), TargetPools: sel, TriggerIOPS: d.IOPS, Timeout: timeout, Cooldown: cooldown,
 	}, nil
 }
 

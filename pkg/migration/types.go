@@ -55,6 +55,11 @@ type Request struct {
 	TriggerIOPS float64
 	// Timeout bounds one replica move (the policy's migrationTimeout).
 	Timeout time.Duration
+	// Cooldown is the policy's cooldownPeriod. The engine checks it (with the
+	// failure back-off of pkg/tiering.Cooldown) against the PV it writes the
+	// intent to, in the same optimistic-concurrency update, so a decision
+	// made on a stale cache can never start a move early.
+	Cooldown time.Duration
 }
 
 func (r Request) validate() error {

@@ -82,6 +82,8 @@ type Policy struct {
 	Watermarks Watermarks
 	Selectors  TierSelectors
 	Cooldown   time.Duration
+	// Hysteresis is the demotion margin as a fraction (0.1 = 10 %; see Demote).
+	Hysteresis float64
 	// ECEnabled: the policy names an ErasureCodingPolicy; cold volumes of at
 	// least ECMinVolumeSizeBytes then qualify for erasure coding.
 	ECEnabled            bool
@@ -105,6 +107,7 @@ const (
 	CodeMove             = "Move"
 	CodeOnTier           = "OnTier"
 	CodeDeadBand         = "DeadBand"
+	CodeHysteresis       = "Hysteresis"
 	CodeNoTargetTier     = "NoTargetTier"
 	CodeExcluded         = "Excluded"
 	CodeNoMayastorVolume = "NoMayastorVolume"
@@ -193,6 +196,18 @@ func Decide(p Policy, v Volume, m iops.Measurement, poolTiers map[string]Tier, n
 	}
 	if d.From == d.To {
 		return stay(CodeOnTier, "already on "+string(d.To))
+	}
+	if !d.Pinned && d.To.Slower(d.From) {
+		t, ok := Demote(m.IOPS, p.Watermarks, p.Selectors.Has(Warm), p.Hysteresis, d.From)
+		if !ok {
+			d.To = d.From
+			return stay(CodeHysteresis, fmt.Sprintf("%s IOPS is below a watermark of %s but not by the %s %% hysteresis margin",
+				FormatIOPS(m.IOPS), d.From, FormatIOPS(p.Hysteresis*100)))
+		}
+		d.To = t
+		if !p.Selectors.Has(d.To) {
+			return stay(CodeNoTargetTier, fmt.Sprintf("belongs on %s but the policy has no %sPoolSelector", d.To, d.To))
+		}
 	}
 	until, err := Cooldown(v.PVAnnotations, p.Cooldown)
 	if err != nil {

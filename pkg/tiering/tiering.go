@@ -3,6 +3,7 @@ package tiering
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,6 +62,42 @@ func Classify(iops float64, w Watermarks, warmTier bool) (t Tier, ok bool) {
 		return Warm, true
 	}
 	return None, false
+}
+
+// Slower reports whether t is a slower tier than u (None is slower than none
+// and faster than none).
+func (t Tier) Slower(u Tier) bool { return t != None && u != None && t.speed() < u.speed() }
+
+// DefaultHysteresisPercent is the default demotion margin (see Hysteresis).
+const DefaultHysteresisPercent = 10
+
+// AnnotationHysteresis on a StoragePolicy sets its demotion margin in percent
+// ("10", "2.5"; 0 <= x < 100), overriding --tiering-hysteresis-percent.
+const AnnotationHysteresis = "storage.billyronks.io/hysteresis-percent"
+
+// ParseHysteresis reads a margin in percent and returns it as a fraction.
+func ParseHysteresis(s string) (float64, error) {
+	x, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || x != x {
+		return 0, fmt.Errorf("%q is not a number (percent, e.g. 10)", s)
+	}
+	if x < 0 || x >= 100 {
+		return 0, fmt.Errorf("%v%% must be at least 0 and below 100", x)
+	}
+	return x / 100, nil
+}
+
+// Demote is the tier a volume on tier from belongs on when its IOPS were
+// classified slower than from (raw): the classification of iops ÷ (1 −
+// margin), that is, against every watermark lowered by the margin. ok=false
+// means it stays on from (within the margin of the watermark it would cross,
+// or in the dead band once the margin is applied).
+func Demote(iops float64, w Watermarks, warmTier bool, margin float64, from Tier) (t Tier, ok bool) {
+	t, ok = Classify(iops/(1-margin), w, warmTier)
+	if !ok || !t.Slower(from) {
+		return None, false
+	}
+	return t, true
 }
 
 // TierSelectors are a policy's pool selectors; a nil selector means that tier

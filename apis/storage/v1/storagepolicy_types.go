@@ -131,23 +131,23 @@ type StoragePolicyStatus struct {
 	// +optional
 	Phase StoragePolicyPhase `json:"phase,omitempty"`
 	// +optional
-	WatchedVolumes int32 `json:"watchedVolumes,omitempty"`
+	WatchedVolumes int32 `json:"watchedVolumes"`
 	// +optional
-	HotVolumes int32 `json:"hotVolumes,omitempty"`
+	HotVolumes int32 `json:"hotVolumes"`
 	// +optional
-	WarmVolumes int32 `json:"warmVolumes,omitempty"`
+	WarmVolumes int32 `json:"warmVolumes"`
 	// +optional
-	ColdVolumes int32 `json:"coldVolumes,omitempty"`
+	ColdVolumes int32 `json:"coldVolumes"`
 	// +optional
-	ActiveMigrations int32 `json:"activeMigrations,omitempty"`
+	ActiveMigrations int32 `json:"activeMigrations"`
 	// TotalMigrations counts finished migration attempts; it never decreases.
 	// +kubebuilder:validation:Minimum=0
 	// +optional
-	TotalMigrations int64 `json:"totalMigrations,omitempty"`
+	TotalMigrations int64 `json:"totalMigrations"`
 	// FailedMigrations counts failed migration attempts; it never decreases.
 	// +kubebuilder:validation:Minimum=0
 	// +optional
-	FailedMigrations int64 `json:"failedMigrations,omitempty"`
+	FailedMigrations int64 `json:"failedMigrations"`
 	// +optional
 	LastReconcileTime *metav1.Time `json:"lastReconcileTime,omitempty"`
 	// +listType=map
