@@ -71,21 +71,21 @@ type MigrationResults interface {
 
 // TieringOptions are the operator flags of the StoragePolicy controller.
 type TieringOptions struct {
-	PrometheusURL      string
-	BearerTokenFile    string
-	CAFile             string
-	QueryTimeout       time.Duration
-	ScrapeInterval     time.Duration
-	ReadMetric         string
-	WriteMetric        string
-	VolumeLabel        string
-	QueryTemplate      string
-	CoverageTemplate   string
-	MaxGap             time.Duration
-	MetricsCacheTTL    time.Duration
+	PrometheusURL    string
+	BearerTokenFile  string
+	CAFile           string
+	QueryTimeout     time.Duration
+	ScrapeInterval   time.Duration
+	ReadMetric       string
+	WriteMetric      string
+	VolumeLabel      string
+	QueryTemplate    string
+	CoverageTemplate string
+	MaxGap           time.Duration
+	MetricsCacheTTL  time.Duration
 	// HysteresisPercent is the default demotion margin of every policy (see
 	// pkg/tiering, Hysteresis); a policy's annotation overrides it.
-	HysteresisPercent float64
+	HysteresisPercent  float64
 	EvaluationInterval time.Duration
 	DryRun             bool
 }
