@@ -23,21 +23,29 @@
 //  2. A volume that is not published has no I/O: it is known, at the rate its
 //     series shows if one exists in the window (it was published earlier in the
 //     window), else 0 IOPS. This rule only applies when Prometheus answered.
-//  3. Coverage. rate() over a window that a series covers only in part (a new
-//     volume, a restarted exporter, a Prometheus outage) does not extrapolate
-//     to the whole window, so it under-reports: a busy volume that appeared ten
-//     minutes into a one-hour window would look 6x colder than it is and could
-//     be demoted. The same query therefore also asks, for every volume, how
-//     many samples the window holds (count_over_time of the read counter,
-//     summed over its series). coverage = samples x scrapeInterval / W, capped
-//     at 1. A published volume whose coverage is below MinCoverage (default
-//     0.75) is unknown ("insufficient coverage"); an unpublished one keeps rule 2.
-//     The scrape interval is configuration (it must match Prometheus's), and a
-//     wrong value shows up as low coverage on every volume, which the policy
-//     reports in its MetricsAvailable condition.
+//  3. Coverage: a window with a gap is not a measurement of that window.
+//     rate() over a window that a series covers only in part (a new volume, a
+//     restarted exporter, a Prometheus outage) does not extrapolate to the
+//     whole window, so it under-reports: right after a 40 s Prometheus outage
+//     a steady 6000-IOPS volume read 4428 over a 20 s window. A sample count
+//     cannot see this (75 % of the samples can be there while the rate misses
+//     a quarter), so the same request asks, per volume, for the timestamp of
+//     the earliest sample from the window's start on,
+//     min_over_time(timestamp(sel)[W:S]), and for the longest any point of the
+//     window waited for its latest sample,
+//     max_over_time((time() - timestamp(sel))[W:S]), where sel is the
+//     coverage selector (the read counter by default) and S the scrape
+//     interval. A published volume is known only when its first sample is no
+//     later than MaxGap after the window's start and that longest wait is at
+//     most MaxGap (default max(3 S, S + 5 s)); the wait also bounds the age of
+//     the newest sample at the end of the window. Otherwise it is unknown
+//     ("insufficient coverage") until a whole window has been scraped again.
+//     An unpublished volume keeps rule 2. The scrape interval is configuration
+//     (it must match Prometheus's): too small a value shows up as unknown
+//     volumes, which the policy reports in its MetricsAvailable condition.
 //
-// Both parts travel in one request: the IOPS expression and the coverage
-// expression are each tagged with a couchestor_kind label by label_replace and
+// All parts travel in one request: the IOPS expression and the two coverage
+// expressions are each tagged with a couchestor_kind label by label_replace and
 // joined with "or", so Prometheus evaluates them together and the operator
 // still sends exactly one query per policy per evaluation.
 //

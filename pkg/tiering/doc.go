@@ -14,8 +14,28 @@
 //	otherwise                           -> dead band: the volume stays where it is
 //
 // Without a warm tier (no warmPoolSelector) everything strictly between low and
-// high is the dead band. The dead band is what stops a volume that hovers near
-// a watermark from flapping between tiers.
+// high is the dead band.
+//
+// # Hysteresis (Demote)
+//
+// Promotion happens at a watermark; demotion only below it by a margin
+// (Policy.Hysteresis, 10 % by default, set by the operator flag
+// --tiering-hysteresis-percent or the StoragePolicy annotation
+// storage.billyronks.io/hysteresis-percent). Precisely: when a volume's IOPS
+// classify onto a slower tier than its current one, they are classified again
+// divided by (1 - margin), i.e. against every watermark lowered by the margin,
+// and the volume moves only if that still lands on a slower tier, to that
+// tier; otherwise it stays (code Hysteresis). With 5000/2000/500 and 10 %: a
+// warm volume is promoted at 5000, a hot one demoted below 4500, a warm one
+// moved to cold below 450. Pinned volumes ignore the margin.
+//
+// # Sudden jumps
+//
+// A volume goes straight to the tier of its latest full window (cold at 6000
+// IOPS goes hot, not warm). A window that straddles a jump averages both sides
+// and may name an intermediate tier; a migration already started is not
+// retargeted, so such a volume can finish there and moves on after its
+// residency (the cooldown).
 //
 // # Current tier (CurrentTier)
 //
