@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -67,7 +68,8 @@ func (r *StoragePolicyReconciler) writeStatus(ctx context.Context, pol *storagev
 			results = r.Migrations.PendingResults(cur.Name)
 			next.Status = migration.FoldResults(next.Status, results, r.Migrations.ActiveCount(cur.Name))
 		}
-		return r.Client.Status().Patch(ctx, next, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
+		patch := countersPatch{client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}), &next.Status}
+		return r.Client.Status().Patch(ctx, next, patch)
 	})
 	if err != nil {
 		return fmt.Errorf("patch status of StoragePolicy %s: %w", pol.Name, err)
@@ -347,4 +349,38 @@ func (r *StoragePolicyReconciler) event(pol *storagev1.StoragePolicy, typ, reaso
 	if r.Recorder != nil {
 		r.Recorder.Eventf(pol, nil, typ, reason, action, note, args...)
 	}
+}
+
+// countersPatch is a merge patch that always carries the status counters the
+// schema defines. A merge patch holds only what differs, and the Go types
+// serialize a 0 the same whether or not the stored object has the field, so
+// an object written before the counters lost omitempty would never get its
+// zeros (kubectl would show blank cells instead of 0).
+type countersPatch struct {
+	client.Patch
+	st *storagev1.StoragePolicyStatus
+}
+
+func (p countersPatch) Data(obj client.Object) ([]byte, error) {
+	raw, err := p.Patch.Data(obj)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("status patch: %w", err)
+	}
+	st, _ := m["status"].(map[string]any)
+	if st == nil {
+		st = map[string]any{}
+		m["status"] = st
+	}
+	for k, v := range map[string]int64{
+		"watchedVolumes": int64(p.st.WatchedVolumes), "hotVolumes": int64(p.st.HotVolumes), "warmVolumes": int64(p.st.WarmVolumes),
+		"coldVolumes": int64(p.st.ColdVolumes), "activeMigrations": int64(p.st.ActiveMigrations),
+		"totalMigrations": p.st.TotalMigrations, "failedMigrations": p.st.FailedMigrations,
+	} {
+		st[k] = v
+	}
+	return json.Marshal(m)
 }
