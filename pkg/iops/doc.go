@@ -35,10 +35,10 @@
 //     window waited for its latest sample,
 //     max_over_time((time() - timestamp(sel))[W:S]), where sel is the
 //     coverage selector (the read counter by default) and S the scrape
-//     interval. A published volume is known only when its first sample is no
-//     later than MaxGap after the window's start and that longest wait is at
-//     most MaxGap (default max(3 S, S + 5 s)); the wait also bounds the age of
-//     the newest sample at the end of the window. Otherwise it is unknown
+//     interval, and for the age of the newest sample. A published volume is
+//     known only when it has a sample within 1.5 S of both ends of the window
+//     (what rate() needs to extrapolate to the whole window) and that longest
+//     wait is at most MaxGap (default max(3 S, S + 5 s)). Otherwise it is unknown
 //     ("insufficient coverage") until a whole window has been scraped again.
 //     An unpublished volume keeps rule 2. The scrape interval is configuration
 //     (it must match Prometheus's): too small a value shows up as unknown

@@ -51,7 +51,8 @@ func (f *fakeProm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for v := range f.covered {
 		first := float64(time.Now().Add(-10 * time.Hour).Unix())
 		res = append(res, sample{map[string]string{"pv_name": v, "couchestor_kind": "first"}, [2]any{1.0, fmt.Sprint(first)}},
-			sample{map[string]string{"pv_name": v, "couchestor_kind": "gap"}, [2]any{1.0, "1"}})
+			sample{map[string]string{"pv_name": v, "couchestor_kind": "gap"}, [2]any{1.0, "1"}},
+			sample{map[string]string{"pv_name": v, "couchestor_kind": "age"}, [2]any{1.0, "0.5"}})
 	}
 	_ = json.NewEncoder(w).Encode(map[string]any{"status": "success", "data": map[string]any{"resultType": "vector", "result": res}})
 }
@@ -80,7 +81,7 @@ func TestDefaultQueryIsOneBatchedRequestWithWindowInWholeSeconds(t *testing.T) {
 	if n := f.queries.Load(); n != 1 {
 		t.Fatalf("%d requests for 3 volumes, want exactly 1", n)
 	}
-	want := `label_replace(sum by (pv_name) (rate(volume_num_read_ops[5400s]) + rate(volume_num_write_ops[5400s])), "couchestor_kind", "iops", "", "") or label_replace(min by (pv_name) (min_over_time(timestamp(volume_num_read_ops)[5400s:30s])), "couchestor_kind", "first", "", "") or label_replace(max by (pv_name) (max_over_time((time() - timestamp(volume_num_read_ops))[5400s:30s])), "couchestor_kind", "gap", "", "")`
+	want := `label_replace(sum by (pv_name) (rate(volume_num_read_ops[5400s]) + rate(volume_num_write_ops[5400s])), "couchestor_kind", "iops", "", "") or label_replace(min by (pv_name) (min_over_time(timestamp(volume_num_read_ops)[5400s:30s])), "couchestor_kind", "first", "", "") or label_replace(max by (pv_name) (max_over_time((time() - timestamp(volume_num_read_ops))[5400s:30s])), "couchestor_kind", "gap", "", "") or label_replace(min by (pv_name) (time() - timestamp(volume_num_read_ops)), "couchestor_kind", "age", "", "")`
 	if f.last != want {
 		t.Fatalf("query\n got %s\nwant %s", f.last, want)
 	}
@@ -107,15 +108,17 @@ func TestCustomMetricNamesLabelAndTemplate(t *testing.T) {
 }
 
 func TestRulesPerVolume(t *testing.T) {
-	const window, maxGap = 100 * time.Second, 30 * time.Second
+	const window = 100 * time.Second
+	cov := Coverage{ScrapeInterval: 10 * time.Second, MaxGap: 30 * time.Second} // edges: 15 s
 	at := time.Unix(10_000, 0)
 	start := float64(at.Unix()) - window.Seconds() // 9900
 	ans := Answer{
 		At:   at,
-		IOPS: map[string]float64{"full": 4800, "idle": 0, "late": 900, "gap": 5100, "edge": 50, "edgegap": 60, "gone": 12, "nocov": 70},
+		IOPS: map[string]float64{"full": 4800, "idle": 0, "late": 900, "gap": 5100, "edge": 50, "edgegap": 60, "gone": 12, "nocov": 70, "stale": 80},
 		First: map[string]float64{"full": start - 4, "idle": start, "late": start + 50, "gap": start - 1,
-			"edge": start + 30, "edgegap": start, "gone": start - 2},
-		MaxGap: map[string]float64{"full": 10, "idle": 12, "late": 10, "gap": 40, "edge": 10, "edgegap": 30, "gone": 70},
+			"edge": start + 15, "edgegap": start, "gone": start - 2, "stale": start},
+		MaxGap: map[string]float64{"full": 10, "idle": 12, "late": 10, "gap": 40, "edge": 10, "edgegap": 30, "gone": 70, "stale": 20},
+		Age:    map[string]float64{"full": 3, "idle": 15, "late": 1, "gap": 1, "edge": 1, "edgegap": 2, "gone": 70, "stale": 20},
 	}
 	cases := []struct {
 		v    Volume
@@ -124,11 +127,13 @@ func TestRulesPerVolume(t *testing.T) {
 		{Volume{"full", true}, Measurement{IOPS: 4800, Known: true, Coverage: 1, MaxGap: 10 * time.Second}},
 		{Volume{"idle", true}, Measurement{IOPS: 0, Known: true, Coverage: 1, MaxGap: 12 * time.Second}},
 		// Begins half-way through the window: its rate under-reports.
+		// Its newest sample is 20 s old (the exporter stopped): rate() under-reports too.
+		{Volume{"stale", true}, Measurement{Reason: ReasonInsufficientCoverage, Coverage: 1, MaxGap: 20 * time.Second}},
 		{Volume{"late", true}, Measurement{Reason: ReasonInsufficientCoverage, Coverage: 0.5, MaxGap: 10 * time.Second}},
 		// Covers the window end to end but with a 40 s hole (a Prometheus restart):
 		// the count of samples could still be high; the gap is what matters.
 		{Volume{"gap", true}, Measurement{Reason: ReasonInsufficientCoverage, Coverage: 1, MaxGap: 40 * time.Second}},
-		{Volume{"edge", true}, Measurement{IOPS: 50, Known: true, Coverage: 0.7, MaxGap: 10 * time.Second}},  // starts exactly maxGap late: counts
+		{Volume{"edge", true}, Measurement{IOPS: 50, Known: true, Coverage: 0.85, MaxGap: 10 * time.Second}}, // first sample 1.5 intervals late: counts
 		{Volume{"edgegap", true}, Measurement{IOPS: 60, Known: true, Coverage: 1, MaxGap: 30 * time.Second}}, // gap exactly maxGap: counts
 		{Volume{"nocov", true}, Measurement{Reason: ReasonInsufficientCoverage}},                             // no coverage answer: not known to cover
 		{Volume{"missing", true}, Measurement{Reason: ReasonNoSeries}},
@@ -136,7 +141,7 @@ func TestRulesPerVolume(t *testing.T) {
 		{Volume{"gone", false}, Measurement{IOPS: 12, Known: true, Coverage: 1, MaxGap: 70 * time.Second}}, // unpublished mid-window: its series is the truth
 	}
 	for _, c := range cases {
-		got := Decide(c.v, ans, window, maxGap)
+		got := Decide(c.v, ans, window, cov)
 		if got != c.want {
 			t.Errorf("%+v: got %+v want %+v", c.v, got, c.want)
 		}

@@ -123,7 +123,7 @@ func (m *Meter) Measure(ctx context.Context, window time.Duration, vols []Volume
 	}
 	known := make(map[string]float64, len(vols))
 	for _, v := range vols {
-		ms := Decide(v, ans, window, maxGap)
+		ms := Decide(v, ans, window, Coverage{ScrapeInterval: m.ScrapeInterval, MaxGap: maxGap})
 		r.Measurements[v.Name] = ms
 		if ms.Known {
 			known[v.Name] = ms.IOPS
@@ -137,19 +137,33 @@ func (m *Meter) Measure(ctx context.Context, window time.Duration, vols []Volume
 	return r
 }
 
+// Coverage are the parameters of the coverage rule.
+type Coverage struct {
+	// ScrapeInterval is Prometheus's; the series must have a sample within
+	// 1.5 intervals of both ends of the window, which is what rate() needs to
+	// extrapolate to the whole window instead of under-reporting.
+	ScrapeInterval time.Duration
+	// MaxGap is the longest gap between samples inside the window.
+	MaxGap time.Duration
+}
+
+// edge is how far from each end of the window the nearest sample may be.
+func (c Coverage) edge() float64 { return 1.5 * c.ScrapeInterval.Seconds() }
+
 // Decide applies the rules to one volume given a successful answer. A
-// published volume's rate counts only when its samples cover the whole window
-// (the earliest one no later than maxGap after the window's start) and no
-// point of the window waited longer than maxGap for a sample (which also
-// bounds the age of the newest sample at the end of the window).
-func Decide(v Volume, ans Answer, window, maxGap time.Duration) Measurement {
+// published volume's rate counts only when its samples cover the whole window:
+// a sample no later than 1.5 scrape intervals after the window's start, the
+// newest one no older than 1.5 intervals, and no point of the window waiting
+// longer than MaxGap for a sample.
+func Decide(v Volume, ans Answer, window time.Duration, c Coverage) Measurement {
 	rate, hasSeries := ans.IOPS[v.Name]
 	covered, cov, gap := true, 1.0, time.Duration(0)
 	if ans.First != nil && hasSeries {
 		first, okF := ans.First[v.Name]
 		g, okG := ans.MaxGap[v.Name]
+		age, okA := ans.Age[v.Name]
 		switch {
-		case !okF || !okG:
+		case !okF || !okG || !okA:
 			covered, cov = false, 0 // coverage not measured: not known to cover
 		default:
 			start := float64(ans.At.UnixNano())/1e9 - window.Seconds()
@@ -158,7 +172,7 @@ func Decide(v Volume, ans Answer, window, maxGap time.Duration) Measurement {
 			if window > 0 {
 				cov = min(1, max(0, 1-late/window.Seconds()))
 			}
-			covered = late <= maxGap.Seconds() && gap <= maxGap
+			covered = late <= c.edge() && age <= c.edge() && gap <= c.MaxGap
 		}
 	}
 	if !hasSeries {

@@ -48,6 +48,9 @@ type Answer struct {
 	// samples, or since the last one, to within one scrape interval. Nil when
 	// the coverage rule is disabled.
 	MaxGap map[string]float64
+	// Age is, per volume, how old its newest sample is at At (seconds). Nil
+	// when the coverage rule is disabled.
+	Age map[string]float64
 	// At is the evaluation time of the query; the window is (At-W, At].
 	At time.Time
 	// Query is the PromQL that was sent.
@@ -191,7 +194,9 @@ func (s *PrometheusSource) Query(window time.Duration) (string, error) {
 		l := f.VolumeLabel
 		first := fmt.Sprintf(`min by (%s) (min_over_time(timestamp(%s)[%s:%s]))`, l, sel, f.Window, s.step)
 		gap := fmt.Sprintf(`max by (%s) (max_over_time((time() - timestamp(%s))[%s:%s]))`, l, sel, f.Window, s.step)
-		q += fmt.Sprintf(` or label_replace(%s, %q, "first", "", "") or label_replace(%s, %q, "gap", "", "")`, first, kindLabel, gap, kindLabel)
+		age := fmt.Sprintf(`min by (%s) (time() - timestamp(%s))`, l, sel)
+		q += fmt.Sprintf(` or label_replace(%s, %q, "first", "", "") or label_replace(%s, %q, "gap", "", "") or label_replace(%s, %q, "age", "", "")`,
+			first, kindLabel, gap, kindLabel, age, kindLabel)
 	}
 	return q, nil
 }
@@ -217,7 +222,7 @@ func (s *PrometheusSource) QueryIOPS(ctx context.Context, window time.Duration) 
 		queryErrors.Inc()
 		return Answer{Query: q}, fmt.Errorf("prometheus query %q: want an instant vector, got %s", q, val.Type())
 	}
-	a := Answer{IOPS: make(map[string]float64, len(vec)/3+1), First: map[string]float64{}, MaxGap: map[string]float64{}, At: at, Query: q}
+	a := Answer{IOPS: make(map[string]float64, len(vec)/3+1), First: map[string]float64{}, MaxGap: map[string]float64{}, Age: map[string]float64{}, At: at, Query: q}
 	for _, smp := range vec {
 		vol := string(smp.Metric[model.LabelName(s.label)])
 		v := float64(smp.Value)
@@ -233,10 +238,14 @@ func (s *PrometheusSource) QueryIOPS(ctx context.Context, window time.Duration) 
 			}
 		case "gap":
 			a.MaxGap[vol] = max(a.MaxGap[vol], v)
+		case "age":
+			if old, ok := a.Age[vol]; !ok || v < old {
+				a.Age[vol] = v
+			}
 		}
 	}
 	if s.covTmpl == nil {
-		a.First, a.MaxGap = nil, nil
+		a.First, a.MaxGap, a.Age = nil, nil, nil
 	}
 	return a, nil
 }
