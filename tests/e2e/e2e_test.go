@@ -429,6 +429,26 @@ spec:
 		if len(lines) < 2 {
 			t.Errorf("kubectl get %s lists nothing:\n%s", c.resource, out)
 		}
+		if c.resource == "sp" {
+			// Counters the schema defines are always present: a 0 shows as 0,
+			// never as a blank cell (which would shorten the row). Waits for
+			// each policy's first evaluation (before it, the phase is blank too).
+			eventually(t, time.Minute, "every kubectl get sp (-o wide) cell filled", func() (bool, error) {
+				for _, args := range [][]string{{"get", "sp"}, {"get", "sp", "-o", "wide"}} {
+					out, err := s.kubectl("", args...)
+					if err != nil {
+						return false, err
+					}
+					ls := strings.Split(strings.TrimSpace(out), "\n")
+					for _, l := range ls[1:] {
+						if got, want := len(strings.Fields(l)), len(strings.Fields(ls[0])); got != want {
+							return false, fmt.Errorf("kubectl %s: row %q has %d cells, want %d", strings.Join(args, " "), l, got, want)
+						}
+					}
+				}
+				return true, nil
+			})
+		}
 	}
 }
 
