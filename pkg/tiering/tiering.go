@@ -64,8 +64,7 @@ func Classify(iops float64, w Watermarks, warmTier bool) (t Tier, ok bool) {
 	return None, false
 }
 
-// Slower reports whether t is a slower tier than u (None is slower than none
-// and faster than none).
+// Slower reports whether t is a slower tier than u; false when either is None.
 func (t Tier) Slower(u Tier) bool { return t != None && u != None && t.speed() < u.speed() }
 
 // DefaultHysteresisPercent is the default demotion margin (see Hysteresis).
