@@ -10,6 +10,7 @@ import (
 	dataplanev1alpha1 "github.com/billyronks/couchestor/apis/dataplane/v1alpha1"
 	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
+	mayastorv1beta3 "github.com/billyronks/couchestor/apis/mayastor/v1beta3"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 )
 
@@ -20,6 +21,7 @@ func New() *runtime.Scheme {
 	utilruntime.Must(storagev1.AddToScheme(s))
 	utilruntime.Must(dataplanev1alpha1.AddToScheme(s))
 	utilruntime.Must(mayastorv1beta2.AddToScheme(s))
+	utilruntime.Must(mayastorv1beta3.AddToScheme(s))
 	utilruntime.Must(mayastorv1alpha1.AddToScheme(s))
 	return s
 }
