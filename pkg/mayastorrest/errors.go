@@ -113,3 +113,10 @@ func IsUnavailable(err error) bool {
 	}
 	return false
 }
+
+// IsAlreadyExists: 422 or kind AlreadyExists (e.g. a pool label already set to
+// the same value).
+func IsAlreadyExists(err error) bool {
+	a, ok := apiError(err)
+	return ok && (a.Kind == "AlreadyExists" || (a.Kind == "" && a.Status == http.StatusUnprocessableEntity))
+}

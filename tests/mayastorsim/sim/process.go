@@ -46,6 +46,9 @@ type Process struct {
 	Cmd    *exec.Cmd
 	Addr   string // host:port of /metrics and /control
 	Client *Client
+	// REST is the base URL of the REST API /v0 ("http://host:port") with
+	// --api=rest, "" otherwise.
+	REST string
 }
 
 // Start runs the simulator process for scenario against kubeconfig, listening
@@ -88,22 +91,29 @@ func StartWithArgs(t testing.TB, kubeconfig, listen string, scenario *Scenario, 
 			t.Logf("mayastorsim stderr:\n%s", stderr.String())
 		}
 	})
-	ready := make(chan string, 1)
+	ready := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "mayastorsim" && f[1] == "ready" {
-				ready <- f[2]
+			// "mayastorsim ready <addr>" or "mayastorsim ready <addr> rest=<url>"
+			if f := strings.Fields(sc.Text()); len(f) >= 3 && f[0] == "mayastorsim" && f[1] == "ready" {
+				ready <- f[2:]
 			}
 		}
 		close(ready)
 	}()
 	select {
-	case addr, ok := <-ready:
+	case f, ok := <-ready:
 		if !ok {
 			t.Fatalf("mayastorsim exited before it was ready:\n%s", stderr.String())
 		}
-		return &Process{Cmd: cmd, Addr: addr, Client: &Client{Base: "http://" + addr}}
+		p := &Process{Cmd: cmd, Addr: f[0], Client: &Client{Base: "http://" + f[0]}}
+		for _, x := range f[1:] {
+			if u, ok := strings.CutPrefix(x, "rest="); ok {
+				p.REST = u
+			}
+		}
+		return p
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("mayastorsim not ready within 2m:\n%s", stderr.String())
 	}

@@ -32,6 +32,8 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/billyronks/couchestor/tests/mayastorsim/restsim"
 )
 
 // Scenario is the simulator's input (JSON).
@@ -73,6 +75,10 @@ type VolumeSpec struct {
 	PVC          PVCSpec  `json:"pvc"`
 	// PVAnnotations are set on the PV at creation.
 	PVAnnotations map[string]string `json:"pvAnnotations,omitempty"`
+	// PoolInclusion (REST mode) is added to the pool-topology inclusion that
+	// Mayastor's CSI driver gives every volume ({openebs.io/created-by:
+	// operator-diskpool}), as a StorageClass's poolHasTopologyKey would.
+	PoolInclusion map[string]string `json:"poolInclusion,omitempty"`
 }
 
 // IOPSStep switches a volume's rate After the simulator started.
@@ -105,6 +111,26 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	}
 	d.Duration = v
 	return nil
+}
+
+// RESTDefs are the scenario's pools and volumes for the REST model. Mayastor's
+// CSI driver names a PV pvc-<uuid>; REST mode requires the scenario to do so.
+func (s *Scenario) RESTDefs() ([]restsim.PoolDef, []restsim.VolumeDef, error) {
+	if err := s.normalize(); err != nil {
+		return nil, nil, err
+	}
+	var pools []restsim.PoolDef
+	for _, p := range s.Pools {
+		pools = append(pools, restsim.PoolDef{ID: p.Name, Node: p.Node, Disks: p.Disks, Labels: p.Labels, CapacityBytes: p.CapacityBytes})
+	}
+	var vols []restsim.VolumeDef
+	for _, v := range s.Volumes {
+		if v.Name != "pvc-"+v.UUID {
+			return nil, nil, fmt.Errorf("volume %s: name must be pvc-<uuid> (%q) in REST mode, as Mayastor's CSI driver names its PVs", v.Name, "pvc-"+v.UUID)
+		}
+		vols = append(vols, restsim.VolumeDef{UUID: v.UUID, SizeBytes: v.SizeBytes, Pools: v.Replicas, Published: v.Published, PoolInclusion: v.PoolInclusion})
+	}
+	return pools, vols, nil
 }
 
 // LoadScenario reads a scenario file and checks it.

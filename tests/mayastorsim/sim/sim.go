@@ -20,6 +20,7 @@ import (
 
 	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
+	mayastorv1beta3 "github.com/billyronks/couchestor/apis/mayastor/v1beta3"
 )
 
 // CSIDriver is Mayastor's CSI driver name.
@@ -37,6 +38,14 @@ type Sim struct {
 	// volume's nexus (publication) and leaves status.replicas, status.state and
 	// the pools' used/available to it.
 	ExternalReplicas bool
+
+	// REST, when set, is the REST control plane (package restsim) that owns
+	// volumes, replicas and pools: no MayastorVolume objects are made (a
+	// Mayastor 2.x API server has no such kind), publication is forwarded to
+	// it and the DiskPools' status follows its pools.
+	REST RESTModel
+	// DiskPoolVersion is "v1beta2" (default) or "v1beta3".
+	DiskPoolVersion string
 
 	mu      sync.Mutex
 	pools   map[string]*pool
@@ -63,6 +72,13 @@ type volume struct {
 	rate          float64
 	at            time.Time
 	schedule      []IOPSStep // pending steps, sorted
+}
+
+// RESTModel is what the simulator needs of the REST control plane.
+type RESTModel interface {
+	SetPublished(uuid string, published bool) error
+	Pools(uuid string) []string
+	PoolUsage(id string) (capacity, used int64, status string, ok bool)
 }
 
 // New builds a simulator over a scenario. now may be nil (time.Now).
@@ -127,14 +143,27 @@ func (s *Sim) Create(ctx context.Context) error {
 		return fmt.Errorf("create namespace %s: %w", s.sc.Namespace, err)
 	}
 	for _, p := range s.sc.Pools {
-		dp := &mayastorv1beta2.DiskPool{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: s.sc.Namespace}}
-		if err := s.upsert(ctx, dp, func() {
-			disks := p.Disks
-			if len(disks) == 0 {
-				disks = []string{"/dev/sim-" + p.Name}
-			}
-			dp.Spec = mayastorv1beta2.DiskPoolSpec{Node: p.Node, Disks: disks, Topology: &mayastorv1beta2.PoolTopology{Labelled: p.Labels}}
-		}); err != nil {
+		disks := p.Disks
+		if len(disks) == 0 {
+			disks = []string{"/dev/sim-" + p.Name}
+		}
+		meta := metav1.ObjectMeta{Name: p.Name, Namespace: s.sc.Namespace}
+		var err error
+		switch s.DiskPoolVersion {
+		case "", "v1beta2":
+			dp := &mayastorv1beta2.DiskPool{ObjectMeta: meta}
+			err = s.upsert(ctx, dp, func() {
+				dp.Spec = mayastorv1beta2.DiskPoolSpec{Node: p.Node, Disks: disks, Topology: &mayastorv1beta2.PoolTopology{Labelled: p.Labels}}
+			})
+		case "v1beta3":
+			dp := &mayastorv1beta3.DiskPool{ObjectMeta: meta}
+			err = s.upsert(ctx, dp, func() {
+				dp.Spec = mayastorv1beta3.DiskPoolSpec{Node: p.Node, Disks: disks, Topology: &mayastorv1beta3.PoolTopology{Labelled: p.Labels}}
+			})
+		default:
+			return fmt.Errorf("DiskPool version %q: must be v1beta2 or v1beta3", s.DiskPoolVersion)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -195,6 +224,9 @@ func (s *Sim) createVolume(ctx context.Context, v VolumeSpec) error {
 			return fmt.Errorf("bind PVC %s/%s: %w", pvc.Namespace, pvc.Name, err)
 		}
 	}
+	if s.REST != nil {
+		return nil // Mayastor 2.x keeps volumes behind its REST API only
+	}
 	msv := &mayastorv1alpha1.MayastorVolume{ObjectMeta: metav1.ObjectMeta{Name: v.UUID, Namespace: s.sc.Namespace}}
 	return s.upsert(ctx, msv, func() {
 		msv.Spec.Size = v.SizeBytes
@@ -233,6 +265,9 @@ func (s *Sim) SyncStatus(ctx context.Context) error {
 	s.mu.Unlock()
 	sort.Strings(names)
 	for _, n := range names {
+		if s.REST != nil {
+			break
+		}
 		if err := s.reconcileVolume(ctx, n); err != nil {
 			return err
 		}
@@ -282,6 +317,9 @@ func (s *Sim) reconcileVolume(ctx context.Context, name string) error {
 }
 
 func (s *Sim) reconcilePool(ctx context.Context, name string) error {
+	if s.REST != nil || s.DiskPoolVersion == "v1beta3" {
+		return s.reconcilePoolREST(ctx, name)
+	}
 	s.mu.Lock()
 	p := s.pools[name]
 	var used int64
@@ -303,6 +341,66 @@ func (s *Sim) reconcilePool(ctx context.Context, name string) error {
 	}
 	if s.ExternalReplicas && dp.Status.CRState != "" {
 		return nil // created: the replica owner accounts used/available from here on
+	}
+	if dp.Status == want {
+		return nil
+	}
+	dp.Status = want
+	if err := s.c.Status().Update(ctx, dp); err != nil {
+		return fmt.Errorf("update status of DiskPool %s: %w", name, err)
+	}
+	return nil
+}
+
+// reconcilePoolREST writes a DiskPool's status from the REST model's pool
+// (or, without one, from the scenario's replicas), for either version.
+func (s *Sim) reconcilePoolREST(ctx context.Context, name string) error {
+	s.mu.Lock()
+	p := s.pools[name]
+	capacity, used, status := p.spec.CapacityBytes, int64(0), "Online"
+	if s.REST != nil {
+		c, u, st, ok := s.REST.PoolUsage(name)
+		if !ok {
+			s.mu.Unlock()
+			return fmt.Errorf("pool %s: not in the REST model", name)
+		}
+		capacity, used, status = c, u, st
+	} else {
+		for _, v := range s.volumes {
+			for _, r := range v.replicas {
+				if r.pool == name {
+					used += v.spec.SizeBytes
+				}
+			}
+		}
+	}
+	s.mu.Unlock()
+	want := mayastorv1beta2.DiskPoolStatus{
+		CRState: mayastorv1beta2.CRStateCreated, PoolStatus: mayastorv1beta2.PoolStatus(status),
+		Capacity: capacity, Used: used, Available: max(0, capacity-used),
+	}
+	key := client.ObjectKey{Namespace: s.sc.Namespace, Name: name}
+	if s.DiskPoolVersion == "v1beta3" {
+		dp := &mayastorv1beta3.DiskPool{}
+		if err := s.c.Get(ctx, key, dp); err != nil {
+			return fmt.Errorf("get DiskPool %s: %w", name, err)
+		}
+		if s.REST == nil && s.ExternalReplicas && dp.Status.CRState != "" {
+			return nil // created: the replica owner accounts used/available from here on
+		}
+		w3 := mayastorv1beta3.DiskPoolStatus{CRState: want.CRState, PoolStatus: want.PoolStatus, Capacity: want.Capacity, Used: want.Used, Available: want.Available}
+		if reflect.DeepEqual(dp.Status, w3) {
+			return nil
+		}
+		dp.Status = w3
+		if err := s.c.Status().Update(ctx, dp); err != nil {
+			return fmt.Errorf("update status of DiskPool %s: %w", name, err)
+		}
+		return nil
+	}
+	dp := &mayastorv1beta2.DiskPool{}
+	if err := s.c.Get(ctx, key, dp); err != nil {
+		return fmt.Errorf("get DiskPool %s: %w", name, err)
 	}
 	if dp.Status == want {
 		return nil
@@ -354,6 +452,11 @@ func (s *Sim) SetPublished(name string, published bool) error {
 	v, ok := s.volumes[name]
 	if !ok {
 		return fmt.Errorf("no volume %q", name)
+	}
+	if s.REST != nil {
+		if err := s.REST.SetPublished(v.spec.UUID, published); err != nil {
+			return err
+		}
 	}
 	s.advance(v, s.now())
 	v.published = published
@@ -434,6 +537,9 @@ func (s *Sim) Handler() http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		if s.REST != nil {
+			return
+		}
 		if err := s.reconcileVolume(r.Context(), r.PathValue("name")); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 		}
@@ -445,8 +551,12 @@ func (s *Sim) Handler() http.Handler {
 		for n, v := range s.volumes {
 			s.advance(v, now)
 			st := VolumeState{IOPS: v.rate, Reads: int64(v.reads), Writes: int64(v.writes), Published: v.published}
-			for _, r := range v.replicas {
-				st.Pools = append(st.Pools, r.pool)
+			if s.REST != nil {
+				st.Pools = s.REST.Pools(v.spec.UUID)
+			} else {
+				for _, r := range v.replicas {
+					st.Pools = append(st.Pools, r.pool)
+				}
 			}
 			out[n] = st
 		}
