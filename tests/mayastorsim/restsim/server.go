@@ -215,7 +215,7 @@ func (m *Model) setReplicaCount(w http.ResponseWriter, r *http.Request) {
 				healthy++
 			}
 		}
-		if healthy == 0 {
+		if healthy == 0 && !vic.faulted && !vic.rebuilding {
 			writeErr(w, http.StatusPreconditionFailed, "FailedPrecondition", fmt.Sprintf("SvcError :: LastHealthyReplica: Cannot remove the last healthy replica '%s' of volume '%s'", vic.uuid, id))
 			return
 		}
