@@ -36,6 +36,16 @@ func (m *Model) Pools(uuid string) []string {
 	return out
 }
 
+// TargetNode is the node of the volume's nexus ("" when unpublished).
+func (m *Model) TargetNode(uuid string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v := m.volumes[uuid]; v != nil {
+		return v.targetNode
+	}
+	return ""
+}
+
 // PoolUsage is a pool's capacity, used bytes and status (for the DiskPool's
 // status).
 func (m *Model) PoolUsage(id string) (capacity, used int64, status string, ok bool) {

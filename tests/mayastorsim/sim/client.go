@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/billyronks/couchestor/tests/mayastorsim/restsim"
 )
 
 // Client drives a running simulator over its control API.
@@ -59,4 +61,27 @@ func (c *Client) State() (map[string]VolumeState, error) {
 		return nil, fmt.Errorf("simulator state: %w", err)
 	}
 	return out, nil
+}
+
+// RESTKnobs changes the REST model's knobs (--api=rest): see restsim.Knobs.
+func (c *Client) RESTKnobs(k restsim.Knobs) error { return c.post("/control/rest/knobs", k) }
+
+// RESTFaults makes the next REST requests fail: exact counts of 412s on PUT
+// replica_count, 503s and dropped connections.
+func (c *Client) RESTFaults(f restsim.Faults) error { return c.post("/control/rest/faults", f) }
+
+// SetRESTNode sets a node's status ("" keeps it) and, if cordoned is not nil,
+// its cordon.
+func (c *Client) SetRESTNode(id, status string, cordoned *bool) error {
+	return c.post("/control/rest/nodes/"+id, map[string]any{"status": status, "cordoned": cordoned})
+}
+
+// SetRESTPoolStatus sets a pool's status (Online|Degraded|Faulted|Unknown).
+func (c *Client) SetRESTPoolStatus(id, status string) error {
+	return c.post("/control/rest/pools/"+id, map[string]string{"status": status})
+}
+
+// SetRESTReplicaFaulted marks a replica of a volume faulted (or healthy again).
+func (c *Client) SetRESTReplicaFaulted(volumeUUID, replica string, faulted bool) error {
+	return c.post("/control/rest/volumes/"+volumeUUID+"/replicas/"+replica, map[string]bool{"faulted": faulted})
 }

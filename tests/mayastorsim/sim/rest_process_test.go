@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/billyronks/couchestor/pkg/mayastorrest"
+	"github.com/billyronks/couchestor/tests/mayastorsim/restsim"
 	"github.com/billyronks/couchestor/tests/testenv"
 )
 
@@ -144,7 +144,7 @@ func testRESTModeProcess(t *testing.T, ver string) {
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(b, `volume_num_read_ops{pv_name="pvc-`+hot+`"}`) || strings.Contains(b, cold) {
+		if !strings.Contains(b, `volume_num_read_ops{node="node-a",pv_name="pvc-`+hot+`"}`) || strings.Contains(b, cold) {
 			return errorf("metrics:\n%s", b)
 		}
 		return nil
@@ -158,16 +158,22 @@ func testRESTModeProcess(t *testing.T, ver string) {
 	}
 
 	// Knobs over /control/rest on the main listener.
-	resp, err := http.Post("http://"+p.Addr+"/control/rest/faults", "application/json", bytes.NewReader([]byte(`{"fail5xx": 1}`)))
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("faults: %v %v", resp, err)
+	if err := p.Client.RESTFaults(restsim.Faults{Fail5xx: 1}); err != nil {
+		t.Fatal(err)
 	}
-	resp.Body.Close()
 	if _, err := rc.ListNodes(ctx); !mayastorrest.IsUnavailable(err) {
 		t.Fatalf("injected 503: %v", err)
 	}
 	if ns, err := rc.ListNodes(ctx); err != nil || len(ns) != 3 {
 		t.Fatalf("nodes: %v %v", ns, err)
+	}
+	lat := "50ms"
+	if err := p.Client.RESTKnobs(restsim.Knobs{Latency: &lat}); err != nil {
+		t.Fatal(err)
+	}
+	bad := 7.0
+	if err := p.Client.RESTKnobs(restsim.Knobs{DropProbability: &bad}); err == nil {
+		t.Fatal("a probability of 7 accepted")
 	}
 }
 

@@ -78,6 +78,8 @@ type volume struct {
 type RESTModel interface {
 	SetPublished(uuid string, published bool) error
 	Pools(uuid string) []string
+	// TargetNode is the node of the volume's nexus ("" when unpublished).
+	TargetNode(uuid string) string
 	PoolUsage(id string) (capacity, used int64, status string, ok bool)
 }
 
@@ -484,6 +486,10 @@ func (s *Sim) WriteMetrics(w *strings.Builder) {
 			x := v.reads
 			if metric == "volume_num_write_ops" {
 				x = v.writes
+			}
+			if s.REST != nil { // io-engine's exporter labels the nexus's node too
+				fmt.Fprintf(w, "%s{node=%q,pv_name=%q} %d\n", metric, s.REST.TargetNode(v.spec.UUID), n, int64(x))
+				continue
 			}
 			fmt.Fprintf(w, "%s{pv_name=%q} %d\n", metric, n, int64(x))
 		}
