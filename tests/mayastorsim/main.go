@@ -63,6 +63,7 @@ func run() error {
 	latency := flag.Duration("rest-latency", 0, "with --api=rest: latency added to every /v0 request")
 	fail412 := flag.Float64("fail-412-probability", 0, "with --api=rest: probability that PUT replica_count answers 412 FailedPrecondition")
 	fail5xx := flag.Float64("fail-5xx-probability", 0, "with --api=rest: probability that a /v0 request answers 503 Unavailable")
+	healthy := flag.Bool("healthy-field", false, "with --api=rest: send replica_topology's healthy field, as releases after 2.7 do")
 	drop := flag.Float64("drop-probability", 0, "with --api=rest: probability that a /v0 request's connection is closed without an answer")
 	flag.Parse()
 	if *api != "crd" && *api != "rest" {
@@ -107,7 +108,7 @@ func run() error {
 		model, err = restsim.New(restsim.Options{
 			RebuildBytesPerSecond: *rebuildRate, PoolCordon: *poolCordon, SteerMissProbability: *steerMiss,
 			ReattachAfter: *reattach, Latency: *latency, Fail412Probability: *fail412, Fail5xxProbability: *fail5xx,
-			DropProbability: *drop, Seed: *seed,
+			DropProbability: *drop, Seed: *seed, HealthyField: *healthy,
 		}, pools, vols)
 		if err != nil {
 			return err

@@ -67,7 +67,9 @@ type Options struct {
 	// connection closed without an answer.
 	Fail412Probability, Fail5xxProbability, DropProbability float64
 	Seed                                                    int64
-	Now                                                     func() time.Time
+	// HealthyField: send ReplicaTopology.healthy, as releases after 2.7 do.
+	HealthyField bool
+	Now          func() time.Time
 }
 
 // PoolDef is a pool as the DiskPool created it.

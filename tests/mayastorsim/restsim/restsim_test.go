@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -524,4 +525,60 @@ func TestFaultKnobs(t *testing.T) {
 	if err := m.SetKnobs(Knobs{DropProbability: &bad}); err == nil {
 		t.Fatal("probability 2 accepted")
 	}
+}
+
+func TestHealthyFieldKnob(t *testing.T) {
+	ps := pools(PoolDef{ID: "p1", Node: "n1", CapacityBytes: 100 * gib}, PoolDef{ID: "p2", Node: "n2", CapacityBytes: 100 * gib})
+	vols := []VolumeDef{{UUID: "v", SizeBytes: gib, Pools: []string{"p1"}, Published: true}}
+	_, c, _, _ := serve(t, Options{}, ps, vols)
+	v, _ := c.GetVolume(context.Background(), "v")
+	for _, r := range v.State.ReplicaTopology {
+		if r.Healthy != nil {
+			t.Fatal("2.7 sends no healthy field")
+		}
+	}
+	_, c, clk, _ := serve(t, Options{HealthyField: true}, ps, vols)
+	before, _ := c.GetVolume(context.Background(), "v")
+	after, err := c.SetReplicaCount(context.Background(), "v", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nr := newReplica(t, before, after)
+	if h := after.State.ReplicaTopology[nr].Healthy; h == nil || *h {
+		t.Fatalf("rebuilding replica healthy = %v", h)
+	}
+	clk.add(time.Minute)
+	v, _ = c.GetVolume(context.Background(), "v")
+	if h := v.State.ReplicaTopology[nr].Healthy; h == nil || !*h || !mayastorrest.ReplicaSynced(v, nr) {
+		t.Fatalf("rebuilt replica healthy = %v", h)
+	}
+}
+
+// BenchmarkListVolumes10000: one full paged listing of 10,000 volumes through
+// the client (requests per listing reported).
+func BenchmarkListVolumes10000(b *testing.B) {
+	var ps []PoolDef
+	for i := 0; i < 12; i++ {
+		ps = append(ps, PoolDef{ID: fmt.Sprintf("pool-%d", i), Node: fmt.Sprintf("node-%d", i), CapacityBytes: 1 << 50})
+	}
+	var vols []VolumeDef
+	for i := 0; i < 10000; i++ {
+		vols = append(vols, VolumeDef{UUID: fmt.Sprintf("%08d-0000-4000-8000-000000000000", i), SizeBytes: gib,
+			Pools: []string{ps[i%12].ID, ps[(i+1)%12].ID, ps[(i+2)%12].ID}, Published: i%2 == 0})
+	}
+	m, err := New(Options{}, ps, vols)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	c, _ := mayastorrest.New(mayastorrest.Config{URL: srv.URL})
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		vs, err := c.ListVolumes(context.Background())
+		if err != nil || len(vs) != 10000 {
+			b.Fatal(len(vs), err)
+		}
+	}
+	b.ReportMetric(float64(c.Requests())/float64(b.N), "requests/listing")
 }

@@ -272,6 +272,10 @@ func (m *Model) render(v *volume) mayastorrest.Volume {
 		if r.faulted {
 			t.State = "Faulted"
 		}
+		if m.opt.HealthyField {
+			h := !r.faulted && !r.rebuilding
+			t.Healthy = &h
+		}
 		if nexus != nil {
 			cs := "Online"
 			var prog *int
