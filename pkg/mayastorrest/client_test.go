@@ -2,6 +2,7 @@ package mayastorrest
 
 import (
 	"context"
+	"encoding/pem"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -464,5 +465,31 @@ func TestReplicaSynced(t *testing.T) {
 		if got := ChildReplicaUUID(uri); got != want {
 			t.Errorf("ChildReplicaUUID(%q) = %q, want %q", uri, got, want)
 		}
+	}
+}
+
+// TestCAFile: an https server is trusted through CAFile, and not without it.
+func TestCAFile(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, []Node{{ID: "n1"}})
+	}))
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	der := srv.Certificate().Raw
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(ca, pemBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := newClient(t, srv.URL, func(c *Config) { c.CAFile = ca }).ListNodes(context.Background())
+	if err != nil || len(ns) != 1 {
+		t.Fatalf("with CA: %v %v", ns, err)
+	}
+	if _, err := newClient(t, srv.URL, nil).ListNodes(context.Background()); err == nil {
+		t.Fatal("an unknown CA was trusted")
+	}
+	bad := filepath.Join(t.TempDir(), "bad.pem")
+	_ = os.WriteFile(bad, []byte("not a certificate"), 0o600)
+	if _, err := New(Config{URL: srv.URL, CAFile: bad}); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Fatalf("bad CA file: %v", err)
 	}
 }
