@@ -2,8 +2,8 @@ package mayastorrest
 
 import (
 	"context"
-	"encoding/pem"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
