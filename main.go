@@ -57,6 +57,7 @@ type options struct {
 	gracefulShutdown  time.Duration
 	zapOpts           zap.Options
 	tiering           controllers.TieringOptions
+	mayastor          controllers.MayastorOptions
 	migrations        migrationOptions
 	erasure           controllers.ErasureCodingOptions
 }
@@ -100,7 +101,7 @@ Flags:
 	fs.DurationVar(&o.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a non-leader waits before it may take over an unrenewed lease.")
 	fs.DurationVar(&o.renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew before it gives up leadership (and exits).")
 	fs.DurationVar(&o.retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often leader-election clients retry.")
-	fs.StringVar(&o.mayastorNamespace, "mayastor-namespace", "mayastor", "Namespace of Mayastor's DiskPool and MayastorVolume objects.")
+	fs.StringVar(&o.mayastorNamespace, "mayastor-namespace", "mayastor", "Namespace of Mayastor's DiskPool objects (and of MayastorVolume objects with --mayastor-backend=crd).")
 	fs.BoolVar(&o.webhooksEnabled, "enable-webhooks", true, "Serve the admission webhooks.")
 	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port of the admission webhook server (TLS).")
 	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Directory holding tls.crt and tls.key for the webhook server (OLM mounts them here).")
@@ -109,6 +110,7 @@ Flags:
 	fs.StringVar(&o.webhookLocalURL, "webhook-local-url", "", "Serve the webhooks from outside the cluster (make run-local): install the webhook configurations pointing at this https URL, e.g. https://localhost:9443, and write the self-signed certificate into --webhook-cert-dir. Needs --webhook-cert-mode=self-signed.")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long runnables get to stop after SIGTERM.")
 	o.tiering.BindFlags(fs)
+	o.mayastor.BindFlags(fs)
 	fs.IntVar(&o.migrations.globalMax, "max-concurrent-migrations", 0, "Cap on migrations running at once across all StoragePolicies (each policy also has spec.maxConcurrentMigrations). 0: no global cap.")
 	fs.Float64Var(&o.migrations.poolHeadroom, "pool-headroom", migration.DefaultPoolHeadroom, "Highest used fraction (0-1] a target DiskPool may reach after receiving a replica.")
 	fs.BoolVar(&o.migrations.preservation, "preservation-mode", false, "Never remove a volume's old replicas: a migration only adds replicas on the new tier.")
@@ -198,10 +200,18 @@ func run(ctx context.Context, o *options) error {
 	if o.migrations.poolHeadroom <= 0 || o.migrations.poolHeadroom > 1 {
 		return fmt.Errorf("--pool-headroom=%v: must be in (0, 1]", o.migrations.poolHeadroom)
 	}
+	identity, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("hostname (the placement lock's holder identity): %w", err)
+	}
+	backend, optional, err := o.mayastor.Build(mgr.GetClient(), o.mayastorNamespace, o.webhookNamespace, identity, ctrl.Log.WithName("mayastor"))
+	if err != nil {
+		return err
+	}
 	migrationEvents := make(chan event.GenericEvent, 256)
 	engine, err := migration.NewEngine(migration.Options{
 		Client:              mgr.GetClient(),
-		Backend:             &migration.MayastorVolumeBackend{Client: mgr.GetClient(), Namespace: o.mayastorNamespace},
+		Backend:             backend,
 		Recorder:            mgr.GetEventRecorderFor("couchestor-migration"), //nolint:staticcheck // the engine takes a record.EventRecorder
 		GlobalMaxConcurrent: o.migrations.globalMax,
 		PoolHeadroom:        o.migrations.poolHeadroom,
@@ -228,6 +238,9 @@ func run(ctx context.Context, o *options) error {
 		APIReader:          mgr.GetAPIReader(),
 		Recorder:           mgr.GetEventRecorder("couchestor-storagepolicy"),
 		Meter:              meter,
+		Backend:            backend,
+		Optional:           optional,
+		OptionalPoll:       o.mayastor.KindPoll,
 		MayastorNamespace:  o.mayastorNamespace,
 		EvaluationInterval: o.tiering.EvaluationInterval,
 		ScrapeInterval:     o.tiering.ScrapeInterval,
@@ -283,7 +296,7 @@ func run(ctx context.Context, o *options) error {
 		return fmt.Errorf("add readyz check: %w", err)
 	}
 
-	log.Info("starting manager", "leaderElection", o.leaderElect, "mayastorNamespace", o.mayastorNamespace)
+	log.Info("starting manager", "leaderElection", o.leaderElect, "mayastorNamespace", o.mayastorNamespace, "mayastorBackend", backend.Describe())
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

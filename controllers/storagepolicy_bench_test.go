@@ -27,6 +27,7 @@ import (
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/internal/scheme"
 	"github.com/billyronks/couchestor/pkg/iops"
+	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
 )
 
@@ -129,7 +130,8 @@ func BenchmarkEvaluatePolicy10kVolumes(b *testing.B) {
 		b.Fatal(err)
 	}
 	r := &StoragePolicyReconciler{Client: c, Meter: &iops.Meter{Querier: src, ScrapeInterval: 30 * time.Second}, // no cache: every evaluation asks
-		MayastorNamespace: "mayastor", EvaluationInterval: time.Minute, ScrapeInterval: 30 * time.Second}
+		MayastorNamespace: "mayastor", EvaluationInterval: time.Minute, ScrapeInterval: 30 * time.Second,
+		Backend: &migration.MayastorVolumeBackend{Client: c, Namespace: "mayastor"}}
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "bench"}}
 	ctx := context.Background()
 	if _, err := r.Reconcile(ctx, req); err != nil { // warm-up, and a check that it works

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"sort"
@@ -26,8 +27,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
-	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
-	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/iops"
 	"github.com/billyronks/couchestor/pkg/migration"
@@ -147,7 +146,14 @@ type StoragePolicyReconciler struct {
 	// migration engine); nil: status counters are left as stored.
 	Migrations MigrationResults
 	// MigrationEvents re-evaluates a policy when one of its migrations ends.
-	MigrationEvents    <-chan event.GenericEvent
+	MigrationEvents <-chan event.GenericEvent
+	// Backend reads Mayastor's volumes and pools (REST or MayastorVolume).
+	Backend migration.VolumeBackend
+	// Optional are the watches of kinds that may not exist (Mayastor's
+	// CRDs); nil: none.
+	Optional []OptionalWatch
+	// OptionalPoll is how often a missing optional kind is looked for; 0: DefaultOptionalPoll.
+	OptionalPoll       time.Duration
 	MayastorNamespace  string
 	EvaluationInterval time.Duration
 	ScrapeInterval     time.Duration
@@ -247,6 +253,8 @@ type outcome struct {
 	volumes        int
 	conflicts      map[string]int // older owner policy -> volumes it takes from this one
 	ambiguous      []string       // pools matching several tier selectors
+	backend        string         // the backend's Describe
+	backendErr     error          // the backend could not be read: nothing evaluated
 	ecPolicyOK     bool
 	ecMissing      bool
 	engine         bool
@@ -303,8 +311,18 @@ func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.S
 		}
 	}
 
+	o.backend = r.Backend.Describe()
 	vols, poolTiers, err := r.observe(ctx, pol, spec, selectors, o)
-	if err != nil {
+	var berr *backendError
+	switch {
+	case errors.As(err, &berr):
+		o.backendErr = berr.err
+		o.phase = pol.Status.Phase
+		if o.phase != storagev1.StoragePolicyActive {
+			o.phase = storagev1.StoragePolicyPending
+		}
+		return o, "backend_unavailable", nil
+	case err != nil:
 		return nil, "", err
 	}
 	ivols := make([]iops.Volume, len(vols))
@@ -332,30 +350,25 @@ func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.S
 // the tier of every pool.
 func (r *StoragePolicyReconciler) observe(ctx context.Context, pol *storagev1.StoragePolicy, spec *storagev1.StoragePolicySpec,
 	selectors tiering.TierSelectors, o *outcome) ([]tiering.Volume, map[string]tiering.Tier, error) {
-	var pools mayastorv1beta2.DiskPoolList
-	if err := r.Client.List(ctx, &pools, client.InNamespace(r.MayastorNamespace)); err != nil {
-		return nil, nil, fmt.Errorf("list DiskPools in %s: %w", r.MayastorNamespace, err)
+	pools, err := r.Backend.ListPools(ctx)
+	if err != nil {
+		return nil, nil, &backendError{err}
 	}
-	poolTiers := make(map[string]tiering.Tier, len(pools.Items))
-	for i := range pools.Items {
-		var lbl map[string]string
-		if t := pools.Items[i].Spec.Topology; t != nil {
-			lbl = t.Labelled
-		}
-		t, amb := selectors.PoolTier(lbl)
+	poolTiers := make(map[string]tiering.Tier, len(pools))
+	for _, p := range pools {
+		t, amb := selectors.PoolTier(p.Labels)
 		if amb {
-			o.ambiguous = append(o.ambiguous, pools.Items[i].Name)
+			o.ambiguous = append(o.ambiguous, p.Name)
 		}
-		poolTiers[pools.Items[i].Name] = t
+		poolTiers[p.Name] = t
 	}
-
-	var msvs mayastorv1alpha1.MayastorVolumeList
-	if err := r.Client.List(ctx, &msvs, client.InNamespace(r.MayastorNamespace)); err != nil {
-		return nil, nil, fmt.Errorf("list MayastorVolumes in %s: %w", r.MayastorNamespace, err)
+	bvols, err := r.Backend.ListVolumes(ctx)
+	if err != nil {
+		return nil, nil, &backendError{err}
 	}
-	byHandle := make(map[string]*mayastorv1alpha1.MayastorVolume, len(msvs.Items))
-	for i := range msvs.Items {
-		byHandle[msvs.Items[i].Name] = &msvs.Items[i]
+	byHandle := make(map[string]*migration.Volume, len(bvols))
+	for i := range bvols {
+		byHandle[bvols[i].ID] = &bvols[i]
 	}
 
 	var policies storagev1.StoragePolicyList
@@ -431,14 +444,15 @@ func (r *StoragePolicyReconciler) observe(ctx context.Context, pol *storagev1.St
 		if pvc != nil {
 			v.PVCAnnotations = pvc.Annotations
 		}
-		if msv := byHandle[handle]; msv != nil && handle != "" {
+		if bv := byHandle[handle]; bv != nil && handle != "" {
 			v.MayastorVolume = true
-			v.Published = msv.Status.Nexus != nil
-			if msv.Spec.Size > 0 {
-				v.SizeBytes = msv.Spec.Size
+			v.Published = bv.Published
+			v.Unmovable = bv.Unmovable
+			if bv.Size > 0 {
+				v.SizeBytes = bv.Size
 			}
-			v.ReplicaPools = make([]string, 0, len(msv.Status.Replicas))
-			for _, rep := range msv.Status.Replicas {
+			v.ReplicaPools = make([]string, 0, len(bv.Replicas))
+			for _, rep := range bv.Replicas {
 				v.ReplicaPools = append(v.ReplicaPools, rep.Pool)
 			}
 		}
@@ -447,6 +461,13 @@ func (r *StoragePolicyReconciler) observe(ctx context.Context, pol *storagev1.St
 	sort.Strings(o.ambiguous)
 	return vols, poolTiers, nil
 }
+
+// backendError is a failure to read the tiering backend: reported in status,
+// never a reconcile error (which would retry without saying why).
+type backendError struct{ err error }
+
+func (e *backendError) Error() string { return e.err.Error() }
+func (e *backendError) Unwrap() error { return e.err }
 
 // SetupWithManager registers the controller: StoragePolicies, and every PV,
 // PVC, MayastorVolume and DiskPool change re-evaluates the policies (the IOPS
@@ -457,6 +478,9 @@ func (r *StoragePolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Meter == nil {
 		return fmt.Errorf("StoragePolicy controller: no IOPS meter")
+	}
+	if r.Backend == nil {
+		return fmt.Errorf("StoragePolicy controller: no Mayastor backend")
 	}
 	allPolicies := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []reconcile.Request {
 		var list storagev1.StoragePolicyList
@@ -470,18 +494,21 @@ func (r *StoragePolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return reqs
 	})
-	inMayastorNS := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == r.MayastorNamespace })
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("storagepolicy").
 		// Status writes do not change the generation: no self-triggered loop.
 		For(&storagev1.StoragePolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.PersistentVolume{}, allPolicies).
 		Watches(&corev1.PersistentVolumeClaim{}, allPolicies, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Watches(&mayastorv1alpha1.MayastorVolume{}, allPolicies, builder.WithPredicates(inMayastorNS)).
-		Watches(&mayastorv1beta2.DiskPool{}, allPolicies, builder.WithPredicates(inMayastorNS)).
 		WithOptions(controller.Options{SkipNameValidation: ptr.To(r.SkipNameValidation)})
 	if r.MigrationEvents != nil {
 		b = b.WatchesRawSource(source.Channel(r.MigrationEvents, &handler.EnqueueRequestForObject{}))
 	}
-	return b.Complete(r)
+	c, err := b.Build(r)
+	if err != nil {
+		return err
+	}
+	// Mayastor's kinds only trigger evaluations (reads go through the
+	// backend), and may not exist: watched once served, never awaited.
+	return addOptionalWatches(mgr, "storagepolicy", c, r.Optional, allPolicies, r.OptionalPoll)
 }

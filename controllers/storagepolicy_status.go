@@ -24,7 +24,11 @@ import (
 const (
 	ConditionReady            = "Ready"
 	ConditionMetricsAvailable = "MetricsAvailable"
-	ConditionConflict         = "Conflict"
+	// ConditionMayastorAvailable is False while the tiering backend (Mayastor's
+	// REST API, or its MayastorVolume/DiskPool kinds) cannot be read: nothing
+	// is evaluated or moved, and the message names the call and the error.
+	ConditionMayastorAvailable = "MayastorAvailable"
+	ConditionConflict          = "Conflict"
 	// ConditionSamplingWindowAdequate is False when samplingWindow holds fewer
 	// than four scrape intervals (rate() then rests on two or three samples).
 	ConditionSamplingWindowAdequate = "SamplingWindowAdequate"
@@ -102,6 +106,14 @@ func applyStatus(st *storagev1.StoragePolicyStatus, gen int64, o *outcome, mem *
 		set(ConditionReady, metav1.ConditionFalse, "InvalidSpec", o.invalid)
 		return nil
 	}
+	if o.backendErr != nil {
+		// Counters and history stay as stored: an unreadable backend is not zero volumes.
+		msg := fmt.Sprintf("cannot read %s: %v", o.backend, o.backendErr)
+		set(ConditionMayastorAvailable, metav1.ConditionFalse, "BackendUnavailable", msg)
+		set(ConditionReady, metav1.ConditionFalse, "MayastorUnavailable", "no volume is evaluated or moved until Mayastor can be read: "+msg)
+		return nil
+	}
+	set(ConditionMayastorAvailable, metav1.ConditionTrue, "BackendRead", fmt.Sprintf("read %d volumes' replicas and pools from %s", o.volumes, o.backend))
 
 	st.WatchedVolumes = int32(o.volumes)
 	st.HotVolumes = int32(o.eval.Current[tiering.Hot])

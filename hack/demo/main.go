@@ -245,7 +245,7 @@ scrape_configs:
 	op, err := ps.start("operator", opLog, *bin,
 		"--kubeconfig", kubeconfig,
 		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr,
-		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor",
+		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor", "--mayastor-backend", "crd",
 		"--webhook-cert-mode", "self-signed", "--webhook-port", webhookPort,
 		"--webhook-local-url", "https://localhost:"+webhookPort, "--webhook-cert-dir", filepath.Join(tmp, "certs"),
 		"--webhook-namespace", "default",

@@ -123,6 +123,20 @@ func (e *Engine) NeedLeaderElection() bool { return true }
 // returns after the running migrations have stopped. A migration stopped by
 // ctx keeps its intent on the PV, for the next Start.
 func (e *Engine) Start(ctx context.Context) error {
+	if r, ok := e.o.Backend.(interface{ Recover(context.Context) error }); ok {
+		// A placement lever left by a crashed operator is released first,
+		// retried until the backend answers (it also goes with the next move).
+		go func() {
+			for ctx.Err() == nil {
+				err := r.Recover(ctx)
+				if err == nil {
+					return
+				}
+				e.o.Log.Error(err, "release a placement lever left by an earlier operator; retrying")
+				e.sleep(ctx)
+			}
+		}()
+	}
 	var pvs corev1.PersistentVolumeList
 	if err := e.o.Client.List(ctx, &pvs); err != nil {
 		return fmt.Errorf("migration engine: list PersistentVolumes to resume migrations: %w", err)
@@ -237,6 +251,9 @@ func (e *Engine) prepare(ctx context.Context, req Request, now time.Time) (*Inte
 	if err != nil {
 		return nil, &SkipError{Reason: err.Error()}
 	}
+	if vol.Unmovable != "" {
+		return nil, &SkipError{Reason: fmt.Sprintf("volume %s: %s", vol.ID, vol.Unmovable)}
+	}
 	if int(vol.NumReplicas) != len(vol.Replicas) {
 		return nil, &SkipError{Reason: fmt.Sprintf("volume %s has %d replicas for numReplicas %d: not settled", vol.ID, len(vol.Replicas), vol.NumReplicas)}
 	}
@@ -247,10 +264,10 @@ func (e *Engine) prepare(ctx context.Context, req Request, now time.Time) (*Inte
 		return nil, &SkipError{Reason: fmt.Sprintf("every replica of volume %s is already on tier %s", vol.ID, req.ToTier)}
 	}
 	common := tier.CommonLabels()
-	if len(common) == 0 {
+	if len(common) == 0 && e.o.Backend.Rules().TopologyWritable {
 		return nil, &SkipError{Reason: fmt.Sprintf("the pools of tier %s share no topology label, so no volume topology can prefer them", req.ToTier)}
 	}
-	if _, err := ChooseTarget(vol, tier, e.o.PoolHeadroom); err != nil {
+	if _, err := ChooseTargetFor(vol, tier, e.o.PoolHeadroom, e.o.Backend.Rules()); err != nil {
 		return nil, &SkipError{Reason: fmt.Sprintf("volume %s to tier %s: %v", vol.ID, req.ToTier, err)}
 	}
 	return &Intent{

@@ -1,6 +1,7 @@
 package migration
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"sort"
@@ -74,14 +75,17 @@ type Plan struct {
 //     replica of the volume;
 //   - its available bytes are at least the volume's size and, after
 //     placement, its used fraction stays at or below headroom;
-//   - its node holds no replica of the volume, or exactly one replica that is
-//     outside the tier (the one this move replaces: node1-cold -> node1-hot);
+//   - its node holds no replica of the volume, or — only when sameNode is
+//     true — exactly one replica that is outside the tier (the one this move
+//     replaces: node1-cold -> node1-hot). Mayastor 2.x never places a replica
+//     on a node that holds one of the volume, so its backend passes false;
 //
 // Ties: most available bytes first, then name. Replacing is the off-tier
 // replica on the target's node if there is one, else the first off-tier
 // replica (unhealthy first, then by UUID). With no candidate, the error says
 // why each pool of the tier was refused.
-func ChooseTarget(vol Volume, tier *Tier, headroom float64) (Plan, error) {
+func ChooseTarget(vol Volume, tier *Tier, headroom float64, rules Rules) (Plan, error) {
+	sameNode := rules.SameNodeMoves
 	if headroom <= 0 || headroom > 1 {
 		headroom = DefaultPoolHeadroom
 	}
@@ -113,6 +117,10 @@ func ChooseTarget(vol Volume, tier *Tier, headroom float64) (Plan, error) {
 			refused = append(refused, fmt.Sprintf("%s: would be %.0f%% used > headroom %.0f%%", p.Name,
 				100*float64(p.Used+vol.Size)/float64(p.Capacity), 100*headroom))
 		default:
+			if !sameNode && len(byNode[p.Node]) > 0 {
+				refused = append(refused, fmt.Sprintf("%s: node %s holds replica %s of the volume, and Mayastor never places two replicas of a volume on one node", p.Name, p.Node, byNode[p.Node][0].UUID))
+				continue
+			}
 			if reason := nodeConflict(byNode[p.Node], tier, ""); reason != "" {
 				refused = append(refused, fmt.Sprintf("%s: node %s %s", p.Name, p.Node, reason))
 				continue
@@ -134,6 +142,56 @@ func ChooseTarget(vol Volume, tier *Tier, headroom float64) (Plan, error) {
 	})
 	target := cands[0]
 	return Plan{Pool: target, Replacing: replacedBy(vol, tier, target.Node)}, nil
+}
+
+// ChooseTargetFor is ChooseTarget under rules that also refuse a move whose
+// scale-down the control plane would not perform on the right replica.
+func ChooseTargetFor(vol Volume, tier *Tier, headroom float64, rules Rules) (Plan, error) {
+	if why := NexusLocalBlock(vol, tier, rules); why != "" {
+		return Plan{}, errors.New(why)
+	}
+	return ChooseTarget(vol, tier, headroom, rules)
+}
+
+// Rules are what a backend's control plane does that placement must account for.
+type Rules struct {
+	// SameNodeMoves: a new replica may go to the node of the replica it replaces.
+	SameNodeMoves bool
+	// TopologyWritable: the volume's pool topology can be changed (the
+	// schema's MayastorVolume); else placement is steered per scale-up.
+	TopologyWritable bool
+	// NexusLocalRemovedLast: on scale-down the control plane removes a
+	// replica remote to the volume's target before the one local to it
+	// (Mayastor 2.x), so a nexus-local replica outside the tier cannot be
+	// the one removed while a remote replica remains.
+	NexusLocalRemovedLast bool
+}
+
+// NexusLocalBlock says why the off-tier replicas of a published volume cannot
+// be removed by a scale-down ("" when they can): under NexusLocalRemovedLast,
+// when every off-tier replica is local to the target and another replica is
+// remote, the control plane would remove the remote one.
+func NexusLocalBlock(vol Volume, tier *Tier, rules Rules) string {
+	if !rules.NexusLocalRemovedLast || !vol.Published || vol.TargetNode == "" {
+		return ""
+	}
+	_, off := split(vol, tier)
+	remote := 0
+	for _, r := range vol.Replicas {
+		if r.Node != vol.TargetNode {
+			remote++
+		}
+	}
+	for _, r := range off {
+		if r.Node != vol.TargetNode {
+			return ""
+		}
+	}
+	if len(off) == 0 || remote == 0 {
+		return ""
+	}
+	return fmt.Sprintf("replica %s on pool %s is local to the volume's target on node %s, and Mayastor removes remote replicas before the nexus-local one: it can move once the volume is published on another node",
+		off[0].UUID, off[0].Pool, vol.TargetNode)
 }
 
 // nodeConflict says why a node cannot take a new replica of the volume, given
@@ -173,6 +231,10 @@ func replacedBy(vol Volume, tier *Tier, node string) string {
 	sort.Slice(off, func(i, j int) bool {
 		if off[i].Healthy() != off[j].Healthy() {
 			return !off[i].Healthy()
+		}
+		// Remote before nexus-local: the order Mayastor removes them in.
+		if li, lj := vol.TargetNode != "" && off[i].Node == vol.TargetNode, vol.TargetNode != "" && off[j].Node == vol.TargetNode; li != lj {
+			return !li
 		}
 		return off[i].UUID < off[j].UUID
 	})

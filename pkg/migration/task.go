@@ -89,6 +89,20 @@ func (e *Engine) run(ctx context.Context, t *task) {
 		case errors.Is(err, errPVGone):
 			log.Info("PV deleted; migration stopped")
 			return
+		case errors.As(err, new(*RefusedError)):
+			// Waiting does not change the answer: end the attempt. Before the
+			// scale-up nothing changed; later, the move is rolled back.
+			log.Info("the backend refused the move", "step", t.in.Step, "reason", err.Error())
+			var perr error
+			if t.in.Step == StepScalingUp || t.in.Step == StepPlanning {
+				perr = e.fail(ctx, t, Failed, fmt.Sprintf("replica move %d: %v", t.in.Moves, err))
+			} else {
+				perr = e.abort(ctx, t, fmt.Sprintf("replica move %d: %v", t.in.Moves, err))
+			}
+			if perr != nil {
+				log.Error(perr, "record the refused move; retrying")
+				e.sleep(ctx)
+			}
 		default:
 			// API errors are retried: the step is idempotent and its deadline
 			// keeps running.
@@ -153,7 +167,7 @@ func (e *Engine) plan(ctx context.Context, t *task) error {
 		e.sleep(ctx)
 		return nil
 	}
-	p, err := ChooseTarget(vol, tier, e.o.PoolHeadroom)
+	p, err := ChooseTargetFor(vol, tier, e.o.PoolHeadroom, e.o.Backend.Rules())
 	if err != nil {
 		return e.fail(ctx, t, Failed, fmt.Sprintf("replica move %d: %v", t.in.Moves+1, err))
 	}

@@ -52,7 +52,7 @@ func TestChooseTarget(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := ChooseTarget(vol, hotTier(t, c.pools...), 0.85)
+			p, err := ChooseTarget(vol, hotTier(t, c.pools...), 0.85, Rules{SameNodeMoves: true, TopologyWritable: true})
 			if c.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
 					t.Fatalf("err = %v, want it to contain %q", err, c.wantErr)
@@ -70,7 +70,7 @@ func TestChooseTarget(t *testing.T) {
 	// A node holding a replica already on the new tier is refused.
 	moved := vol
 	moved.Replicas = []Replica{{UUID: "r1", Pool: "n1-hot", Node: "n1", State: "Online", Synced: true}, vol.Replicas[1]}
-	_, err := ChooseTarget(moved, hotTier(t, pool("n1-hot", "n1", "hot", 100*G, 0, true), pool("n1-hot2", "n1", "hot", 100*G, 0, true)), 0.85)
+	_, err := ChooseTarget(moved, hotTier(t, pool("n1-hot", "n1", "hot", 100*G, 0, true), pool("n1-hot2", "n1", "hot", 100*G, 0, true)), 0.85, Rules{SameNodeMoves: true, TopologyWritable: true})
 	if err == nil || !strings.Contains(err.Error(), "holds replica(s) r1") {
 		t.Fatalf("err = %v, want node n1 refused for holding r1", err)
 	}

@@ -69,9 +69,13 @@ type Volume struct {
 	// Name is the PV name (also the volume label of its IOPS series).
 	Name      string
 	SizeBytes int64
-	// MayastorVolume: its MayastorVolume (named by the CSI volume handle) exists.
+	// MayastorVolume: the backend has a volume of the PV's CSI volume handle
+	// (a REST volume uuid, or a MayastorVolume's name).
 	MayastorVolume bool
 	Published      bool
+	// Unmovable, when set, says why the backend cannot move the volume now
+	// (e.g. unpublished on Mayastor 2.x, or a replica whose pool is unknown).
+	Unmovable      string
 	ReplicaPools   []string
 	PVAnnotations  map[string]string
 	PVCAnnotations map[string]string
@@ -111,6 +115,7 @@ const (
 	CodeNoTargetTier     = "NoTargetTier"
 	CodeExcluded         = "Excluded"
 	CodeNoMayastorVolume = "NoMayastorVolume"
+	CodeUnmovable        = "Unmovable"
 	CodeIOPSUnknown      = "IOPSUnknown"
 	CodeNoCurrentTier    = "NoCurrentTier"
 	CodeCooldown         = "Cooldown"
@@ -165,7 +170,7 @@ func Decide(p Policy, v Volume, m iops.Measurement, poolTiers map[string]Tier, n
 		return skip(CodeExcluded, "excluded by annotation "+AnnotationExclude)
 	}
 	if !v.MayastorVolume {
-		return skip(CodeNoMayastorVolume, "its MayastorVolume (named by the CSI volume handle) does not exist")
+		return skip(CodeNoMayastorVolume, "Mayastor has no volume of the PV's CSI volume handle")
 	}
 
 	pin := v.PVCAnnotations[AnnotationPinTier]
@@ -208,6 +213,9 @@ func Decide(p Policy, v Volume, m iops.Measurement, poolTiers map[string]Tier, n
 		if !p.Selectors.Has(d.To) {
 			return stay(CodeNoTargetTier, fmt.Sprintf("belongs on %s but the policy has no %sPoolSelector", d.To, d.To))
 		}
+	}
+	if v.Unmovable != "" {
+		return skip(CodeUnmovable, fmt.Sprintf("belongs on %s but cannot move: %s", d.To, v.Unmovable))
 	}
 	until, err := Cooldown(v.PVAnnotations, p.Cooldown)
 	if err != nil {

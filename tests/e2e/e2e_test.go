@@ -147,7 +147,7 @@ func (s *suite) startOperator(t *testing.T) *operator {
 	o.proc = startProc(t, name, filepath.Join(s.dir, name+".log"), s.opBin,
 		"--kubeconfig", s.kubeconfig,
 		"--metrics-bind-address", o.metricsAddr, "--health-probe-bind-address", o.probeAddr,
-		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor",
+		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor", "--mayastor-backend", "crd",
 		"--leader-elect-lease-duration", leaseDuration.String(), "--leader-elect-renew-deadline", renewDeadline.String(),
 		"--leader-elect-retry-period", retryPeriod.String(),
 		"--webhook-cert-mode", "self-signed", "--webhook-port", o.webhookPort,

@@ -31,6 +31,7 @@ import (
 	"github.com/billyronks/couchestor/controllers"
 	"github.com/billyronks/couchestor/internal/scheme"
 	"github.com/billyronks/couchestor/pkg/iops"
+	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
 	"github.com/billyronks/couchestor/tests/mayastorsim/sim"
 	"github.com/billyronks/couchestor/tests/testenv"
@@ -197,6 +198,8 @@ func startOperator(t *testing.T, env *testenv.Env, promURL string, engine contro
 	r := &controllers.StoragePolicyReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("couchestor-storagepolicy"),
 		Meter: meter, Engine: engine, MayastorNamespace: "mayastor",
+		Backend:  &migration.MayastorVolumeBackend{Client: mgr.GetClient(), Namespace: "mayastor"},
+		Optional: crdWatches,
 		EvaluationInterval: evalInterval, ScrapeInterval: scrapeInterval, GlobalDryRun: globalDryRun,
 		SkipNameValidation: true,
 	}
@@ -211,6 +214,12 @@ func startOperator(t *testing.T, env *testenv.Env, promURL string, engine contro
 	go func() { o.done <- mgr.Start(ctx) }()
 	t.Cleanup(o.Stop)
 	return o
+}
+
+// crdWatches are the MayastorVolume and DiskPool watches of the crd backend.
+var crdWatches = []controllers.OptionalWatch{
+	{Group: "openebs.io", Kind: "MayastorVolume", Versions: []string{"v1alpha1"}, Namespace: "mayastor"},
+	{Group: "openebs.io", Kind: "DiskPool", Versions: []string{"v1beta3", "v1beta2"}, Namespace: "mayastor"},
 }
 
 func (o *operator) Stop() {

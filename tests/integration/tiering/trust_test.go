@@ -113,7 +113,8 @@ func startOperatorWithEngine(t *testing.T, env *testenv.Env, promURL string) {
 		Meter:  &iops.Meter{Querier: src, Cache: iops.NewMetricsCache(500*time.Millisecond, nil), ScrapeInterval: scrapeInterval},
 		Engine: &migration.PolicyStarter{Engine: engine}, Migrations: engine, MigrationEvents: events,
 		MayastorNamespace: "mayastor", EvaluationInterval: evalInterval, ScrapeInterval: scrapeInterval,
-		SkipNameValidation: true,
+		Backend:  &migration.MayastorVolumeBackend{Client: mgr.GetClient(), Namespace: "mayastor"},
+		Optional: crdWatches, SkipNameValidation: true,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
