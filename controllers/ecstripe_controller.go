@@ -25,8 +25,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
-	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/diskpool"
 	"github.com/billyronks/couchestor/pkg/ecstate"
 	"github.com/billyronks/couchestor/pkg/erasure"
 	"github.com/billyronks/couchestor/webhooks"
@@ -180,11 +180,10 @@ func (r *ECStripeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if n <= 0 {
 		n = 2
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	c, err := ctrl.NewControllerManagedBy(mgr).
 		Named("ecstripe").
 		For(&storagev1.ECStripe{}, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, stateChanged))).
-		Watches(&mayastorv1beta2.DiskPool{}, handler.EnqueueRequestsFromMapFunc(r.diskPoolChanged)).
 		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			r.mu.Lock()
 			r.queue = q
@@ -192,7 +191,14 @@ func (r *ECStripeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return nil
 		})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: n}).
-		Complete(r)
+		Build(r)
+	if err != nil {
+		return err
+	}
+	// DiskPool events only speed up a verdict (the pool monitor sweeps on
+	// its own): watched once served, at whichever version, never awaited.
+	pools := OptionalWatch{Group: "openebs.io", Kind: "DiskPool", Versions: diskpool.Versions, Namespace: r.Pools.MayastorNamespace}
+	return addOptionalWatches(mgr, "ecstripe", c, []OptionalWatch{pools}, handler.EnqueueRequestsFromMapFunc(r.diskPoolChanged), 0)
 }
 
 // stateChanged passes status.state changes: a writer hands a stripe over by

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
+	"github.com/billyronks/couchestor/pkg/diskpool"
 	"github.com/billyronks/couchestor/pkg/ecstate"
 	"github.com/billyronks/couchestor/pkg/registry"
 )
@@ -47,20 +48,20 @@ func (m *PoolMonitor) observe(ctx context.Context, pool string, servers map[stri
 }
 
 func (m *PoolMonitor) evaluate(ctx context.Context, pool string, servers map[string]registry.Entry, serversErr error) (bool, string) {
-	var dp mayastorv1beta2.DiskPool
-	if err := m.Client.Get(ctx, client.ObjectKey{Namespace: m.MayastorNamespace, Name: pool}, &dp); err != nil {
+	dp, err := (&diskpool.Reader{Client: m.Client, Namespace: m.MayastorNamespace}).Get(ctx, pool)
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, fmt.Sprintf("DiskPool %s/%s not found", m.MayastorNamespace, pool)
 		}
 		return false, fmt.Sprintf("DiskPool %s/%s unreadable: %v", m.MayastorNamespace, pool, err)
 	}
-	switch dp.Status.PoolStatus {
+	switch dp.PoolStatus {
 	case mayastorv1beta2.PoolOnline, mayastorv1beta2.PoolDegraded:
 		// A Degraded DiskPool still serves its data.
 	default:
-		return false, fmt.Sprintf("DiskPool %s pool_status=%q", pool, dp.Status.PoolStatus)
+		return false, fmt.Sprintf("DiskPool %s pool_status=%q", pool, dp.PoolStatus)
 	}
-	if dp.Status.CRState == mayastorv1beta2.CRStateTerminating {
+	if dp.CRState == mayastorv1beta2.CRStateTerminating {
 		return false, fmt.Sprintf("DiskPool %s is terminating", pool)
 	}
 	if m.Servers == nil {
@@ -131,10 +132,9 @@ func (m *PoolMonitor) Sweep(ctx context.Context) {
 	for _, p := range m.Tracker.Pools() {
 		pools[p] = true
 	}
-	var dps mayastorv1beta2.DiskPoolList
-	if err := m.Client.List(ctx, &dps, client.InNamespace(m.MayastorNamespace)); err == nil {
-		for i := range dps.Items {
-			pools[dps.Items[i].Name] = true
+	if dps, err := (&diskpool.Reader{Client: m.Client, Namespace: m.MayastorNamespace}).List(ctx); err == nil {
+		for _, dp := range dps {
+			pools[dp.Name] = true
 		}
 	}
 	counts := map[ecstate.PoolState]float64{}

@@ -11,6 +11,7 @@ import (
 
 	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
+	"github.com/billyronks/couchestor/pkg/diskpool"
 )
 
 // Topology is a volume's pool topology: a pool is eligible when its labels
@@ -173,23 +174,19 @@ func (b *MayastorVolumeBackend) SetReplicas(ctx context.Context, id string, n in
 	return nil
 }
 
-// ListPools lists the DiskPools.
+// ListPools lists the DiskPools (v1beta3 or v1beta2, whichever is served).
 func (b *MayastorVolumeBackend) ListPools(ctx context.Context) ([]Pool, error) {
-	var list mayastorv1beta2.DiskPoolList
-	if err := b.Client.List(ctx, &list, client.InNamespace(b.Namespace)); err != nil {
-		return nil, fmt.Errorf("list DiskPools in %s: %w", b.Namespace, err)
+	list, err := (&diskpool.Reader{Client: b.Client, Namespace: b.Namespace}).List(ctx)
+	if err != nil {
+		return nil, err
 	}
-	out := make([]Pool, 0, len(list.Items))
-	for _, dp := range list.Items {
-		p := Pool{
-			Name: dp.Name, Node: dp.Spec.Node,
-			Online: dp.Status.PoolStatus == mayastorv1beta2.PoolOnline, Status: string(dp.Status.PoolStatus),
-			Capacity: dp.Status.Capacity, Used: dp.Status.Used, Available: dp.Status.Available,
-		}
-		if dp.Spec.Topology != nil {
-			p.Labels = maps.Clone(dp.Spec.Topology.Labelled)
-		}
-		out = append(out, p)
+	out := make([]Pool, 0, len(list))
+	for _, dp := range list {
+		out = append(out, Pool{
+			Name: dp.Name, Node: dp.Node, Labels: dp.Labels,
+			Online: dp.PoolStatus == mayastorv1beta2.PoolOnline, Status: string(dp.PoolStatus),
+			Capacity: dp.Capacity, Used: dp.Used, Available: dp.Available,
+		})
 	}
 	return out, nil
 }

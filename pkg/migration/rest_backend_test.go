@@ -71,7 +71,9 @@ func restPool(id, node, status string, labels map[string]string) mayastorrest.Po
 
 func TestBlockersAreTheOtherCandidates(t *testing.T) {
 	created := "openebs.io/created-by"
-	lbl := func(tier string) map[string]string { return map[string]string{created: "operator-diskpool", "tier": tier} }
+	lbl := func(tier string) map[string]string {
+		return map[string]string{created: "operator-diskpool", "tier": tier}
+	}
 	v := restVolume(true, map[string][2]string{"r1": {"n1", "n1-cold"}})
 	pools := []mayastorrest.Pool{
 		restPool("n1-cold", "n1", "Online", lbl("cold")), // holds a replica's node: never a candidate

@@ -49,6 +49,7 @@ import (
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/apis/storage/v1/geometry"
+	"github.com/billyronks/couchestor/pkg/diskpool"
 	"github.com/billyronks/couchestor/pkg/erasure"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
@@ -285,13 +286,13 @@ func (s *Store) candidates(ctx context.Context) (*placer, error) {
 	if err != nil {
 		return nil, err
 	}
-	var pools mayastorv1beta2.DiskPoolList
-	if err := s.Client.List(ctx, &pools, client.InNamespace(s.mayastorNS())); err != nil {
-		return nil, fmt.Errorf("list DiskPools in %s: %w", s.mayastorNS(), err)
+	pools, err := (&diskpool.Reader{Client: s.Client, Namespace: s.mayastorNS()}).List(ctx)
+	if err != nil {
+		return nil, err
 	}
 	online := map[string]bool{}
-	for _, p := range pools.Items {
-		online[p.Name] = p.Status.PoolStatus == mayastorv1beta2.PoolOnline && p.DeletionTimestamp == nil
+	for _, p := range pools {
+		online[p.Name] = p.PoolStatus == mayastorv1beta2.PoolOnline && !p.Deleting
 	}
 	pl := &placer{}
 	var mu sync.Mutex

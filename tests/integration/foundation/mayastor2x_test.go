@@ -4,19 +4,17 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"strconv"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/tests/testenv"
@@ -174,15 +172,8 @@ func TestMissingMayastorVolumeKindIsWatchedWhenItAppears(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	raw, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "crd", "external", "openebs.io_mayastorvolumes.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var crd apiextensionsv1.CustomResourceDefinition
-	if err := yaml.Unmarshal(raw, &crd); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Client.Create(ctx(t), &crd); err != nil {
+	if _, err := envtest.InstallCRDs(env.Config, envtest.CRDInstallOptions{
+		Paths: []string{filepath.Join(testenv.Root(), "config", "crd", "external", "openebs.io_mayastorvolumes.yaml")}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := eventually(90*time.Second, func() error { return served("1") }); err != nil {

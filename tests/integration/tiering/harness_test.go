@@ -198,8 +198,8 @@ func startOperator(t *testing.T, env *testenv.Env, promURL string, engine contro
 	r := &controllers.StoragePolicyReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("couchestor-storagepolicy"),
 		Meter: meter, Engine: engine, MayastorNamespace: "mayastor",
-		Backend:  &migration.MayastorVolumeBackend{Client: mgr.GetClient(), Namespace: "mayastor"},
-		Optional: crdWatches,
+		Backend:            &migration.MayastorVolumeBackend{Client: mgr.GetClient(), Namespace: "mayastor"},
+		Optional:           crdWatches,
 		EvaluationInterval: evalInterval, ScrapeInterval: scrapeInterval, GlobalDryRun: globalDryRun,
 		SkipNameValidation: true,
 	}
