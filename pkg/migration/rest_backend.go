@@ -210,7 +210,7 @@ func (b *RESTBackend) scaleUpSteered(ctx context.Context, v mayastorrest.Volume,
 		if lever == LeverLabel {
 			key, ok := steerKey(inclusion, p.Labels())
 			if !ok {
-				return &RefusedError{Reason: fmt.Sprintf("volume %s: pool %s would be eligible for its new replica, the server has no pool cordon, and the volume's pool_topology has no inclusion label to withhold: placement cannot be steered", id, p.ID)}
+				return &RefusedError{Reason: fmt.Sprintf("volume %s: pool %s would be eligible for its new replica, the server has no pool cordon (OpenEBS 4.4+), and the volume's pool_topology has no inclusion label other than %s to withhold (give its StorageClass poolHasTopologyKey or poolAffinityTopologyLabel): placement cannot be steered", id, p.ID, LabelCreatedBy)}
 			}
 			s.Key, s.Value = key, p.Labels()[key]
 		}
@@ -299,12 +299,19 @@ func labelsMatch(have, want map[string]string) bool {
 	return true
 }
 
+// LabelCreatedBy is the inclusion Mayastor's CSI driver gives every volume;
+// the control plane refuses to delete it from a pool (400), so it is never
+// the withheld label.
+const LabelCreatedBy = "openebs.io/created-by"
+
 // steerKey is the inclusion key to withhold from a pool: the first, sorted,
-// that the pool has.
+// that the pool has, other than LabelCreatedBy.
 func steerKey(inclusion, labels map[string]string) (string, bool) {
 	keys := make([]string, 0, len(inclusion))
 	for k := range inclusion {
-		keys = append(keys, k)
+		if k != LabelCreatedBy {
+			keys = append(keys, k)
+		}
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
@@ -364,7 +371,8 @@ func (b *RESTBackend) undo(ctx context.Context, rec *SteerRecord) error {
 		} else {
 			_, err = b.API.PutPoolLabel(ctx, p.Pool, p.Key, p.Value, true)
 		}
-		if err != nil && !mayastorrest.IsNotFound(err) {
+		// Already released (a retried undo) is released.
+		if err != nil && !mayastorrest.IsNotFound(err) && !mayastorrest.IsAlreadyExists(err) {
 			errs = append(errs, fmt.Errorf("pool %s: %w", p.Pool, err))
 		}
 	}

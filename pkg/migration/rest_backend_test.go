@@ -96,8 +96,12 @@ func TestBlockersAreTheOtherCandidates(t *testing.T) {
 	if !errors.As(err, &refused) {
 		t.Fatalf("no eligible target: err %v, want a RefusedError", err)
 	}
-	if k, ok := steerKey(v.Spec.Topology.PoolTopology.Labelled.Inclusion, lbl("cold")); !ok || k != created {
-		t.Fatalf("steerKey %q %v", k, ok)
+	// created-by cannot be deleted from a pool (400): never the withheld label.
+	if k, ok := steerKey(v.Spec.Topology.PoolTopology.Labelled.Inclusion, lbl("cold")); ok {
+		t.Fatalf("steerKey %q: only %s in the inclusion, nothing may be withheld", k, created)
+	}
+	if k, ok := steerKey(map[string]string{created: "operator-diskpool", "zone": ""}, map[string]string{created: "x", "zone": "a"}); !ok || k != "zone" {
+		t.Fatalf("steerKey %q %v, want zone", k, ok)
 	}
 }
 
