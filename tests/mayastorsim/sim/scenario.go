@@ -22,6 +22,12 @@
 // a pool of its own choosing, sync, pick the victim on scale down) belongs in
 // Sim.reconcileVolume, which today only re-asserts the modelled status.
 //
+// With a REST model (Sim.REST, package restsim; `mayastorsim --api=rest`) it
+// plays a Mayastor 2.x cluster instead: no MayastorVolume objects, DiskPools of
+// Sim.DiskPoolVersion whose status follows the model's pools, PVs named
+// pvc-<uuid>, publication forwarded to the model, and counters labelled with
+// the nexus's node as well as pv_name.
+//
 // The command in the parent directory (tests/mayastorsim) runs it as its own
 // process; Start (process.go) launches that process from a test, and Client
 // (client.go) drives it.
