@@ -89,9 +89,33 @@ func (b *RESTBackend) ListPools(ctx context.Context) ([]Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	nodes, err := b.API.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The scheduler places replicas only on online, uncordoned nodes.
+	usable := make(map[string]string, len(nodes))
+	for _, n := range nodes {
+		switch {
+		case n.State == nil || n.State.Status != "Online":
+			usable[n.ID] = "its node is not Online"
+		case n.Spec != nil && n.Spec.CordonDrainState != nil:
+			usable[n.ID] = "its node is cordoned or draining"
+		default:
+			usable[n.ID] = ""
+		}
+	}
 	out := make([]Pool, 0, len(ps))
 	for _, p := range ps {
-		out = append(out, poolFromREST(p))
+		q := poolFromREST(p)
+		if why, known := usable[q.Node]; !known || why != "" {
+			q.Online = false
+			if !known {
+				why = "its node is unknown to the control plane"
+			}
+			q.Status = fmt.Sprintf("%s (%s)", q.Status, why)
+		}
+		out = append(out, q)
 	}
 	return out, nil
 }
