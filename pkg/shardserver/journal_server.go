@@ -40,6 +40,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/billyronks/couchestor/pkg/journal"
 )
@@ -201,6 +202,8 @@ func writeJournalErr(w http.ResponseWriter, err error) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 	case errors.Is(err, ErrJournalConflict):
 		http.Error(w, err.Error(), http.StatusConflict)
+	case errors.Is(err, errTooLarge):
+		http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
 	case errors.Is(err, journal.ErrNotFound):
 		http.Error(w, err.Error(), http.StatusNotFound)
 	default:
@@ -308,7 +311,10 @@ func (s *Server) journalScan(w http.ResponseWriter, r *http.Request) {
 		if st == nil {
 			return nil
 		}
+		rc := http.NewResponseController(w)
 		return st.Scan(r.Context(), after, func(rec journal.Record) error {
+			// A long scan keeps going while each record moves in time.
+			_ = rc.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
 			enc = journal.AppendEncoded(enc[:0], &rec)
 			count++
 			_, err := bw.Write(enc)
@@ -370,9 +376,21 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		writeJournalErr(w, fmt.Errorf("%w: append body of %d bytes exceeds %d", ErrBadJournalRequest, r.ContentLength, maxJournalAppendBytes))
 		return
 	}
+	// Room in the server's request memory before the body buffer exists;
+	// a body of unknown length may use all the room an append may take.
+	size := r.ContentLength
+	if size < 0 {
+		size = min(maxJournalAppendBytes, s.limits.RequestMemoryBytes)
+	}
+	release, err := s.hold(r.Context(), size, "journal append body")
+	if err != nil {
+		writeJournalErr(w, err)
+		return
+	}
+	defer release()
 	// One buffer for the whole body, records decoded in place: no copy or
 	// allocation per record.
-	body, err := readBody(http.MaxBytesReader(w, r.Body, maxJournalAppendBytes), r.ContentLength)
+	body, err := readBody(http.MaxBytesReader(w, r.Body, size), r.ContentLength)
 	if err != nil {
 		writeJournalErr(w, fmt.Errorf("%w: read append body: %w", ErrBadJournalRequest, err))
 		return

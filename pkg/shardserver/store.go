@@ -85,11 +85,38 @@ type Store struct {
 	free    []span            // sorted by offset, coalesced, all below end
 	end     int64             // store file high-water mark
 	used    int64
+	// unreadable counts extents without a valid header, so Space needs no
+	// walk of the extents.
+	unreadable int
 
 	seq    atomic.Uint64 // completed mutations
 	syncMu sync.Mutex
 	synced uint64
+	// broken is set by the first failed fsync: the kernel may have dropped
+	// the pages it could not write and a later fsync can succeed without
+	// them, so nothing is acknowledged any more (Err, /healthz) until the
+	// server restarts and reads what the disk really holds.
+	broken atomic.Pointer[error]
 	now    func() time.Time
+}
+
+// Err reports why the store stopped acknowledging writes, or nil. It takes
+// no lock.
+func (s *Store) Err() error {
+	if p := s.broken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// extentLength is the length of the extent at off (0 when there is none).
+func (s *Store) extentLength(off int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.extents[off]; ok {
+		return e.length
+	}
+	return 0
 }
 
 // Space is what a pool reports about itself.
@@ -239,11 +266,13 @@ func (s *Store) indexHeaders() error {
 		h, hdrLen, err := s.readHeader(e.offset)
 		if err != nil {
 			if errors.Is(err, errNoHeader) {
+				s.unreadable++
 				continue // kept allocated, reported as unreadable
 			}
 			return err
 		}
 		if hdrLen+h.SizeBytes != e.length {
+			s.unreadable++
 			continue // header does not describe this extent: unreadable
 		}
 		e.header, e.hdrLen = h, hdrLen
@@ -342,15 +371,23 @@ func (s *Store) release(off, length int64) {
 func (s *Store) durable(mySeq uint64) error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
+	if err := s.Err(); err != nil {
+		return err
+	}
 	if s.synced >= mySeq {
 		return nil
 	}
 	target := s.seq.Load()
-	if err := s.data.Sync(); err != nil {
-		return fmt.Errorf("fsync shard store: %w", err)
+	err := s.data.Sync()
+	if err != nil {
+		err = fmt.Errorf("fsync shard store %s: %w", filepath.Join(s.dir, storeFileName), err)
+	} else if err = s.log.Sync(); err != nil {
+		err = fmt.Errorf("fsync allocation log %s: %w", filepath.Join(s.dir, allocLogName), err)
 	}
-	if err := s.log.Sync(); err != nil {
-		return fmt.Errorf("fsync allocation log: %w", err)
+	if err != nil {
+		err = fmt.Errorf("%w; the store acknowledges nothing more until the server restarts", err)
+		s.broken.Store(&err)
+		return err
 	}
 	s.synced = target
 	return nil
@@ -446,6 +483,9 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 func (s *Store) dropLocked(e *extent) {
 	delete(s.extents, e.offset)
 	s.used -= e.length
+	if e.header == nil {
+		s.unreadable--
+	}
 	if e.header != nil {
 		k := e.header.Key()
 		list := s.slots[k]
@@ -616,13 +656,6 @@ func (s *Store) List(volume string) []StoredShard {
 func (s *Store) Space() Space {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sp := Space{CapacityBytes: s.capacity, UsedBytes: s.used, FreeBytes: s.capacity - s.used}
-	for _, e := range s.extents {
-		if e.header == nil {
-			sp.Unreadable++
-		} else {
-			sp.Shards++
-		}
-	}
-	return sp
+	return Space{CapacityBytes: s.capacity, UsedBytes: s.used, FreeBytes: s.capacity - s.used,
+		Shards: len(s.extents) - s.unreadable, Unreadable: s.unreadable}
 }
