@@ -76,8 +76,8 @@ type span struct{ offset, length int64 }
 type Store struct {
 	dir      string
 	capacity int64
-	data     *os.File
-	log      *os.File
+	data     storeFile
+	log      storeFile
 
 	mu      sync.Mutex
 	extents map[int64]*extent // by offset
@@ -117,6 +117,16 @@ func (s *Store) extentLength(off int64) int64 {
 		return e.length
 	}
 	return 0
+}
+
+// storeFile is what the store needs of its two files (*os.File; tests
+// inject failures through it).
+type storeFile interface {
+	io.ReaderAt
+	io.WriterAt
+	io.Writer
+	Sync() error
+	Close() error
 }
 
 // Space is what a pool reports about itself.
@@ -180,6 +190,10 @@ func encodeLogRec(op byte, off, length int64, t time.Time) []byte {
 	return b
 }
 
+func logRecValid(r []byte) bool {
+	return crc32.Checksum(r[:25], crcTable) == binary.BigEndian.Uint32(r[25:])
+}
+
 func (s *Store) replayLog() error {
 	p := filepath.Join(s.dir, allocLogName)
 	raw, err := os.ReadFile(p)
@@ -188,8 +202,18 @@ func (s *Store) replayLog() error {
 	}
 	for i := 0; i+logRecLen <= len(raw); i += logRecLen {
 		r := raw[i : i+logRecLen]
-		if crc32.Checksum(r[:25], crcTable) != binary.BigEndian.Uint32(r[25:]) {
-			break // torn tail: the mutation was never acknowledged
+		if !logRecValid(r) {
+			// A torn tail (the last append, cut by a crash, never
+			// acknowledged) is dropped. A bad record with valid ones after
+			// it is damage: dropping the rest would free live extents and
+			// hand them out again over acknowledged shards.
+			for j := i + logRecLen; j+logRecLen <= len(raw); j += logRecLen {
+				if logRecValid(raw[j : j+logRecLen]) {
+					return fmt.Errorf("allocation log %s: the record at byte %d is damaged and a valid record follows at byte %d: refusing to open the store "+
+						"(truncating the log would hand out live extents again); restore the file from a backup, or take the pool out of service (wipe the data directory) so the operator rebuilds its shards on other pools", p, i, j)
+				}
+			}
+			break
 		}
 		off := int64(binary.BigEndian.Uint64(r[1:]))
 		length := int64(binary.BigEndian.Uint64(r[9:]))
@@ -407,6 +431,9 @@ type Location struct {
 // generation older than one already stored for the same slot, and the same
 // generation with different bytes; an identical shard is not stored twice.
 func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
+	if err := s.Err(); err != nil {
+		return Location{}, err
+	}
 	if err := h.Validate(); err != nil {
 		return Location{}, fmt.Errorf("%w: %v", ErrBadShard, err)
 	}
@@ -591,6 +618,9 @@ func (s *Store) readExtent(off int64, x Expect, length, hdrLen int64, buf []byte
 
 // Free releases the shard at off after checking it is the expected one.
 func (s *Store) Free(off int64, x Expect) error {
+	if err := s.Err(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	e, err := s.lookup(off, x, false)
 	if err != nil {
