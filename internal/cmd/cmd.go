@@ -126,6 +126,7 @@ func ShardServer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	defer srv.Close()
 	if lim.RequestMemoryBytes == 0 {
 		lim.RequestMemoryBytes = shardserver.DefaultRequestMemoryBytes
 		if m, ok := shardserver.CgroupMemoryLimit(); ok {

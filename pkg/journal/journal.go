@@ -137,9 +137,10 @@ type seqEpoch struct{ seq, epoch uint64 }
 
 func (j *Journal) recover(ctx context.Context) error {
 	infos := make([]StoreInfo, len(j.stores))
+	infoErrs := make([]error, len(j.stores))
 	for i, s := range j.stores {
 		info, err := s.Info(ctx)
-		infos[i], j.healthy[i] = info, err == nil
+		infos[i], j.healthy[i], infoErrs[i] = info, err == nil, err
 	}
 	if err := j.needQuorum("open"); err != nil {
 		return err
@@ -209,6 +210,15 @@ func (j *Journal) recover(ctx context.Context) error {
 		}
 		if err := j.catchUp(ctx, s, j.stores[auth], trimmed, authLog); err != nil {
 			j.healthy[i] = false
+		}
+	}
+	// A replica damaged in the middle of its log was skipped above; it is
+	// repaired now: reset to the trim point, then caught up like a new one.
+	for i, s := range j.stores {
+		if !j.healthy[i] && errors.Is(infoErrs[i], ErrDamaged) &&
+			s.Reset(ctx, trimmed) == nil && s.SetEpoch(ctx, j.epoch) == nil &&
+			j.catchUp(ctx, s, j.stores[auth], trimmed, authLog) == nil {
+			j.healthy[i] = true
 		}
 	}
 	if err := j.needQuorum("catch up replicas"); err != nil {

@@ -113,3 +113,22 @@ func TestStoreAcknowledgesNothingAfterAnFsyncError(t *testing.T) {
 		})
 	}
 }
+
+// A data directory is held by one store at a time (flock): a second
+// shard-server process (or open) on it is refused until the first closes.
+func TestStoreLocksItsDataDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenStore(dir, 1<<20); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open of %s: %v, want it refused as in use", dir, err)
+	}
+	s.Close()
+	s2, err := OpenStore(dir, 1<<20)
+	if err != nil {
+		t.Fatalf("open after Close: %v", err)
+	}
+	s2.Close()
+}

@@ -82,6 +82,9 @@ func NewServer(store *Store, token string) (*Server, error) {
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// Close closes the journal replicas the server opened (not the Store).
+func (s *Server) Close() error { return s.journals.close() }
+
 func (s *Server) auth(next http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + s.token)
 	return func(w http.ResponseWriter, r *http.Request) {

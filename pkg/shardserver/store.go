@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/billyronks/couchestor/pkg/dirlock"
 	"github.com/billyronks/couchestor/pkg/erasure"
 )
 
@@ -78,6 +79,7 @@ type Store struct {
 	capacity int64
 	data     storeFile
 	log      storeFile
+	lock     *dirlock.Lock // no second process (or open) on dir
 
 	mu      sync.Mutex
 	extents map[int64]*extent // by offset
@@ -149,17 +151,24 @@ func OpenStore(dir string, capacity int64) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	data, err := os.OpenFile(filepath.Join(dir, storeFileName), os.O_RDWR|os.O_CREATE, 0o640)
+	lock, err := dirlock.Acquire(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	s := &Store{dir: dir, capacity: capacity, data: data, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now}
+	data, err := os.OpenFile(filepath.Join(dir, storeFileName), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open shard store: %w", err)
+	}
+	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now}
 	if err := s.replayLog(); err != nil {
 		data.Close()
+		lock.Close()
 		return nil, err
 	}
 	if err := s.compactLog(); err != nil {
 		data.Close()
+		lock.Close()
 		return nil, err
 	}
 	if err := s.indexHeaders(); err != nil {
@@ -172,7 +181,7 @@ func OpenStore(dir string, capacity int64) (*Store, error) {
 
 // Close closes the store's files.
 func (s *Store) Close() error {
-	return errors.Join(s.data.Close(), s.log.Close())
+	return errors.Join(s.data.Close(), s.log.Close(), s.lock.Close())
 }
 
 // log record: op(1) offset(8) length(8) unixNano(8) crc32c(4) = 29 bytes.
