@@ -20,8 +20,9 @@ import (
 // Limits bound what clients can make a shard server hold.
 type Limits struct {
 	// MaxConns caps the connections served at once. A connection past it
-	// gets 503 with a message naming the limit on its first request and is
-	// closed; past twice the cap connections are closed at once.
+	// gets 503 with a message naming the limit on its first request (but
+	// /healthz) and is closed; past twice the cap connections are closed at
+	// once.
 	MaxConns int
 	// RequestMemoryBytes bounds the request bodies (shard and journal
 	// uploads) and shard read buffers held at once: a request waits for
@@ -132,7 +133,9 @@ func (s *Server) HTTPServer(tlsCfg *tls.Config) *http.Server {
 type overCapKey struct{}
 
 func (s *Server) serveLimited(w http.ResponseWriter, r *http.Request) {
-	if over, _ := r.Context().Value(overCapKey{}).(bool); over {
+	// /healthz is answered on any connection: the kubelet's probe must not
+	// restart a server only because it is busy.
+	if over, _ := r.Context().Value(overCapKey{}).(bool); over && r.URL.Path != "/healthz" {
 		// Connection: close makes HTTP/1 close and HTTP/2 send GOAWAY.
 		w.Header().Set("Connection", "close")
 		http.Error(w, fmt.Sprintf("shard server busy: the limit of %d connections (--max-connections) is reached; retry later", s.limits.MaxConns), http.StatusServiceUnavailable)

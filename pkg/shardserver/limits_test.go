@@ -173,6 +173,14 @@ func TestConnectionCapRefusesClearly(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "limit of 2 connections") {
 		t.Fatalf("request on the third connection: %v; want 503 naming the limit of 2", err)
 	}
+	// The kubelet's probe is answered even past the cap.
+	probe := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := probe.Get("https://" + addr + "/healthz")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz past the connection cap: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	probe.CloseIdleConnections()
 	held[0].Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
