@@ -96,3 +96,52 @@ func TestDamagedReplicaSkippedAndRepaired(t *testing.T) {
 	stores[0].Close()
 	stores[1].Close()
 }
+
+// TestReplicaDamagedAfterOpenSkippedOnReplay: bytes that verified when the
+// replica was opened and rot before the journal replays it (a shard server
+// keeps its replicas open) make the adopted replica fail its scan; the
+// journal adopts the next one instead of failing the volume, and repairs the
+// damaged one.
+func TestReplicaDamagedAfterOpenSkippedOnReplay(t *testing.T) {
+	root := t.TempDir()
+	ctx := context.Background()
+	j := openJournal(t, root, 3, 1<<20)
+	for lba := uint64(0); lba < 4; lba++ {
+		if _, err := j.Append(ctx, lba, block(lba, 1, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	stores := openStores(t, root, 3)
+	// Replica 0 is the one adopted (ties go to the first); its record of
+	// LBA 1 rots after it was opened.
+	fs := stores[0].(*FileStore)
+	var at recLoc
+	for _, l := range fs.locs {
+		if rec, err := fs.Read(ctx, l.seq); err == nil && rec.Kind == KindWrite && rec.LBA == 1 {
+			at = l
+		}
+	}
+	b := []byte{0}
+	if _, err := at.seg.f.ReadAt(b, at.off+headerSize+3); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := at.seg.f.WriteAt(b, at.off+headerSize+3); err != nil {
+		t.Fatal(err)
+	}
+	j, err := Open(ctx, stores, Options{SizeBytes: 1 << 20})
+	if err != nil {
+		t.Fatalf("open with the adopted replica damaged after it was opened: %v", err)
+	}
+	defer j.Close()
+	if h := fmt.Sprint(j.HealthyStores()); h != "[true true true]" {
+		t.Fatalf("healthy stores: %s, want the damaged one repaired", h)
+	}
+	for lba := uint64(0); lba < 4; lba++ {
+		ext, err := j.Lookup(ctx, lba, lba+1)
+		if err != nil || len(ext) != 1 || !bytes.Equal(ext[0].Data, block(lba, 1, 1)) {
+			t.Fatalf("LBA %d: %v %v", lba, ext, err)
+		}
+	}
+}

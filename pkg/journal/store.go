@@ -492,7 +492,15 @@ func (s *FileStore) readAt(l recLoc, buf *[]byte) (Record, error) {
 	}
 	rec, _, err := decodeRecord(b)
 	if err != nil || rec.Seq != l.seq {
-		return Record{}, fmt.Errorf("journal store %s: seq %d at %s offset %d: %w", s.dir, l.seq, l.seg.name, l.off, errTorn)
+		// Bytes that verified on open do not any more: the replica is
+		// damaged from now on (Reset repairs it), never served.
+		err = fmt.Errorf("%w: journal store %s: seq %d at %s offset %d does not verify any more; nothing is read from this replica until it is reset and caught up from the others", ErrDamaged, s.dir, l.seq, l.seg.name, l.off)
+		s.mu.Lock()
+		if s.damaged == nil {
+			s.damaged = err
+		}
+		s.mu.Unlock()
+		return Record{}, err
 	}
 	return rec, nil
 }
@@ -664,7 +672,13 @@ func (s *FileStore) Reset(_ context.Context, through uint64) error {
 		if err := os.Mkdir(aside, 0o750); err != nil {
 			return fmt.Errorf("journal store %s: set damaged segments aside: %w", s.dir, err)
 		}
-		for _, name := range s.damagedFiles {
+		names := s.damagedFiles
+		for _, seg := range s.segs { // damage found after open: segments still open
+			seg.f.Close()
+			names = append(names, seg.name)
+		}
+		s.segs, s.locs = nil, nil
+		for _, name := range names {
 			if err := os.Rename(filepath.Join(s.dir, name), filepath.Join(aside, name)); err != nil {
 				return fmt.Errorf("journal store %s: set damaged segments aside: %w", s.dir, err)
 			}
