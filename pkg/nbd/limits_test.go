@@ -30,9 +30,11 @@ func TestHugeWriteRefusedBeforeAllocation(t *testing.T) {
 	}
 	c.expectClosed()
 	runtime.ReadMemStats(&after)
-	if d := after.TotalAlloc - before.TotalAlloc; d > 8<<20 {
+	d := after.TotalAlloc - before.TotalAlloc
+	if d > 1<<20 {
 		t.Fatalf("refusing a 4 GiB write allocated %d bytes", d)
 	}
+	t.Logf("refusing a 4 GiB write: %d bytes allocated in the process meanwhile", d)
 	got := make([]byte, 4096)
 	if err := be.ReadAt(context.Background(), got, 0); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
 		t.Fatalf("the refused write changed the export (err %v)", err)
@@ -90,7 +92,7 @@ func TestConnectionCapRefusesClearly(t *testing.T) {
 // closed after IOTimeout.
 func TestIdleAndStalledConnectionsClosed(t *testing.T) {
 	s, _ := memServer(t, 1<<20)
-	s.IdleTimeout = 200 * time.Millisecond
+	s.IdleTimeout = time.Second
 	s.IOTimeout = 200 * time.Millisecond
 	var logs atomic.Value
 	logs.Store("")
@@ -103,14 +105,15 @@ func TestIdleAndStalledConnectionsClosed(t *testing.T) {
 	_ = idle.c.SetDeadline(time.Now().Add(10 * time.Second))
 	idle.greet(flagCFixedNewstyle | flagCNoZeroes)
 	idle.goExport("vol")
-	// Busy for longer than the idle timeout: requests keep it open.
-	for i := 0; i < 6; i++ {
+	// Busy for longer than the idle timeout (gaps far below it): requests
+	// keep it open.
+	for i := 0; i < 12; i++ {
 		idle.request(CmdRead, 0, uint64(i), 0, 512, nil)
 		if errno, _ := idle.readReply(); errno != 0 {
 			t.Fatalf("read %d: errno %d", i, errno)
 		}
 		idle.read(512)
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	idle.expectClosed()
 
