@@ -145,3 +145,30 @@ func TestReplicaDamagedAfterOpenSkippedOnReplay(t *testing.T) {
 		}
 	}
 }
+
+// Journal replicas hold volume data: no file or directory of one is
+// readable by other users.
+func TestFileStoreFilesNotWorldReadable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "replica")
+	s, err := OpenFileStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Append(ctx, []Record{{Seq: 1, Epoch: 1, Kind: KindWrite, Data: block(0, 1, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetEpoch(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	err = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().Perm()&0o007 != 0 {
+			t.Errorf("%s has mode %v: readable by other users", p, fi.Mode().Perm())
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
