@@ -78,6 +78,12 @@ func ShardServer(ctx context.Context, args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
 	ns := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
 	leaseDur := fs.Duration("lease-duration", 15*time.Second, "Registry Lease duration; renewed every third of it.")
+	lim := shardserver.DefaultLimits()
+	fs.IntVar(&lim.MaxConns, "max-connections", lim.MaxConns, "Connections served at once; the next ones get 503 naming this limit.")
+	fs.Int64Var(&lim.RequestMemoryBytes, "max-request-memory-bytes", 0, fmt.Sprintf("Bytes of request bodies and shard read buffers held at once; a request waits for room, one larger than all of it gets 413. 0: half the container's memory limit (cgroup), or %d without one.", shardserver.DefaultRequestMemoryBytes))
+	fs.DurationVar(&lim.ReadTimeout, "read-timeout", lim.ReadTimeout, "Time to receive one request, body included.")
+	fs.DurationVar(&lim.WriteTimeout, "write-timeout", lim.WriteTimeout, "Time to send one response (a journal scan: each record).")
+	fs.DurationVar(&lim.IdleTimeout, "idle-timeout", lim.IdleTimeout, "Idle connections are closed after this.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -120,6 +126,16 @@ func ShardServer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	defer srv.Close()
+	if lim.RequestMemoryBytes == 0 {
+		lim.RequestMemoryBytes = shardserver.DefaultRequestMemoryBytes
+		if m, ok := shardserver.CgroupMemoryLimit(); ok {
+			lim.RequestMemoryBytes = m / 2
+		}
+	}
+	if err := srv.SetLimits(lim); err != nil {
+		return fmt.Errorf("--max-connections, --max-request-memory-bytes, --read-timeout, --write-timeout, --idle-timeout: %w", err)
+	}
 	kp, err := tls.LoadX509KeyPair(*certFile, *keyFile)
 	if err != nil {
 		return fmt.Errorf("load --tls-cert-file/--tls-key-file: %w", err)
@@ -128,10 +144,9 @@ func ShardServer(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *listen, err)
 	}
-	hs := &http.Server{Handler: srv, TLSConfig: &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}, ReadHeaderTimeout: 10 * time.Second,
-		HTTP2: shardserver.HTTP2Config()}
+	hs := srv.HTTPServer(&tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12})
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.ServeTLS(ln, "", "") }()
+	go func() { serveErr <- hs.ServeTLS(srv.LimitListener(ln), "", "") }()
 
 	kc, err := kubeClient(*kubeconfig)
 	if err != nil {
@@ -144,7 +159,7 @@ func ShardServer(ctx context.Context, args []string) error {
 	go func() {
 		regErr <- reg.Run(regCtx, func(err error) { fmt.Fprintf(os.Stderr, "shard-server: %v\n", err) })
 	}()
-	fmt.Fprintf(os.Stderr, "shard-server: pool %s on node %s serving %s at %s (capacity %d bytes)\n", *pool, *node, *dataDir, addr, *capacity)
+	fmt.Fprintf(os.Stderr, "shard-server: pool %s on node %s serving %s at %s (capacity %d bytes, at most %d connections, %d bytes of request memory)\n", *pool, *node, *dataDir, addr, *capacity, lim.MaxConns, lim.RequestMemoryBytes)
 	var runErr error
 	select {
 	case <-ctx.Done():

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/zeebo/xxh3"
+
+	"github.com/billyronks/couchestor/pkg/dirlock"
 )
 
 // DiskConfig configures the local-disk tier.
@@ -62,6 +64,7 @@ type DiskConfig struct {
 // written with, so after a restart they are the ones at write time.
 type DiskCache struct {
 	dir      string
+	lock     *dirlock.Lock // held from Open to Close
 	capacity int64
 	comp     Compression
 	now      func() time.Time
@@ -180,18 +183,31 @@ func OpenDiskCache(cfg DiskConfig) (*DiskCache, error) {
 	if d.now == nil {
 		d.now = time.Now
 	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create disk cache directory: %w", err)
+	}
+	// Two processes sharing the directory would serve each other's entries
+	// and evict each other's files.
+	lock, err := dirlock.Acquire(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("disk cache: %w", err)
+	}
+	d.lock = lock
 	for i := range 256 {
 		if err := os.MkdirAll(filepath.Join(cfg.Dir, fmt.Sprintf("%02x", i)), 0o750); err != nil {
+			lock.Close()
 			return nil, fmt.Errorf("create disk cache directory: %w", err)
 		}
 	}
 	if err := d.scan(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	// What the last run or the scan unlinked may not be durable yet, and
 	// those keys are not known any more: make it durable once, now.
 	for i := range 256 {
 		if err := syncDir(filepath.Join(cfg.Dir, fmt.Sprintf("%02x", i))); err != nil {
+			lock.Close()
 			return nil, err
 		}
 	}
@@ -615,9 +631,9 @@ func (d *DiskCache) UsedBytes() int64 {
 // Close stops the tier; the files stay for the next Open.
 func (d *DiskCache) Close() error {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.closed = true
-	d.mu.Unlock()
-	return nil
+	return d.lock.Close()
 }
 
 func syncDir(dir string) error {

@@ -137,9 +137,10 @@ type seqEpoch struct{ seq, epoch uint64 }
 
 func (j *Journal) recover(ctx context.Context) error {
 	infos := make([]StoreInfo, len(j.stores))
+	infoErrs := make([]error, len(j.stores))
 	for i, s := range j.stores {
 		info, err := s.Info(ctx)
-		infos[i], j.healthy[i] = info, err == nil
+		infos[i], j.healthy[i], infoErrs[i] = info, err == nil, err
 	}
 	if err := j.needQuorum("open"); err != nil {
 		return err
@@ -174,32 +175,52 @@ func (j *Journal) recover(ctx context.Context) error {
 	if err := j.needQuorum("record epoch"); err != nil {
 		return err
 	}
-	auth := -1
-	for i, info := range infos {
-		if !j.healthy[i] {
-			continue
-		}
-		if auth < 0 || info.LastEpoch > infos[auth].LastEpoch || info.LastEpoch == infos[auth].LastEpoch && info.LastSeq > infos[auth].LastSeq {
-			auth = i
-		}
-	}
+	var auth int
 	var authLog []seqEpoch
 	var live []*liveRec
 	var liveBytes int64
-	err := j.stores[auth].Scan(ctx, trimmed, func(r Record) error {
-		authLog = append(authLog, seqEpoch{r.Seq, r.Epoch})
-		liveBytes += r.encodedSize()
-		if r.Kind == KindWrite {
-			lr := &liveRec{seq: r.Seq, lba: r.LBA, nlba: uint64(len(r.Data) / LBASize), size: r.encodedSize()}
-			if j.tryHold(int64(len(r.Data))) {
-				lr.data = append([]byte(nil), r.Data...)
+	for {
+		auth = -1
+		for i, info := range infos {
+			if !j.healthy[i] {
+				continue
 			}
-			live = append(live, lr)
+			if auth < 0 || info.LastEpoch > infos[auth].LastEpoch || info.LastEpoch == infos[auth].LastEpoch && info.LastSeq > infos[auth].LastSeq {
+				auth = i
+			}
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("journal: replay store %d: %w", auth, err)
+		authLog, live, liveBytes = nil, nil, 0
+		err := j.stores[auth].Scan(ctx, trimmed, func(r Record) error {
+			authLog = append(authLog, seqEpoch{r.Seq, r.Epoch})
+			liveBytes += r.encodedSize()
+			if r.Kind == KindWrite {
+				lr := &liveRec{seq: r.Seq, lba: r.LBA, nlba: uint64(len(r.Data) / LBASize), size: r.encodedSize()}
+				if j.tryHold(int64(len(r.Data))) {
+					lr.data = append([]byte(nil), r.Data...)
+				}
+				live = append(live, lr)
+			}
+			return nil
+		})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrDamaged) {
+			return fmt.Errorf("journal: replay store %d: %w", auth, err)
+		}
+		// The adopted replica turned out damaged: as if it had not
+		// answered (it is repaired below); the next best one is adopted.
+		for _, lr := range live {
+			if lr.data != nil {
+				j.mu.Lock()
+				j.held -= int64(len(lr.data))
+				j.mu.Unlock()
+			}
+		}
+		j.healthy[auth], infoErrs[auth] = false, err
+		if err := j.needQuorum("replay"); err != nil {
+			return fmt.Errorf("%w (store %d: %w)", err, auth, infoErrs[auth])
+		}
 	}
 	// Catch every other replica up: keep the prefix it shares with the
 	// adopted log, drop the rest, copy the adopted records after it.
@@ -209,6 +230,13 @@ func (j *Journal) recover(ctx context.Context) error {
 		}
 		if err := j.catchUp(ctx, s, j.stores[auth], trimmed, authLog); err != nil {
 			j.healthy[i] = false
+		}
+	}
+	// A replica damaged in the middle of its log was skipped above; it is
+	// repaired now: reset to the trim point, then caught up like a new one.
+	for i, s := range j.stores {
+		if !j.healthy[i] && errors.Is(infoErrs[i], ErrDamaged) && j.repair(ctx, s, j.stores[auth], trimmed, authLog) == nil {
+			j.healthy[i] = true
 		}
 	}
 	if err := j.needQuorum("catch up replicas"); err != nil {
@@ -276,6 +304,24 @@ func (j *Journal) catchUp(ctx context.Context, s, auth Store, trimmed uint64, au
 }
 
 var errStopScan = errors.New("stop scan")
+
+// repair resets a damaged replica to the trim point, records the current
+// epoch on it (unless it already has it) and catches it up from auth.
+func (j *Journal) repair(ctx context.Context, s, auth Store, trimmed uint64, authLog []seqEpoch) error {
+	if err := s.Reset(ctx, trimmed); err != nil {
+		return err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.Epoch < j.epoch {
+		if err := s.SetEpoch(ctx, j.epoch); err != nil {
+			return err
+		}
+	}
+	return j.catchUp(ctx, s, auth, trimmed, authLog)
+}
 
 // replicate appends recs to every healthy store in parallel and succeeds when
 // a quorum made them durable; stores that failed are marked unhealthy.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/zeebo/xxh3"
 )
@@ -81,8 +82,34 @@ func decodeRecord(b []byte) (Record, int, error) {
 		LBA:   binary.LittleEndian.Uint64(b[24:]),
 		Data:  b[headerSize:end:end],
 	}
-	if r.Kind != KindWrite && r.Kind != KindEpoch {
-		return Record{}, 0, fmt.Errorf("%w: unknown kind %d", errTorn, r.Kind)
+	if err := r.checkGeometry(); err != nil {
+		return Record{}, 0, fmt.Errorf("%w: seq %d: %w", errTorn, r.Seq, err)
 	}
 	return r, end + trailerSize, nil
+}
+
+// maxRecordLBA bounds the end of a write's LBA range, so that its byte
+// offset (LBA*512) fits an int64 and LBA+len/512 cannot wrap.
+const maxRecordLBA = math.MaxInt64 / LBASize
+
+// checkGeometry is the shape every record must have, whatever its checksum
+// says: replay and destage trust it.
+func (r *Record) checkGeometry() error {
+	switch r.Kind {
+	case KindWrite:
+		n := uint64(len(r.Data))
+		if n == 0 || n%LBASize != 0 {
+			return fmt.Errorf("a write record carries %d data bytes, not a non-empty multiple of %d", n, LBASize)
+		}
+		if r.LBA > maxRecordLBA-n/LBASize {
+			return fmt.Errorf("a write record at LBA %d (+%d LBAs) ends past LBA %d", r.LBA, n/LBASize, uint64(maxRecordLBA))
+		}
+	case KindEpoch:
+		if len(r.Data) != 0 || r.LBA != 0 {
+			return fmt.Errorf("an epoch record carries LBA %d and %d data bytes, want none", r.LBA, len(r.Data))
+		}
+	default:
+		return fmt.Errorf("unknown kind %d", r.Kind)
+	}
+	return nil
 }

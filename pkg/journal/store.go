@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,8 +11,11 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/zeebo/xxh3"
+
+	"github.com/billyronks/couchestor/pkg/dirlock"
 )
 
 // Store is one replica of a volume's journal. Every mutating call is durable
@@ -67,13 +71,40 @@ type FileStore struct {
 	lastEp  uint64
 
 	unlinks sync.WaitGroup // background deletions of trimmed segments
+
+	lock *dirlock.Lock // no second process (or open) on dir
+	// damaged is set when opening found a bad record with valid ones after
+	// it (not a torn tail): every call fails with it until Reset moves the
+	// damaged segments aside (the repair: the replica is then caught up
+	// from the others).
+	damaged      error
+	damagedFiles []string
+	// failed is set by the first failed fsync: the kernel may have dropped
+	// the unwritten pages and a later fsync can succeed without them, so no
+	// later mutation is acknowledged.
+	failed error
+}
+
+// ErrDamaged is matched (errors.Is) by the errors of a replica whose log is
+// damaged in the middle; Reset repairs it.
+var ErrDamaged = errors.New("journal: replica damaged")
+
+// segFile is what a store needs of a segment file (*os.File; tests inject
+// failures through it).
+type segFile interface {
+	io.Reader
+	io.ReaderAt
+	io.WriterAt
+	Sync() error
+	Truncate(size int64) error
+	Close() error
 }
 
 // segment is one log file.
 type segment struct {
 	id      uint64
 	name    string
-	f       *os.File
+	f       segFile
 	size    int64
 	lastSeq uint64 // of its last record (0 when empty)
 }
@@ -103,15 +134,21 @@ func segmentName(id uint64) string {
 
 // OpenFileStore opens (creating if needed) the store in dir and drops a torn tail.
 func OpenFileStore(dir string) (*FileStore, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("journal store %s: %w", dir, err)
 	}
-	s := &FileStore{dir: dir, segmentBytes: defaultSegmentBytes}
+	lock, err := dirlock.Acquire(dir)
+	if err != nil {
+		return nil, fmt.Errorf("journal store %s: %w", dir, err)
+	}
+	s := &FileStore{dir: dir, segmentBytes: defaultSegmentBytes, lock: lock}
 	if err := s.readMeta(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	if err := s.load(); err != nil {
 		s.closeSegments()
+		lock.Close()
 		return nil, err
 	}
 	return s, nil
@@ -153,7 +190,7 @@ func (s *FileStore) load() error {
 			drop = append(drop, name)
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR, 0o644)
+		f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR, 0o640)
 		if err != nil {
 			return fmt.Errorf("journal store %s: %w", s.dir, err)
 		}
@@ -166,8 +203,18 @@ func (s *FileStore) load() error {
 		var off int64
 		for off < int64(len(data)) {
 			rec, n, err := decodeRecord(data[off:])
-			if err != nil || prev > 0 && rec.Seq <= prev {
-				torn = true // torn tail (or out-of-order garbage): drop from here
+			if err == nil && prev > 0 && rec.Seq <= prev {
+				return s.markDamaged(ids, fmt.Sprintf("%s offset %d holds seq %d after seq %d", name, off, rec.Seq, prev))
+			}
+			if err != nil {
+				// A torn tail (the last append, cut by a crash, never
+				// acknowledged) is dropped. A bad record with a valid one
+				// after it is damage: dropping the rest would lose
+				// acknowledged records.
+				if at, ok := s.validAfter(ids, id, data, off, prev); ok {
+					return s.markDamaged(ids, fmt.Sprintf("%s offset %d does not hold a valid record, yet %s does", name, off, at))
+				}
+				torn = true
 				break
 			}
 			prev = rec.Seq
@@ -202,6 +249,82 @@ func (s *FileStore) load() error {
 	}
 	s.dropTrimmedSegments()
 	return nil
+}
+
+// validAfter looks for a valid record with a sequence number above prev
+// after the bad one at off of segment id (data), in that segment and the
+// later ones (ids); it says where the first one is.
+func (s *FileStore) validAfter(ids []uint64, id uint64, data []byte, off int64, prev uint64) (string, bool) {
+	find := func(b []byte) (int, bool) {
+		var magic [4]byte
+		binary.LittleEndian.PutUint32(magic[:], recordMagic)
+		for i := 0; ; i++ {
+			j := bytes.Index(b[i:], magic[:])
+			if j < 0 {
+				return 0, false
+			}
+			i += j
+			if rec, _, err := decodeRecord(b[i:]); err == nil && rec.Seq > prev {
+				return i, true
+			}
+		}
+	}
+	if i, ok := find(data[off+1:]); ok {
+		return fmt.Sprintf("offset %d", off+1+int64(i)), true
+	}
+	for _, later := range ids {
+		if later <= id {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.dir, segmentName(later)))
+		if err != nil {
+			return fmt.Sprintf("%s (unreadable: %v)", segmentName(later), err), true
+		}
+		if i, ok := find(b); ok {
+			return fmt.Sprintf("%s offset %d", segmentName(later), i), true
+		}
+	}
+	return "", false
+}
+
+// markDamaged puts the store in the damaged state: no records, every call
+// but Reset and Close refused with ErrDamaged naming what was found.
+func (s *FileStore) markDamaged(ids []uint64, what string) error {
+	s.closeSegments()
+	s.segs, s.locs = nil, nil
+	s.lastSeq, s.lastEp = s.meta.trimmed, 0
+	for _, id := range ids {
+		s.damagedFiles = append(s.damagedFiles, segmentName(id))
+	}
+	s.damaged = fmt.Errorf("%w: journal store %s: %s; nothing is read from this replica until it is reset and caught up from the others", ErrDamaged, s.dir, what)
+	return nil
+}
+
+// Damaged returns the damage found on open (nil when none, or once Reset repaired it).
+func (s *FileStore) Damaged() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.damaged
+}
+
+// usable is the error a call must fail with, if any. Caller holds mu.
+func (s *FileStore) usable(mutation bool) error {
+	if s.damaged != nil {
+		return s.damaged
+	}
+	if mutation && s.failed != nil {
+		return s.failed
+	}
+	return nil
+}
+
+// fsyncFailed records a failed fsync (see failed) and returns err.
+func (s *FileStore) fsyncFailed(err error) error {
+	err = fmt.Errorf("journal store %s: fsync: %w; the replica acknowledges nothing more until it is reopened", s.dir, err)
+	if s.failed == nil {
+		s.failed = err
+	}
+	return err
 }
 
 // dropTrimmedSegments closes and deletes every segment but the last whose
@@ -250,7 +373,7 @@ func (s *FileStore) active(n int64) (*segment, error) {
 		id = ids[len(ids)-1] + 1
 	}
 	name := segmentName(id)
-	f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("journal store %s: new segment: %w", s.dir, err)
 	}
@@ -292,7 +415,7 @@ func (s *FileStore) writeMeta(m storeMeta) error {
 
 func writeFileDurably(dir, name string, b []byte) error {
 	tmp := filepath.Join(dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err != nil {
 		return err
 	}
@@ -325,6 +448,9 @@ func syncDir(dir string) error {
 func (s *FileStore) Info(context.Context) (StoreInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.usable(false); err != nil {
+		return StoreInfo{}, err
+	}
 	return StoreInfo{Epoch: s.meta.epoch, TrimmedThrough: s.meta.trimmed, LastSeq: s.lastSeq, LastEpoch: s.lastEp}, nil
 }
 
@@ -334,6 +460,10 @@ func (s *FileStore) find(seq uint64) int {
 
 func (s *FileStore) Scan(ctx context.Context, after uint64, fn func(Record) error) error {
 	s.mu.Lock()
+	if err := s.usable(false); err != nil {
+		s.mu.Unlock()
+		return err
+	}
 	locs := append([]recLoc(nil), s.locs[s.find(after+1):]...)
 	s.mu.Unlock()
 	var buf []byte
@@ -362,13 +492,25 @@ func (s *FileStore) readAt(l recLoc, buf *[]byte) (Record, error) {
 	}
 	rec, _, err := decodeRecord(b)
 	if err != nil || rec.Seq != l.seq {
-		return Record{}, fmt.Errorf("journal store %s: seq %d at %s offset %d: %w", s.dir, l.seq, l.seg.name, l.off, errTorn)
+		// Bytes that verified on open do not any more: the replica is
+		// damaged from now on (Reset repairs it), never served.
+		err = fmt.Errorf("%w: journal store %s: seq %d at %s offset %d does not verify any more; nothing is read from this replica until it is reset and caught up from the others", ErrDamaged, s.dir, l.seq, l.seg.name, l.off)
+		s.mu.Lock()
+		if s.damaged == nil {
+			s.damaged = err
+		}
+		s.mu.Unlock()
+		return Record{}, err
 	}
 	return rec, nil
 }
 
 func (s *FileStore) Read(_ context.Context, seq uint64) (Record, error) {
 	s.mu.Lock()
+	if err := s.usable(false); err != nil {
+		s.mu.Unlock()
+		return Record{}, err
+	}
 	i := s.find(seq)
 	if i == len(s.locs) || s.locs[i].seq != seq {
 		s.mu.Unlock()
@@ -402,6 +544,9 @@ func (s *FileStore) AppendEncoded(_ context.Context, recs []Record, encoded []by
 func (s *FileStore) append(recs []Record, encoded []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.usable(true); err != nil {
+		return err
+	}
 	var total int64
 	for i := range recs {
 		total += recs[i].encodedSize()
@@ -436,7 +581,7 @@ func (s *FileStore) append(recs []Record, encoded []byte) error {
 		return fmt.Errorf("journal store %s: append: %w", s.dir, err)
 	}
 	if err := seg.f.Sync(); err != nil {
-		return fmt.Errorf("journal store %s: fsync: %w", s.dir, err)
+		return s.fsyncFailed(err)
 	}
 	seg.size += int64(len(buf))
 	seg.lastSeq = last
@@ -448,6 +593,9 @@ func (s *FileStore) append(recs []Record, encoded []byte) error {
 func (s *FileStore) TruncateAfter(_ context.Context, seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.usable(true); err != nil {
+		return err
+	}
 	i := s.find(seq + 1)
 	if i == len(s.locs) {
 		return nil
@@ -475,7 +623,7 @@ func (s *FileStore) TruncateAfter(_ context.Context, seq uint64) error {
 		return fmt.Errorf("journal store %s: truncate after %d: %w", s.dir, seq, err)
 	}
 	if err := at.seg.f.Sync(); err != nil {
-		return fmt.Errorf("journal store %s: %w", s.dir, err)
+		return s.fsyncFailed(err)
 	}
 	at.seg.size = at.off
 	s.locs = s.locs[:i]
@@ -493,6 +641,9 @@ func (s *FileStore) TruncateAfter(_ context.Context, seq uint64) error {
 func (s *FileStore) Trim(_ context.Context, through uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.usable(true); err != nil {
+		return err
+	}
 	if through <= s.meta.trimmed {
 		return nil
 	}
@@ -511,6 +662,32 @@ func (s *FileStore) Trim(_ context.Context, through uint64) error {
 func (s *FileStore) Reset(_ context.Context, through uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.failed != nil {
+		return s.failed
+	}
+	if s.damaged != nil {
+		// The repair: the damaged segments go aside (kept for inspection),
+		// the replica restarts empty at through.
+		aside := filepath.Join(s.dir, fmt.Sprintf("damaged-%d", time.Now().UnixNano()))
+		if err := os.Mkdir(aside, 0o750); err != nil {
+			return fmt.Errorf("journal store %s: set damaged segments aside: %w", s.dir, err)
+		}
+		names := s.damagedFiles
+		for _, seg := range s.segs { // damage found after open: segments still open
+			seg.f.Close()
+			names = append(names, seg.name)
+		}
+		s.segs, s.locs = nil, nil
+		for _, name := range names {
+			if err := os.Rename(filepath.Join(s.dir, name), filepath.Join(aside, name)); err != nil {
+				return fmt.Errorf("journal store %s: set damaged segments aside: %w", s.dir, err)
+			}
+		}
+		if err := syncDir(s.dir); err != nil {
+			return s.fsyncFailed(err)
+		}
+		s.damaged, s.damagedFiles = nil, nil
+	}
 	for _, seg := range s.segs {
 		seg.f.Close()
 		if err := os.Remove(filepath.Join(s.dir, seg.name)); err != nil {
@@ -531,6 +708,9 @@ func (s *FileStore) Reset(_ context.Context, through uint64) error {
 func (s *FileStore) SetEpoch(_ context.Context, epoch uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.usable(true); err != nil {
+		return err
+	}
 	if epoch <= s.meta.epoch {
 		return fmt.Errorf("journal store %s: epoch %d is not above %d", s.dir, epoch, s.meta.epoch)
 	}
@@ -548,5 +728,7 @@ func (s *FileStore) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	s.segs = nil
+	errs = append(errs, s.lock.Close())
 	return errors.Join(errs...)
 }

@@ -9,9 +9,12 @@ import (
 	"io"
 	"math/bits"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Export is one named device a Server offers.
@@ -40,8 +43,29 @@ type Server struct {
 	// HandshakeTimeout bounds the whole option haggling of a connection
 	// (0 means one minute).
 	HandshakeTimeout time.Duration
+	// MaxConns bounds the connections served at once (0 means
+	// DefaultMaxConns). A connection past it is refused during negotiation
+	// with NBD_REP_ERR_POLICY and a message naming the limit.
+	MaxConns int
+	// MaxBufferedBytes bounds the READ and WRITE payload bytes held by all
+	// connections together (0 means DefaultMaxBufferedBytes); it must be at
+	// least MaxPayload. A request waits for room before its buffer is
+	// allocated, which back-pressures the clients through TCP.
+	MaxBufferedBytes int64
+	// IdleTimeout closes a connection that sends no request for that long
+	// (0: never — the kernel's NBD client sends nothing while its device is
+	// idle, and closing it would fail the device).
+	IdleTimeout time.Duration
+	// IOTimeout bounds receiving the rest of a request once its first byte
+	// arrived (header and WRITE payload) and sending each reply; a client
+	// slower than that is disconnected (0 means one minute).
+	IOTimeout time.Duration
 	// Logf receives connection errors; nil discards them.
 	Logf func(format string, args ...any)
+
+	once    sync.Once
+	buffers *semaphore.Weighted
+	conns   atomic.Int64 // connections being served, refused ones included
 }
 
 func (s *Server) maxInFlight() int {
@@ -49,6 +73,39 @@ func (s *Server) maxInFlight() int {
 		return s.MaxInFlight
 	}
 	return 64
+}
+
+// DefaultMaxConns and DefaultMaxBufferedBytes are the bounds a Server
+// applies when its fields are zero.
+const (
+	DefaultMaxConns         = 64
+	DefaultMaxBufferedBytes = 512 << 20
+)
+
+func (s *Server) maxConns() int {
+	if s.MaxConns > 0 {
+		return s.MaxConns
+	}
+	return DefaultMaxConns
+}
+
+func (s *Server) ioTimeout() time.Duration {
+	if s.IOTimeout > 0 {
+		return s.IOTimeout
+	}
+	return time.Minute
+}
+
+// budget is the server-wide payload semaphore, made on first use.
+func (s *Server) budget() *semaphore.Weighted {
+	s.once.Do(func() {
+		n := s.MaxBufferedBytes
+		if n <= 0 {
+			n = DefaultMaxBufferedBytes
+		}
+		s.buffers = semaphore.NewWeighted(n)
+	})
+	return s.buffers
 }
 
 func (s *Server) maxPayload() int {
@@ -67,6 +124,9 @@ func (s *Server) logf(format string, args ...any) {
 func (s *Server) validate() error {
 	if len(s.Exports) == 0 {
 		return errors.New("nbd server: no exports")
+	}
+	if s.MaxBufferedBytes > 0 && s.MaxBufferedBytes < int64(s.maxPayload()) {
+		return fmt.Errorf("nbd server: MaxBufferedBytes %d must be at least MaxPayload %d (one request's buffer)", s.MaxBufferedBytes, s.maxPayload())
 	}
 	seen := map[string]bool{}
 	for i, e := range s.Exports {
@@ -107,10 +167,25 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
 		}
+		n := s.conns.Add(1)
+		if n > int64(2*s.maxConns()) {
+			// Far past the limit: not even a refusal message.
+			s.conns.Add(-1)
+			s.logf("nbd: connection from %s closed: %d connections open, limit %d", c.RemoteAddr(), n-1, s.maxConns())
+			_ = c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.ServeConn(ctx, c); err != nil {
+			defer s.conns.Add(-1)
+			var err error
+			if n > int64(s.maxConns()) {
+				err = s.refuse(c)
+			} else {
+				err = s.ServeConn(ctx, c)
+			}
+			if err != nil {
 				s.logf("nbd: connection from %s: %v", c.RemoteAddr(), err)
 			}
 		}()
@@ -133,7 +208,7 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) error {
 	}
 	// Ending ctx makes the blocked read return: negotiation fails, the
 	// request loop stops reading and drains.
-	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, c.stopReading)
 	defer stop()
 
 	timeout := s.HandshakeTimeout
@@ -148,11 +223,12 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) error {
 		}
 		return fmt.Errorf("negotiation: %w", err)
 	}
-	_ = nc.SetDeadline(time.Time{})
+	_ = nc.SetWriteDeadline(time.Time{})
+	c.readDeadline(0)
 	if ctx.Err() != nil {
 		return nil
 	}
-	err = c.transmit(context.WithoutCancel(ctx), exp)
+	err = c.transmit(ctx, exp)
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -160,6 +236,38 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) error {
 }
 
 var errAborted = errors.New("client aborted the negotiation")
+
+// refuse answers a connection past MaxConns: the greeting, then
+// NBD_REP_ERR_POLICY with a message naming the limit to the first option
+// (NBD_OPT_EXPORT_NAME cannot carry an error: it is just closed), then close.
+func (s *Server) refuse(nc net.Conn) error {
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(min(s.ioTimeout(), 10*time.Second)))
+	c := &conn{srv: s, nc: nc, br: bufio.NewReaderSize(nc, 64)}
+	msg := fmt.Sprintf("server busy: %d connections already open, the limit is %d (--nbd-max-connections)", s.maxConns(), s.maxConns())
+	var hello [18]byte
+	binary.BigEndian.PutUint64(hello[0:], magicNBD)
+	binary.BigEndian.PutUint64(hello[8:], magicIHaveOpt)
+	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
+	var cf [4]byte
+	var hdr [16]byte
+	if _, err := nc.Write(hello[:]); err != nil {
+		return fmt.Errorf("refused (%s): %w", msg, err)
+	}
+	if _, err := io.ReadFull(c.br, cf[:]); err != nil {
+		return fmt.Errorf("refused (%s): %w", msg, err)
+	}
+	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		return fmt.Errorf("refused (%s): %w", msg, err)
+	}
+	opt, length := binary.BigEndian.Uint32(hdr[8:]), binary.BigEndian.Uint32(hdr[12:])
+	if opt != OptExportName && length <= maxOptionDataLength {
+		if _, err := io.CopyN(io.Discard, c.br, int64(length)); err == nil {
+			_ = c.optReply(opt, RepErrPolicy, []byte(msg))
+		}
+	}
+	return fmt.Errorf("refused: %s", msg)
+}
 
 type conn struct {
 	srv *Server
@@ -170,6 +278,32 @@ type conn struct {
 	bw      *bufio.Writer
 	werr    error
 	waiting atomic.Int32 // replies waiting for wmu: the last one flushes
+
+	dmu     sync.Mutex
+	stopped bool // reading stopped for good: deadlines are not moved any more
+}
+
+// readDeadline sets the read deadline d from now (0: none), unless reading
+// was stopped.
+func (c *conn) readDeadline(d time.Duration) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.stopped {
+		return
+	}
+	var t time.Time
+	if d > 0 {
+		t = time.Now().Add(d)
+	}
+	_ = c.nc.SetReadDeadline(t)
+}
+
+// stopReading makes the blocked and every later read return at once.
+func (c *conn) stopReading() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.stopped = true
+	_ = c.nc.SetReadDeadline(time.Now())
 }
 
 // ---- negotiation ----
@@ -415,6 +549,8 @@ type request struct {
 
 func (c *conn) transmit(ctx context.Context, exp *Export) error {
 	sem := make(chan struct{}, c.srv.maxInFlight())
+	budget := c.srv.budget()
+	exec := context.WithoutCancel(ctx) // in-flight requests finish after ctx ends
 	var inflight sync.WaitGroup
 	defer func() {
 		inflight.Wait()
@@ -424,13 +560,26 @@ func (c *conn) transmit(ctx context.Context, exp *Export) error {
 		}
 		c.wmu.Unlock()
 	}()
+	idle, iot := c.srv.IdleTimeout, c.srv.ioTimeout()
 	var hdr [requestHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil // the client closed between requests
+		// Between requests the connection may idle (IdleTimeout); once a
+		// request started, the rest of it must follow within IOTimeout.
+		if c.br.Buffered() == 0 {
+			c.readDeadline(idle)
+			if _, err := c.br.Peek(1); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil // the client closed between requests
+				}
+				if idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+					return fmt.Errorf("no request for %v (the idle timeout, --nbd-idle-timeout): closing", idle)
+				}
+				return fmt.Errorf("read request: %w", err)
 			}
-			return fmt.Errorf("read request: %w", err)
+		}
+		c.readDeadline(iot)
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return c.readErr("request header", err)
 		}
 		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
 			return fmt.Errorf("request magic %#x, want %#x: closing", m, magicRequest)
@@ -446,16 +595,31 @@ func (c *conn) transmit(ctx context.Context, exp *Export) error {
 			return nil
 		}
 		errno := c.check(exp, &r)
+		if r.typ == CmdWrite && errno != 0 && int64(r.length) > int64(c.srv.maxPayload()) {
+			// Skipping the payload would mean reading up to 4 GiB the
+			// client should never have sent: refuse and disconnect.
+			c.reply(r.handle, errno, nil)
+			return fmt.Errorf("write of %d bytes exceeds the maximum payload of %d bytes (advertised as the maximum block size): refused without reading it, closing", r.length, c.srv.maxPayload())
+		}
+		held := int64(0)
+		if errno == 0 && (r.typ == CmdRead || r.typ == CmdWrite) && r.length > 0 {
+			// Room in the server-wide budget before the buffer exists.
+			held = int64(r.length)
+			if err := budget.Acquire(ctx, held); err != nil {
+				return nil // shutting down
+			}
+		}
 		if r.typ == CmdWrite {
 			if errno != 0 {
 				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
-					return fmt.Errorf("skip refused write payload: %w", err)
+					return c.readErr("refused write payload", err)
 				}
 			} else {
 				r.data = getBuf(int(r.length))
 				if _, err := io.ReadFull(c.br, *r.data); err != nil {
 					putBuf(r.data)
-					return fmt.Errorf("read write payload: %w", err)
+					budget.Release(held)
+					return c.readErr("write payload", err)
 				}
 			}
 		}
@@ -466,10 +630,20 @@ func (c *conn) transmit(ctx context.Context, exp *Export) error {
 		sem <- struct{}{}
 		inflight.Add(1)
 		go func() {
-			defer func() { <-sem; inflight.Done() }()
-			c.execute(ctx, exp, &r)
+			defer func() { budget.Release(held); <-sem; inflight.Done() }()
+			c.execute(exec, exp, &r)
 		}()
 	}
+}
+
+var ioReadFull = io.ReadFull
+
+// readErr describes a failed read inside a request.
+func (c *conn) readErr(what string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%s not received within %v (--nbd-io-timeout): closing", what, c.srv.ioTimeout())
+	}
+	return fmt.Errorf("read %s: %w", what, err)
 }
 
 // check validates a request against the export; nonzero is the error to reply.
@@ -567,6 +741,9 @@ func (c *conn) reply(handle uint64, errno uint32, data []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr == nil {
+		// A client that stops reading replies is disconnected after
+		// IOTimeout instead of holding its buffers forever.
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.ioTimeout()))
 		_, c.werr = c.bw.Write(h[:])
 		if c.werr == nil && errno == 0 && len(data) > 0 {
 			if len(data) <= c.bw.Available() {
@@ -583,7 +760,7 @@ func (c *conn) reply(handle uint64, errno uint32, data []byte) {
 	}
 	if c.werr != nil {
 		// The client is gone: stop reading too, so the connection winds down.
-		_ = c.nc.SetReadDeadline(time.Now())
+		c.stopReading()
 	}
 }
 

@@ -71,6 +71,8 @@ func journalStatus(code int, body []byte) error {
 		return fmt.Errorf("%w (%v)", ErrBadJournalRequest, herr)
 	case http.StatusUnauthorized:
 		return fmt.Errorf("%w (%v)", ErrUnauthorized, herr)
+	case http.StatusUnprocessableEntity:
+		return fmt.Errorf("%w (%v)", journal.ErrDamaged, herr)
 	}
 	return herr
 }

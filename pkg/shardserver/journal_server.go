@@ -33,6 +33,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -40,6 +42,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/billyronks/couchestor/pkg/journal"
 )
@@ -131,6 +134,9 @@ func (js *journals) get(volume string, create bool) (*journalReplica, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.Damaged(); err != nil {
+		log.Printf("shard-server: %v", err)
+	}
 	r := &journalReplica{store: s}
 	js.open[volume] = r
 	return r, nil
@@ -153,6 +159,21 @@ func (js *journals) remove(volume string) error {
 		return fmt.Errorf("remove journal of %s: %w", volume, err)
 	}
 	return nil
+}
+
+// close closes every open replica (their directories are locked while open).
+func (js *journals) close() error {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	var errs []error
+	for v, r := range js.open {
+		r.mu.Lock()
+		errs = append(errs, r.store.Close())
+		r.store = nil
+		r.mu.Unlock()
+		delete(js.open, v)
+	}
+	return errors.Join(errs...)
 }
 
 func (js *journals) usage() ([]JournalUsage, error) {
@@ -201,8 +222,12 @@ func writeJournalErr(w http.ResponseWriter, err error) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 	case errors.Is(err, ErrJournalConflict):
 		http.Error(w, err.Error(), http.StatusConflict)
+	case errors.Is(err, errTooLarge):
+		http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
 	case errors.Is(err, journal.ErrNotFound):
 		http.Error(w, err.Error(), http.StatusNotFound)
+	case errors.Is(err, journal.ErrDamaged):
+		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
 	default:
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 	}
@@ -219,11 +244,22 @@ func (s *Server) replica(r *http.Request, create bool) (string, *journalReplica,
 	return volume, rep, err
 }
 
+// MaxJournalNumber bounds every sequence number, epoch and trim point a
+// request carries: nothing legitimate comes near it, and values above it
+// would wrap around (seq+1, epoch+1) into 0.
+const MaxJournalNumber = math.MaxInt64
+
 func uintParam(r *http.Request, name string) (uint64, error) {
-	v := r.URL.Query().Get(name)
+	return parseJournalNumber("query parameter "+name, r.URL.Query().Get(name))
+}
+
+func parseJournalNumber(what, v string) (uint64, error) {
 	n, err := strconv.ParseUint(v, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%w: query parameter %s=%q must be an unsigned integer", ErrBadJournalRequest, name, v)
+		return 0, fmt.Errorf("%w: %s=%q must be an unsigned integer", ErrBadJournalRequest, what, v)
+	}
+	if n > MaxJournalNumber {
+		return 0, fmt.Errorf("%w: %s=%d exceeds %d (2^63-1): refused so that nothing wraps around", ErrBadJournalRequest, what, n, uint64(MaxJournalNumber))
 	}
 	return n, nil
 }
@@ -308,7 +344,10 @@ func (s *Server) journalScan(w http.ResponseWriter, r *http.Request) {
 		if st == nil {
 			return nil
 		}
+		rc := http.NewResponseController(w)
 		return st.Scan(r.Context(), after, func(rec journal.Record) error {
+			// A long scan keeps going while each record moves in time.
+			_ = rc.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
 			enc = journal.AppendEncoded(enc[:0], &rec)
 			count++
 			_, err := bw.Write(enc)
@@ -334,9 +373,9 @@ func (s *Server) journalScan(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) journalRead(w http.ResponseWriter, r *http.Request) {
-	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
+	seq, err := parseJournalNumber("sequence number", r.PathValue("seq"))
 	if err != nil {
-		writeJournalErr(w, fmt.Errorf("%w: sequence number %q must be an unsigned integer", ErrBadJournalRequest, r.PathValue("seq")))
+		writeJournalErr(w, err)
 		return
 	}
 	var enc []byte
@@ -370,9 +409,21 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		writeJournalErr(w, fmt.Errorf("%w: append body of %d bytes exceeds %d", ErrBadJournalRequest, r.ContentLength, maxJournalAppendBytes))
 		return
 	}
+	// Room in the server's request memory before the body buffer exists;
+	// a body of unknown length may use all the room an append may take.
+	size := r.ContentLength
+	if size < 0 {
+		size = min(maxJournalAppendBytes, s.limits.RequestMemoryBytes)
+	}
+	release, err := s.hold(r.Context(), size, "journal append body")
+	if err != nil {
+		writeJournalErr(w, err)
+		return
+	}
+	defer release()
 	// One buffer for the whole body, records decoded in place: no copy or
 	// allocation per record.
-	body, err := readBody(http.MaxBytesReader(w, r.Body, maxJournalAppendBytes), r.ContentLength)
+	body, err := readBody(http.MaxBytesReader(w, r.Body, size), r.ContentLength)
 	if err != nil {
 		writeJournalErr(w, fmt.Errorf("%w: read append body: %w", ErrBadJournalRequest, err))
 		return
@@ -383,6 +434,10 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		rec, n, err := journal.DecodeRecord(body[off:])
 		if err != nil {
 			writeJournalErr(w, fmt.Errorf("%w: record %d of the append body (byte %d of %d): %w", ErrBadJournalRequest, len(recs), off, len(body), err))
+			return
+		}
+		if rec.Seq > MaxJournalNumber || rec.Epoch > MaxJournalNumber {
+			writeJournalErr(w, fmt.Errorf("%w: record %d has seq %d and epoch %d; both must be at most %d (2^63-1) so that nothing wraps around", ErrBadJournalRequest, len(recs), rec.Seq, rec.Epoch, uint64(MaxJournalNumber)))
 			return
 		}
 		if len(recs) > 0 && rec.Seq <= recs[len(recs)-1].Seq {

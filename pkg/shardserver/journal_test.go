@@ -35,6 +35,7 @@ type journalServer struct {
 
 	hs    *http.Server
 	store *Store
+	srv   *Server
 }
 
 func newJournalServer(t testing.TB, certs *Certificates, wrap func(http.Handler) http.Handler) *journalServer {
@@ -79,7 +80,7 @@ func (s *journalServer) start() {
 		h = s.wrap(h)
 	}
 	s.hs = &http.Server{Handler: h, TLSConfig: &tls.Config{Certificates: []tls.Certificate{kp}}, HTTP2: HTTP2Config()}
-	s.store = st
+	s.store, s.srv = st, srv
 	go s.hs.ServeTLS(ln, "", "")
 }
 
@@ -89,8 +90,9 @@ func (s *journalServer) stop() {
 		return
 	}
 	s.hs.Close()
+	s.srv.Close() // journal directories are locked while open
 	s.store.Close()
-	s.hs, s.store = nil, nil
+	s.hs, s.store, s.srv = nil, nil, nil
 }
 
 func journalClient(t testing.TB, certs *Certificates) *Client {

@@ -31,6 +31,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // HeaderShard is the HTTP header carrying a base64 JSON ShardHeader.
@@ -45,6 +47,8 @@ type Server struct {
 	token    string
 	mux      *http.ServeMux
 	journals *journals
+	limits   Limits
+	memory   *semaphore.Weighted // request memory (limits.RequestMemoryBytes)
 }
 
 // NewServer returns the HTTP handler of a pool. token must not be empty.
@@ -53,6 +57,9 @@ func NewServer(store *Store, token string) (*Server, error) {
 		return nil, errors.New("shard server: a bearer token is required")
 	}
 	s := &Server{store: store, token: token, mux: http.NewServeMux()}
+	if err := s.SetLimits(DefaultLimits()); err != nil {
+		return nil, err
+	}
 	s.mux.HandleFunc("PUT /v1/shards", s.auth(s.putShard))
 	s.mux.HandleFunc("GET /v1/shards/{offset}", s.auth(s.getShard))
 	s.mux.HandleFunc("DELETE /v1/shards/{offset}", s.auth(s.deleteShard))
@@ -60,8 +67,13 @@ func NewServer(store *Store, token string) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/shards", s.auth(s.listShards))
 	s.mux.HandleFunc("GET /v1/space", s.auth(s.space))
 	s.registerJournalRoutes()
+	// /healthz is unauthenticated and cheap: it takes no store lock and
+	// walks nothing, it only reports a store that stopped acknowledging.
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_ = s.store.Space()
+		if err := s.store.Err(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		w.WriteHeader(http.StatusOK)
 		_, _ = io.WriteString(w, "ok\n")
 	})
@@ -69,6 +81,9 @@ func NewServer(store *Store, token string) (*Server, error) {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Close closes the journal replicas the server opened (not the Store).
+func (s *Server) Close() error { return s.journals.close() }
 
 func (s *Server) auth(next http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + s.token)
@@ -95,6 +110,8 @@ func writeErr(w http.ResponseWriter, err error) {
 		http.Error(w, err.Error(), http.StatusInsufficientStorage)
 	case errors.Is(err, ErrBadShard):
 		http.Error(w, err.Error(), http.StatusBadRequest)
+	case errors.Is(err, errTooLarge):
+		http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
 	default:
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 	}
@@ -115,6 +132,12 @@ func (s *Server) putShard(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("%w: sizeBytes %d must be within [1, %d]", ErrBadShard, h.SizeBytes, maxShardBytes))
 		return
 	}
+	release, err := s.hold(r.Context(), h.SizeBytes, "shard upload")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer release()
 	payload := make([]byte, h.SizeBytes)
 	if _, err := io.ReadFull(r.Body, payload); err != nil {
 		writeErr(w, fmt.Errorf("%w: read %d payload bytes: %v", ErrBadShard, h.SizeBytes, err))
@@ -155,6 +178,12 @@ func (s *Server) getShard(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	release, err := s.hold(r.Context(), s.store.extentLength(off), "shard read")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer release()
 	// Shard reads reuse buffers: a fresh one per read made the server's
 	// garbage collector run (and scan its extent map) every few reads.
 	bp, _ := readBuffers.Get().(*[]byte)

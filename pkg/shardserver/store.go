@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/billyronks/couchestor/pkg/dirlock"
 	"github.com/billyronks/couchestor/pkg/erasure"
 )
 
@@ -76,8 +77,9 @@ type span struct{ offset, length int64 }
 type Store struct {
 	dir      string
 	capacity int64
-	data     *os.File
-	log      *os.File
+	data     storeFile
+	log      storeFile
+	lock     *dirlock.Lock // no second process (or open) on dir
 
 	mu      sync.Mutex
 	extents map[int64]*extent // by offset
@@ -85,11 +87,48 @@ type Store struct {
 	free    []span            // sorted by offset, coalesced, all below end
 	end     int64             // store file high-water mark
 	used    int64
+	// unreadable counts extents without a valid header, so Space needs no
+	// walk of the extents.
+	unreadable int
 
 	seq    atomic.Uint64 // completed mutations
 	syncMu sync.Mutex
 	synced uint64
+	// broken is set by the first failed fsync: the kernel may have dropped
+	// the pages it could not write and a later fsync can succeed without
+	// them, so nothing is acknowledged any more (Err, /healthz) until the
+	// server restarts and reads what the disk really holds.
+	broken atomic.Pointer[error]
 	now    func() time.Time
+}
+
+// Err reports why the store stopped acknowledging writes, or nil. It takes
+// no lock.
+func (s *Store) Err() error {
+	if p := s.broken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// extentLength is the length of the extent at off (0 when there is none).
+func (s *Store) extentLength(off int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.extents[off]; ok {
+		return e.length
+	}
+	return 0
+}
+
+// storeFile is what the store needs of its two files (*os.File; tests
+// inject failures through it).
+type storeFile interface {
+	io.ReaderAt
+	io.WriterAt
+	io.Writer
+	Sync() error
+	Close() error
 }
 
 // Space is what a pool reports about itself.
@@ -112,17 +151,24 @@ func OpenStore(dir string, capacity int64) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	data, err := os.OpenFile(filepath.Join(dir, storeFileName), os.O_RDWR|os.O_CREATE, 0o640)
+	lock, err := dirlock.Acquire(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	s := &Store{dir: dir, capacity: capacity, data: data, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now}
+	data, err := os.OpenFile(filepath.Join(dir, storeFileName), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open shard store: %w", err)
+	}
+	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now}
 	if err := s.replayLog(); err != nil {
 		data.Close()
+		lock.Close()
 		return nil, err
 	}
 	if err := s.compactLog(); err != nil {
 		data.Close()
+		lock.Close()
 		return nil, err
 	}
 	if err := s.indexHeaders(); err != nil {
@@ -135,7 +181,7 @@ func OpenStore(dir string, capacity int64) (*Store, error) {
 
 // Close closes the store's files.
 func (s *Store) Close() error {
-	return errors.Join(s.data.Close(), s.log.Close())
+	return errors.Join(s.data.Close(), s.log.Close(), s.lock.Close())
 }
 
 // log record: op(1) offset(8) length(8) unixNano(8) crc32c(4) = 29 bytes.
@@ -153,6 +199,10 @@ func encodeLogRec(op byte, off, length int64, t time.Time) []byte {
 	return b
 }
 
+func logRecValid(r []byte) bool {
+	return crc32.Checksum(r[:25], crcTable) == binary.BigEndian.Uint32(r[25:])
+}
+
 func (s *Store) replayLog() error {
 	p := filepath.Join(s.dir, allocLogName)
 	raw, err := os.ReadFile(p)
@@ -161,8 +211,18 @@ func (s *Store) replayLog() error {
 	}
 	for i := 0; i+logRecLen <= len(raw); i += logRecLen {
 		r := raw[i : i+logRecLen]
-		if crc32.Checksum(r[:25], crcTable) != binary.BigEndian.Uint32(r[25:]) {
-			break // torn tail: the mutation was never acknowledged
+		if !logRecValid(r) {
+			// A torn tail (the last append, cut by a crash, never
+			// acknowledged) is dropped. A bad record with valid ones after
+			// it is damage: dropping the rest would free live extents and
+			// hand them out again over acknowledged shards.
+			for j := i + logRecLen; j+logRecLen <= len(raw); j += logRecLen {
+				if logRecValid(raw[j : j+logRecLen]) {
+					return fmt.Errorf("allocation log %s: the record at byte %d is damaged and a valid record follows at byte %d: refusing to open the store "+
+						"(truncating the log would hand out live extents again); restore the file from a backup, or take the pool out of service (wipe the data directory) so the operator rebuilds its shards on other pools", p, i, j)
+				}
+			}
+			break
 		}
 		off := int64(binary.BigEndian.Uint64(r[1:]))
 		length := int64(binary.BigEndian.Uint64(r[9:]))
@@ -239,11 +299,13 @@ func (s *Store) indexHeaders() error {
 		h, hdrLen, err := s.readHeader(e.offset)
 		if err != nil {
 			if errors.Is(err, errNoHeader) {
+				s.unreadable++
 				continue // kept allocated, reported as unreadable
 			}
 			return err
 		}
 		if hdrLen+h.SizeBytes != e.length {
+			s.unreadable++
 			continue // header does not describe this extent: unreadable
 		}
 		e.header, e.hdrLen = h, hdrLen
@@ -342,15 +404,23 @@ func (s *Store) release(off, length int64) {
 func (s *Store) durable(mySeq uint64) error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
+	if err := s.Err(); err != nil {
+		return err
+	}
 	if s.synced >= mySeq {
 		return nil
 	}
 	target := s.seq.Load()
-	if err := s.data.Sync(); err != nil {
-		return fmt.Errorf("fsync shard store: %w", err)
+	err := s.data.Sync()
+	if err != nil {
+		err = fmt.Errorf("fsync shard store %s: %w", filepath.Join(s.dir, storeFileName), err)
+	} else if err = s.log.Sync(); err != nil {
+		err = fmt.Errorf("fsync allocation log %s: %w", filepath.Join(s.dir, allocLogName), err)
 	}
-	if err := s.log.Sync(); err != nil {
-		return fmt.Errorf("fsync allocation log: %w", err)
+	if err != nil {
+		err = fmt.Errorf("%w; the store acknowledges nothing more until the server restarts", err)
+		s.broken.Store(&err)
+		return err
 	}
 	s.synced = target
 	return nil
@@ -370,6 +440,9 @@ type Location struct {
 // generation older than one already stored for the same slot, and the same
 // generation with different bytes; an identical shard is not stored twice.
 func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
+	if err := s.Err(); err != nil {
+		return Location{}, err
+	}
 	if err := h.Validate(); err != nil {
 		return Location{}, fmt.Errorf("%w: %v", ErrBadShard, err)
 	}
@@ -446,6 +519,9 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 func (s *Store) dropLocked(e *extent) {
 	delete(s.extents, e.offset)
 	s.used -= e.length
+	if e.header == nil {
+		s.unreadable--
+	}
 	if e.header != nil {
 		k := e.header.Key()
 		list := s.slots[k]
@@ -551,6 +627,9 @@ func (s *Store) readExtent(off int64, x Expect, length, hdrLen int64, buf []byte
 
 // Free releases the shard at off after checking it is the expected one.
 func (s *Store) Free(off int64, x Expect) error {
+	if err := s.Err(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	e, err := s.lookup(off, x, false)
 	if err != nil {
@@ -616,13 +695,6 @@ func (s *Store) List(volume string) []StoredShard {
 func (s *Store) Space() Space {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sp := Space{CapacityBytes: s.capacity, UsedBytes: s.used, FreeBytes: s.capacity - s.used}
-	for _, e := range s.extents {
-		if e.header == nil {
-			sp.Unreadable++
-		} else {
-			sp.Shards++
-		}
-	}
-	return sp
+	return Space{CapacityBytes: s.capacity, UsedBytes: s.used, FreeBytes: s.capacity - s.used,
+		Shards: len(s.extents) - s.unreadable, Unreadable: s.unreadable}
 }

@@ -58,6 +58,7 @@ func TestStoreWriteReadFreeReopenNeverOverlaps(t *testing.T) {
 		}
 	}
 	used := s.Space().UsedBytes
+	s.Close() // the directory is locked while open; Close flushes nothing
 	s2, err := OpenStore(dir, 1<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +112,7 @@ func TestStoreTornLogTailAndNoSpace(t *testing.T) {
 	f, _ := os.OpenFile(filepath.Join(dir, allocLogName), os.O_WRONLY|os.O_APPEND, 0)
 	f.Write([]byte{'A', 0, 0, 0})
 	f.Close()
+	s.Close()
 	s2, err := OpenStore(dir, 3*8192)
 	if err != nil {
 		t.Fatal(err)
@@ -187,6 +189,7 @@ func TestStoreTamperedBytes(t *testing.T) {
 	if _, _, err := s.Read(loc.Offset, Expect{"v", 0, 2, 1}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("tampered header: %v", err)
 	}
+	s.Close()
 	s2, err := OpenStore(dir, 1<<20)
 	if err != nil {
 		t.Fatal(err)

@@ -172,7 +172,10 @@ func (s *Store) decodeStripe(ctx context.Context, v *Volume, es *storagev1.ECStr
 			l := es.Spec.ShardLocations[i]
 			tried[l.ShardIndex] = true
 			srv, ok := servers[l.PoolName]
-			if !ok {
+			if !ok || l.SizeBytes != int64(ss) {
+				// A size other than the policy's shard size (an edited
+				// ECStripe) is never trusted to size a buffer: the shard
+				// counts as missing and is decoded around.
 				continue
 			}
 			wg.Add(1)
@@ -297,8 +300,8 @@ func (s *Store) readWithinShard(ctx context.Context, v *Volume, es *storagev1.EC
 			loc = l
 		}
 	}
-	if loc == nil {
-		return false
+	if loc == nil || loc.SizeBytes != ss {
+		return false // the whole-stripe path decodes around a wrong size
 	}
 	dataLen := (es.Spec.LbaRange.EndLba - es.Spec.LbaRange.StartLba) * geometry.LBASize
 	if es.Spec.Checksum != "" {

@@ -68,6 +68,10 @@ func Command(ctx context.Context, args []string) error {
 	knownStripes := fs.Int("known-stripes", 65536, "How many ECStripe objects the export keeps in memory (about 3 KiB each) so reads and writes need not GET them; past it, misses are read from the API server.")
 	cacheBlockBytes := fs.Int64("cache-block-bytes", 0, "Unit of the read cache. 0 picks one data shard (stripeSizeBytes/k) when the stripe splits evenly, else the stripe: a miss then fetches one shard, so random small reads move a k-th of a stripe. The stripe size suits purely sequential readers (a tenth or so faster there). Must be a multiple of 512 dividing stripeSizeBytes.")
 	destageParallel := fs.Int("destage-parallel", 8, "How many stripes the destager writes at once. A stripe write waits mostly on shard servers and two API requests (create or update, then status), so several in flight keep both busy.")
+	nbdConns := fs.Int("nbd-max-connections", nbd.DefaultMaxConns, "Connections the NBD listener serves at once; the next one is refused during negotiation with a message naming this limit.")
+	nbdBuffers := fs.Int64("nbd-buffer-bytes", nbd.DefaultMaxBufferedBytes, "READ and WRITE payload bytes all NBD connections together may hold in memory (at least 32 MiB, the maximum payload); a request waits for room before its buffer is allocated.")
+	nbdIdle := fs.Duration("nbd-idle-timeout", 0, "Close an NBD connection that sends no request for this long; 0 (the default) never does: the kernel's NBD client sends nothing while its device is idle, and closing its connection fails the device.")
+	nbdIO := fs.Duration("nbd-io-timeout", time.Minute, "Once a request's first byte arrived, the rest of it (and a WRITE's payload) must follow within this, and each reply must be taken by the client within it; else the connection is closed.")
 	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -77,6 +81,10 @@ func Command(ctx context.Context, args []string) error {
 	}
 	if *knownStripes < 1 {
 		return fmt.Errorf("--known-stripes %d must be at least 1", *knownStripes)
+	}
+	if *nbdConns < 1 || *nbdBuffers < nbd.DefaultMaxPayload || *nbdIdle < 0 || *nbdIO <= 0 {
+		return fmt.Errorf("--nbd-max-connections %d must be at least 1, --nbd-buffer-bytes %d at least %d, --nbd-idle-timeout %v not negative and --nbd-io-timeout %v positive",
+			*nbdConns, *nbdBuffers, nbd.DefaultMaxPayload, *nbdIdle, *nbdIO)
 	}
 	if *destageParallel < 1 {
 		return fmt.Errorf("--destage-parallel %d must be at least 1", *destageParallel)
@@ -208,7 +216,8 @@ func Command(ctx context.Context, args []string) error {
 	defer func() { stopConds(); <-condsDone }()
 	log.Printf("ec-volume %s: serving %d bytes (policy %s, stripe %d bytes, journal %d replicas × %d bytes) over NBD on %s",
 		*volume, vol.Object.Spec.SizeBytes, pol.Name, vol.StripeSize, replicas, jsize, l.Addr())
-	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: v}}, Logf: log.Printf}
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: v}}, Logf: log.Printf,
+		MaxConns: *nbdConns, MaxBufferedBytes: *nbdBuffers, IdleTimeout: *nbdIdle, IOTimeout: *nbdIO}
 	return srv.Serve(ctx, l)
 }
 
