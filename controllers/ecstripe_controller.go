@@ -100,6 +100,9 @@ func (r *ECStripeReconciler) now() time.Time {
 // queues the stripe (pkg/scrub's sink).
 func (r *ECStripeReconciler) Report(stripe string, f map[int]ecstate.Finding) {
 	r.mu.Lock()
+	if r.findings == nil {
+		r.findings = map[string]map[int]ecstate.Finding{}
+	}
 	if r.findings[stripe] == nil {
 		r.findings[stripe] = map[int]ecstate.Finding{}
 	}
@@ -129,6 +132,30 @@ func (r *ECStripeReconciler) takeFindings(stripe string) map[int]ecstate.Finding
 	f := r.findings[stripe]
 	delete(r.findings, stripe)
 	return f
+}
+
+// returnFindings puts findings taken for a decision that was never written
+// back, so the retry decides with them. A finding reported since (same
+// shard) is newer and wins.
+func (r *ECStripeReconciler) returnFindings(stripe string, f map[int]ecstate.Finding) {
+	if len(f) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.findings == nil {
+		r.findings = map[string]map[int]ecstate.Finding{}
+	}
+	cur := r.findings[stripe]
+	if cur == nil {
+		cur = make(map[int]ecstate.Finding, len(f))
+		r.findings[stripe] = cur
+	}
+	for i, x := range f {
+		if _, newer := cur[i]; !newer {
+			cur[i] = x
+		}
+	}
 }
 
 // SetupWithManager registers the controller, its pool index, the pool
@@ -282,8 +309,11 @@ func (r *ECStripeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	res := r.decide(ctx, &s, codec)
 	if err := r.writeStatus(ctx, &s, res); err != nil {
+		// The reported findings are only recorded once the status is: keep
+		// them for the retry (a lost corruption finding would stay hidden
+		// until the next scrub).
+		r.returnFindings(s.Name, res.reported)
 		if apierrors.IsConflict(err) {
-			// Findings consumed for this attempt are re-read on the retry.
 			return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 		}
 		return ctrl.Result{}, err
@@ -344,6 +374,9 @@ func (r *ECStripeReconciler) reportCollisions(s *storagev1.ECStripe) {
 }
 
 type stripeResult struct {
+	// reported are the findings Report handed in that this decision took:
+	// they go back when its status write fails.
+	reported      map[int]ecstate.Finding
 	shards        []storagev1.ShardHealth
 	decision      ecstate.Decision
 	rebuildActive bool
@@ -380,9 +413,10 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 	for i := range s.Status.ShardHealth {
 		prev[int(s.Status.ShardHealth[i].ShardIndex)] = &s.Status.ShardHealth[i]
 	}
-	findings := r.takeFindings(s.Name)
-	if findings == nil {
-		findings = map[int]ecstate.Finding{}
+	res.reported = r.takeFindings(s.Name)
+	findings := make(map[int]ecstate.Finding, len(res.reported))
+	for i, f := range res.reported {
+		findings[i] = f
 	}
 	verdicts := map[int]ecstate.PoolVerdict{}
 	var verify []int
