@@ -79,6 +79,10 @@ type ECStripeReconciler struct {
 	// the ECStripe informer when nil.
 	Neighbours *webhooks.StripeIndex
 	Now        func() time.Time
+	// WritingGrace is how long a stripe in Writing, or without status, is
+	// left to its writer before the controller adopts it (default
+	// ecstate.DefaultWritingGrace).
+	WritingGrace time.Duration
 	// MaxConcurrentReconciles (default 2).
 	MaxConcurrentReconciles int
 
@@ -296,8 +300,16 @@ func (r *ECStripeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	r.reportCollisions(&s)
 
+	adopt := false
 	if s.Status.State == "" || s.Status.State == storagev1.StripeWriting {
-		return ctrl.Result{}, nil // the writer's
+		now := r.now()
+		if owned, until := ecstate.WriterOwns(s.Status.State, writingSince(&s), r.writingGrace(), now); owned {
+			// The writer's: it writes the status once the shards are durable.
+			return ctrl.Result{RequeueAfter: until.Sub(now) + 10*time.Millisecond}, nil
+		}
+		// The writer failed between its shards and the status (or died):
+		// the stripe is decided from the evidence, as any other.
+		adopt = true
 	}
 	var pol storagev1.ErasureCodingPolicy
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: s.Spec.PolicyRef}, &pol); err != nil {
@@ -307,7 +319,7 @@ func (r *ECStripeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("ECStripe %s: codec of ErasureCodingPolicy %s: %w", s.Name, pol.Name, err)
 	}
-	res := r.decide(ctx, &s, codec)
+	res := r.decide(ctx, &s, codec, adopt)
 	if err := r.writeStatus(ctx, &s, res); err != nil {
 		// The reported findings are only recorded once the status is: keep
 		// them for the retry (a lost corruption finding would stay hidden
@@ -386,7 +398,26 @@ type stripeResult struct {
 	recheck       time.Duration
 }
 
-func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, codec erasure.Codec) stripeResult {
+func (r *ECStripeReconciler) writingGrace() time.Duration {
+	if r.WritingGrace > 0 {
+		return r.WritingGrace
+	}
+	return ecstate.DefaultWritingGrace
+}
+
+// writingSince is when a stripe's writer took it: when it entered Writing
+// (the writer sets lastModifiedTime then), else when it was created.
+func writingSince(s *storagev1.ECStripe) time.Time {
+	if s.Status.State == storagev1.StripeWriting && s.Status.LastModifiedTime != nil {
+		return s.Status.LastModifiedTime.Time
+	}
+	return s.CreationTimestamp.Time
+}
+
+// decide judges the stripe's shards and state. adopt: the stripe was left in
+// Writing or without status; its recorded shard health (if any) describes an
+// earlier version, so every shard is judged afresh and read when it can be.
+func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, codec erasure.Codec, adopt bool) stripeResult {
 	now := r.now()
 	var res stripeResult
 	rebuilding := map[int]bool{}
@@ -411,7 +442,9 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 	}
 	prev := map[int]*storagev1.ShardHealth{}
 	for i := range s.Status.ShardHealth {
-		prev[int(s.Status.ShardHealth[i].ShardIndex)] = &s.Status.ShardHealth[i]
+		if !adopt {
+			prev[int(s.Status.ShardHealth[i].ShardIndex)] = &s.Status.ShardHealth[i]
+		}
 	}
 	res.reported = r.takeFindings(s.Name)
 	findings := make(map[int]ecstate.Finding, len(res.reported))
@@ -424,7 +457,14 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 		i := int(l.ShardIndex)
 		verdicts[i] = r.Pools.Verdict(ctx, l.PoolName)
 		p := prev[i]
-		if _, have := findings[i]; have || rebuilding[i] || p == nil || verdicts[i].State != ecstate.PoolUp {
+		if _, have := findings[i]; have || rebuilding[i] || verdicts[i].State != ecstate.PoolUp {
+			continue
+		}
+		if adopt {
+			verify = append(verify, i) // nothing is known of this version
+			continue
+		}
+		if p == nil {
 			continue
 		}
 		if p.State == storagev1.ShardMissing || p.State == storagev1.ShardCorrupted || p.State == storagev1.ShardRebuilding {
@@ -471,7 +511,7 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 		}
 	}
 	res.decision = ecstate.EvaluateStripe(ecstate.StripeInput{
-		Prev: s.Status.State, Shards: res.shards, DataShards: k, Codec: codec, RebuildActive: res.rebuildActive,
+		Prev: s.Status.State, Shards: res.shards, DataShards: k, Codec: codec, RebuildActive: res.rebuildActive, Adopt: adopt,
 	})
 	switch {
 	case !minOut.IsZero():

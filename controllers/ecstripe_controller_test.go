@@ -153,3 +153,64 @@ func TestECStripeFindingSurvivesStatusConflict(t *testing.T) {
 		t.Fatalf("shard 1 health %+v after the retry, want Corrupted: the finding was lost with the conflicting write", sh1)
 	}
 }
+
+// A stripe without status, or in Writing, is its writer's for the grace and
+// the controller's after it: a writer that failed between its shards and the
+// status must not leave the stripe unjudged forever.
+func TestECStripeWriterGraceThenAdoption(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	lm := metav1.NewTime(t0)
+	for _, tc := range []struct {
+		name string
+		st   *storagev1.ECStripeStatus
+	}{
+		{"no status", nil},
+		// Left mid-overwrite: the recorded health is an earlier version's.
+		{"writing", &storagev1.ECStripeStatus{State: storagev1.StripeWriting, LastModifiedTime: &lm, ShardHealth: []storagev1.ShardHealth{
+			{ShardIndex: 0, State: storagev1.ShardCorrupted, Error: "an earlier version's"}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := stripeFixture(tc.st)
+			objs[len(objs)-1].SetCreationTimestamp(metav1.NewTime(t0))
+			c := fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(objs...).
+				WithStatusSubresource(&storagev1.ECStripe{}).Build()
+			r := newTestStripeReconciler(c)
+			now := t0.Add(10 * time.Second)
+			r.Now = func() time.Time { return now }
+			r.WritingGrace = time.Minute
+			req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "vol-0"}}
+
+			res, err := r.Reconcile(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.RequeueAfter < 50*time.Second || res.RequeueAfter > 51*time.Second {
+				t.Fatalf("within the grace: RequeueAfter %v, want the 50s left of it", res.RequeueAfter)
+			}
+			if s := getStripe(t, c); !stripeStatusEqual(&s.Status, orEmpty(tc.st)) {
+				t.Fatalf("the controller wrote a stripe its writer still holds: %+v", s.Status)
+			}
+
+			now = t0.Add(time.Minute)
+			if _, err := r.Reconcile(context.Background(), req); err != nil {
+				t.Fatal(err)
+			}
+			s := getStripe(t, c)
+			if s.Status.State != storagev1.StripeHealthy || s.Status.HealthyShards != 3 || len(s.Status.ShardHealth) != 3 {
+				t.Fatalf("after the grace: status %+v, want the stripe adopted and Healthy (3 pools Online)", s.Status)
+			}
+			for _, h := range s.Status.ShardHealth {
+				if h.State != storagev1.ShardHealthy {
+					t.Fatalf("shard %d %s (%s): the earlier version's health must not carry over", h.ShardIndex, h.State, h.Error)
+				}
+			}
+		})
+	}
+}
+
+func orEmpty(st *storagev1.ECStripeStatus) *storagev1.ECStripeStatus {
+	if st == nil {
+		return &storagev1.ECStripeStatus{}
+	}
+	return st
+}
