@@ -35,11 +35,19 @@ manifests: $(CONTROLLER_GEN) ## CRDs, RBAC and webhook manifests from the code's
 bundle: manifests ## OLM bundle (bundle/) and the install chart's generated files, from config/ (hack/bundlegen)
 	go run ./hack/bundlegen
 
+GO_MODULES := . hack/image hack/tools/etcd hack/tools/controlplane
+
+.PHONY: tidy
+tidy: ## go mod tidy in every module (direct imports required directly, nothing unused)
+	@for m in $(GO_MODULES); do (cd $$m && go mod tidy); done
+
+GENERATED := apis config bundle helm-charts $(foreach m,$(GO_MODULES),$(m)/go.mod $(m)/go.sum)
+
 .PHONY: verify-generated
-verify-generated: generate manifests bundle ## fail when a generated file is stale
-	@if [ -n "$$(git status --porcelain -- apis config bundle helm-charts)" ]; then \
-	  echo "generated files are stale; run 'make generate manifests bundle' and commit:"; \
-	  git status --porcelain -- apis config bundle helm-charts; git diff --stat -- apis config bundle helm-charts; exit 1; fi
+verify-generated: generate manifests bundle tidy ## fail when a generated file or a go.mod/go.sum is stale
+	@if [ -n "$$(git status --porcelain -- $(GENERATED))" ]; then \
+	  echo "generated files are stale; run 'make generate manifests bundle tidy' and commit:"; \
+	  git status --porcelain -- $(GENERATED); git diff --stat -- $(GENERATED); exit 1; fi
 
 ##@ Build
 

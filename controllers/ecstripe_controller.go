@@ -79,6 +79,10 @@ type ECStripeReconciler struct {
 	// the ECStripe informer when nil.
 	Neighbours *webhooks.StripeIndex
 	Now        func() time.Time
+	// WritingGrace is how long a stripe in Writing, or without status, is
+	// left to its writer before the controller adopts it (default
+	// ecstate.DefaultWritingGrace).
+	WritingGrace time.Duration
 	// MaxConcurrentReconciles (default 2).
 	MaxConcurrentReconciles int
 
@@ -100,6 +104,9 @@ func (r *ECStripeReconciler) now() time.Time {
 // queues the stripe (pkg/scrub's sink).
 func (r *ECStripeReconciler) Report(stripe string, f map[int]ecstate.Finding) {
 	r.mu.Lock()
+	if r.findings == nil {
+		r.findings = map[string]map[int]ecstate.Finding{}
+	}
 	if r.findings[stripe] == nil {
 		r.findings[stripe] = map[int]ecstate.Finding{}
 	}
@@ -129,6 +136,30 @@ func (r *ECStripeReconciler) takeFindings(stripe string) map[int]ecstate.Finding
 	f := r.findings[stripe]
 	delete(r.findings, stripe)
 	return f
+}
+
+// returnFindings puts findings taken for a decision that was never written
+// back, so the retry decides with them. A finding reported since (same
+// shard) is newer and wins.
+func (r *ECStripeReconciler) returnFindings(stripe string, f map[int]ecstate.Finding) {
+	if len(f) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.findings == nil {
+		r.findings = map[string]map[int]ecstate.Finding{}
+	}
+	cur := r.findings[stripe]
+	if cur == nil {
+		cur = make(map[int]ecstate.Finding, len(f))
+		r.findings[stripe] = cur
+	}
+	for i, x := range f {
+		if _, newer := cur[i]; !newer {
+			cur[i] = x
+		}
+	}
 }
 
 // SetupWithManager registers the controller, its pool index, the pool
@@ -275,8 +306,16 @@ func (r *ECStripeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	r.reportCollisions(&s)
 
+	adopt := false
 	if s.Status.State == "" || s.Status.State == storagev1.StripeWriting {
-		return ctrl.Result{}, nil // the writer's
+		now := r.now()
+		if owned, until := ecstate.WriterOwns(s.Status.State, writingSince(&s), r.writingGrace(), now); owned {
+			// The writer's: it writes the status once the shards are durable.
+			return ctrl.Result{RequeueAfter: until.Sub(now) + 10*time.Millisecond}, nil
+		}
+		// The writer failed between its shards and the status (or died):
+		// the stripe is decided from the evidence, as any other.
+		adopt = true
 	}
 	var pol storagev1.ErasureCodingPolicy
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: s.Spec.PolicyRef}, &pol); err != nil {
@@ -286,10 +325,13 @@ func (r *ECStripeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("ECStripe %s: codec of ErasureCodingPolicy %s: %w", s.Name, pol.Name, err)
 	}
-	res := r.decide(ctx, &s, codec)
+	res := r.decide(ctx, &s, codec, adopt)
 	if err := r.writeStatus(ctx, &s, res); err != nil {
+		// The reported findings are only recorded once the status is: keep
+		// them for the retry (a lost corruption finding would stay hidden
+		// until the next scrub).
+		r.returnFindings(s.Name, res.reported)
 		if apierrors.IsConflict(err) {
-			// Findings consumed for this attempt are re-read on the retry.
 			return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 		}
 		return ctrl.Result{}, err
@@ -350,6 +392,9 @@ func (r *ECStripeReconciler) reportCollisions(s *storagev1.ECStripe) {
 }
 
 type stripeResult struct {
+	// reported are the findings Report handed in that this decision took:
+	// they go back when its status write fails.
+	reported      map[int]ecstate.Finding
 	shards        []storagev1.ShardHealth
 	decision      ecstate.Decision
 	rebuildActive bool
@@ -359,7 +404,26 @@ type stripeResult struct {
 	recheck       time.Duration
 }
 
-func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, codec erasure.Codec) stripeResult {
+func (r *ECStripeReconciler) writingGrace() time.Duration {
+	if r.WritingGrace > 0 {
+		return r.WritingGrace
+	}
+	return ecstate.DefaultWritingGrace
+}
+
+// writingSince is when a stripe's writer took it: when it entered Writing
+// (the writer sets lastModifiedTime then), else when it was created.
+func writingSince(s *storagev1.ECStripe) time.Time {
+	if s.Status.State == storagev1.StripeWriting && s.Status.LastModifiedTime != nil {
+		return s.Status.LastModifiedTime.Time
+	}
+	return s.CreationTimestamp.Time
+}
+
+// decide judges the stripe's shards and state. adopt: the stripe was left in
+// Writing or without status; its recorded shard health (if any) describes an
+// earlier version, so every shard is judged afresh and read when it can be.
+func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, codec erasure.Codec, adopt bool) stripeResult {
 	now := r.now()
 	var res stripeResult
 	rebuilding := map[int]bool{}
@@ -384,11 +448,14 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 	}
 	prev := map[int]*storagev1.ShardHealth{}
 	for i := range s.Status.ShardHealth {
-		prev[int(s.Status.ShardHealth[i].ShardIndex)] = &s.Status.ShardHealth[i]
+		if !adopt {
+			prev[int(s.Status.ShardHealth[i].ShardIndex)] = &s.Status.ShardHealth[i]
+		}
 	}
-	findings := r.takeFindings(s.Name)
-	if findings == nil {
-		findings = map[int]ecstate.Finding{}
+	res.reported = r.takeFindings(s.Name)
+	findings := make(map[int]ecstate.Finding, len(res.reported))
+	for i, f := range res.reported {
+		findings[i] = f
 	}
 	verdicts := map[int]ecstate.PoolVerdict{}
 	var verify []int
@@ -396,7 +463,14 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 		i := int(l.ShardIndex)
 		verdicts[i] = r.Pools.Verdict(ctx, l.PoolName)
 		p := prev[i]
-		if _, have := findings[i]; have || rebuilding[i] || p == nil || verdicts[i].State != ecstate.PoolUp {
+		if _, have := findings[i]; have || rebuilding[i] || verdicts[i].State != ecstate.PoolUp {
+			continue
+		}
+		if adopt {
+			verify = append(verify, i) // nothing is known of this version
+			continue
+		}
+		if p == nil {
 			continue
 		}
 		if p.State == storagev1.ShardMissing || p.State == storagev1.ShardCorrupted || p.State == storagev1.ShardRebuilding {
@@ -443,7 +517,7 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 		}
 	}
 	res.decision = ecstate.EvaluateStripe(ecstate.StripeInput{
-		Prev: s.Status.State, Shards: res.shards, DataShards: k, Codec: codec, RebuildActive: res.rebuildActive,
+		Prev: s.Status.State, Shards: res.shards, DataShards: k, Codec: codec, RebuildActive: res.rebuildActive, Adopt: adopt,
 	})
 	switch {
 	case !minOut.IsZero():

@@ -160,6 +160,12 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		vol.Status.Phase = storagev1.ECVolumePending
 		ready.Status, ready.Reason = metav1.ConditionFalse, "PolicyNotFound"
 		ready.Message = fmt.Sprintf("spec.policyRef: ErasureCodingPolicy %q does not exist", vol.Spec.PolicyRef)
+	} else if pol.Status.Phase == storagev1.ECPolicyInvalid {
+		// spec.policyRef is immutable: the volume is unusable until the
+		// policy is fixed.
+		vol.Status.Phase = storagev1.ECVolumeError
+		ready.Status, ready.Reason = metav1.ConditionFalse, "PolicyInvalid"
+		ready.Message = fmt.Sprintf("spec.policyRef: ErasureCodingPolicy %q is Invalid: %s", pol.Name, pol.Status.Message)
 	} else {
 		vol.Status.Phase = storagev1.ECVolumeReady
 		ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, "PolicyFound", "stripes can be written under ErasureCodingPolicy "+pol.Name

@@ -50,9 +50,10 @@ type IOPSMeter interface {
 }
 
 // MigrationStarter receives the Move decisions of an evaluation that is not a
-// dry run. It is the migration engine of tiering part 2; it must return at
-// once (migrations run off the reconcile path). Nil: decisions are reported in
-// status, Events and metrics, and nothing moves.
+// dry run: the migration engine (migration.PolicyStarter over pkg/migration's
+// Engine, wired in main.go). It must return at once (migrations run off the
+// reconcile path). Nil: decisions are reported in status, Events and metrics,
+// and nothing moves.
 type MigrationStarter interface {
 	StartMigrations(ctx context.Context, policy *storagev1.StoragePolicy, moves []tiering.Decision)
 }
@@ -140,7 +141,8 @@ type StoragePolicyReconciler struct {
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Meter     IOPSMeter
-	// Engine may be nil (tiering part 2 not wired).
+	// Engine starts the migrations (main.go wires migration.PolicyStarter);
+	// nil: nothing moves (see MigrationStarter).
 	Engine MigrationStarter
 	// Migrations supplies finished migrations to fold into status (the
 	// migration engine); nil: status counters are left as stored.

@@ -31,10 +31,11 @@
 // Races: admission sees the cache, not etcd. Two ECStripes created at the same
 // moment for the same volume can both pass (each is checked before the other
 // reaches the informer). The index keeps both (it never drops a duplicate),
-// so the ECStripe controller — the controller issue implements this — finds
-// such overlaps and duplicate stripeIds after the fact from the same index
-// (StripeIndex.Overlapping / StripeWithID with the stripe's own name as self)
-// and reports them on the later stripe. The same window exists for a policy
+// so the ECStripe controller (controllers/ecstripe_controller.go,
+// reportCollisions) finds such overlaps and duplicate stripeIds after the
+// fact from the same index (StripeIndex.Overlapping / StripeWithID with the
+// stripe's own name as self) and reports them with an Event and a metric;
+// neither stripe is deleted. The same window exists for a policy
 // deleted while a stripe naming it is being admitted.
 //
 // Certificates, one mode per deployment (--webhook-cert-mode):
@@ -50,7 +51,8 @@
 //   - olm: OLM mounts the certificate at /tmp/k8s-webhook-server/serving-certs
 //     and injects the CA; the operator rotates nothing.
 //
-// Not here yet: the warning for fewer registered shard servers (or distinct
-// nodes) than k+m needs the shard-server registry of the data plane, and the
-// ECStripe deletion guard belongs to the ECVolume issue.
+// With the shard-server registry configured, an ErasureCodingPolicy whose
+// k+m exceeds the registered shard servers (or their distinct nodes) is
+// admitted with a warning. Deleting an ECStripe is refused while its ECVolume
+// exists and is not being deleted (the ECVolume's finalizer deletes stripes).
 package webhooks

@@ -261,9 +261,7 @@ func (w *ECStripeWebhook) ValidateUpdate(ctx context.Context, _, s *storagev1.EC
 	return w.validate(ctx, s)
 }
 
-// ValidateDelete allows deletion (the ECVolume guard comes with a later issue).
-//
-// An ECStripe goes only with its ECVolume (schema 7.3): while the ECVolume it
+// ValidateDelete guards the stripe's data. An ECStripe goes only with its ECVolume (schema 7.3): while the ECVolume it
 // belongs to exists and is not being deleted, deleting the stripe is refused,
 // so `kubectl delete ecs --all` cannot wipe data. The ECVolume's finalizer
 // deletes the stripes once the volume has a deletionTimestamp. A stripe whose

@@ -144,24 +144,28 @@ func TestEvaluateStripe(t *testing.T) {
 		repairable  []int
 		needRebuild bool
 		tr          Transition
+		adopt       bool
 	}{
-		{"writing is the writer's", storagev1.StripeWriting, shards(H, H, M, H, H, H), false, storagev1.StripeWriting, false, [3]int32{5, 3, 2}, []int{2}, false, ""},
-		{"empty is the writer's", "", shards(H, H, H, H, H, H), false, "", false, [3]int32{6, 4, 2}, nil, false, ""},
-		{"all healthy", storagev1.StripeHealthy, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, ""},
-		{"one missing", storagev1.StripeHealthy, shards(H, M, H, H, H, H), false, storagev1.StripeDegraded, true, [3]int32{5, 3, 2}, []int{1}, true, TransitionDegraded},
-		{"two lost parity", storagev1.StripeDegraded, shards(H, H, H, H, M, C), false, storagev1.StripeDegraded, true, [3]int32{4, 4, 0}, []int{4, 5}, true, ""},
-		{"rebuilding", storagev1.StripeDegraded, shards(H, R, H, H, H, H), true, storagev1.StripeRebuilding, true, [3]int32{5, 3, 2}, nil, false, ""},
-		{"rebuilding with a second loss", storagev1.StripeRebuilding, shards(H, R, M, H, H, H), true, storagev1.StripeRebuilding, true, [3]int32{4, 2, 2}, []int{2}, false, ""},
-		{"rebuilt", storagev1.StripeRebuilding, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, TransitionRebuilt},
-		{"healed", storagev1.StripeDegraded, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, TransitionHealed},
-		{"three lost: failed", storagev1.StripeDegraded, shards(M, M, M, H, H, H), false, storagev1.StripeFailed, true, [3]int32{3, 1, 2}, []int{0, 1, 2}, false, TransitionFailed},
-		{"failed stays failed", storagev1.StripeFailed, shards(M, M, C, H, H, H), false, storagev1.StripeFailed, true, [3]int32{3, 1, 2}, []int{0, 1, 2}, false, ""},
-		{"failed recovers to degraded", storagev1.StripeFailed, shards(M, H, H, H, H, M), false, storagev1.StripeDegraded, true, [3]int32{4, 3, 1}, []int{0, 5}, true, TransitionRecovered},
-		{"failed recovers to healthy", storagev1.StripeFailed, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, TransitionRecovered},
+		{"writing is the writer's", storagev1.StripeWriting, shards(H, H, M, H, H, H), false, storagev1.StripeWriting, false, [3]int32{5, 3, 2}, []int{2}, false, "", false},
+		{"empty is the writer's", "", shards(H, H, H, H, H, H), false, "", false, [3]int32{6, 4, 2}, nil, false, "", false},
+		{"all healthy", storagev1.StripeHealthy, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, "", false},
+		{"one missing", storagev1.StripeHealthy, shards(H, M, H, H, H, H), false, storagev1.StripeDegraded, true, [3]int32{5, 3, 2}, []int{1}, true, TransitionDegraded, false},
+		{"two lost parity", storagev1.StripeDegraded, shards(H, H, H, H, M, C), false, storagev1.StripeDegraded, true, [3]int32{4, 4, 0}, []int{4, 5}, true, "", false},
+		{"rebuilding", storagev1.StripeDegraded, shards(H, R, H, H, H, H), true, storagev1.StripeRebuilding, true, [3]int32{5, 3, 2}, nil, false, "", false},
+		{"rebuilding with a second loss", storagev1.StripeRebuilding, shards(H, R, M, H, H, H), true, storagev1.StripeRebuilding, true, [3]int32{4, 2, 2}, []int{2}, false, "", false},
+		{"rebuilt", storagev1.StripeRebuilding, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, TransitionRebuilt, false},
+		{"healed", storagev1.StripeDegraded, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, TransitionHealed, false},
+		{"three lost: failed", storagev1.StripeDegraded, shards(M, M, M, H, H, H), false, storagev1.StripeFailed, true, [3]int32{3, 1, 2}, []int{0, 1, 2}, false, TransitionFailed, false},
+		{"failed stays failed", storagev1.StripeFailed, shards(M, M, C, H, H, H), false, storagev1.StripeFailed, true, [3]int32{3, 1, 2}, []int{0, 1, 2}, false, "", false},
+		{"failed recovers to degraded", storagev1.StripeFailed, shards(M, H, H, H, H, M), false, storagev1.StripeDegraded, true, [3]int32{4, 3, 1}, []int{0, 5}, true, TransitionRecovered, false},
+		{"failed recovers to healthy", storagev1.StripeFailed, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, TransitionRecovered, false},
+		{"adopted from writing: healthy", storagev1.StripeWriting, shards(H, H, H, H, H, H), false, storagev1.StripeHealthy, true, [3]int32{6, 4, 2}, nil, false, "", true},
+		{"adopted without status: degraded", "", shards(H, M, H, H, H, H), false, storagev1.StripeDegraded, true, [3]int32{5, 3, 2}, []int{1}, true, TransitionDegraded, true},
+		{"adopted from writing: failed", storagev1.StripeWriting, shards(M, M, M, H, H, H), false, storagev1.StripeFailed, true, [3]int32{3, 1, 2}, []int{0, 1, 2}, false, TransitionFailed, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			d := EvaluateStripe(StripeInput{Prev: c.prev, Shards: c.sh, DataShards: 4, Codec: rs, RebuildActive: c.rebuild})
+			d := EvaluateStripe(StripeInput{Prev: c.prev, Shards: c.sh, DataShards: 4, Codec: rs, RebuildActive: c.rebuild, Adopt: c.adopt})
 			if d.State != c.state || d.Owned != c.owned || d.NeedsRebuild != c.needRebuild || d.Transition != c.tr {
 				t.Fatalf("got state=%s owned=%v needsRebuild=%v transition=%q", d.State, d.Owned, d.NeedsRebuild, d.Transition)
 			}
@@ -224,5 +228,35 @@ func TestScrubDue(t *testing.T) {
 	}
 	if due, _ := ScrubDue(t0, time.Hour, t0.Add(time.Hour)); !due {
 		t.Fatal("at the interval it is due")
+	}
+}
+
+func TestWriterOwns(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const grace = time.Minute
+	cases := []struct {
+		name  string
+		state storagev1.ECStripeState
+		at    time.Duration
+		owned bool
+	}{
+		{"no status, just created", "", 0, true},
+		{"no status, within grace", "", grace - time.Second, true},
+		{"no status, grace passed", "", grace, false},
+		{"writing, within grace", storagev1.StripeWriting, 30 * time.Second, true},
+		{"writing, left by its writer", storagev1.StripeWriting, time.Hour, false},
+		{"healthy is never the writer's", storagev1.StripeHealthy, 0, false},
+		{"degraded is never the writer's", storagev1.StripeDegraded, 0, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			owned, until := WriterOwns(c.state, t0, grace, t0.Add(c.at))
+			if owned != c.owned {
+				t.Fatalf("owned=%v, want %v", owned, c.owned)
+			}
+			if owned && !until.Equal(t0.Add(grace)) {
+				t.Fatalf("until %v, want %v", until, t0.Add(grace))
+			}
+		})
 	}
 }

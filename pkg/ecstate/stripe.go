@@ -25,6 +25,28 @@ type StripeInput struct {
 	Codec Decodable
 	// RebuildActive is true while a rebuild of the stripe is in flight.
 	RebuildActive bool
+	// Adopt is true when the writer's window on a stripe in Writing (or
+	// without status) has passed (WriterOwns): the controller decides it.
+	Adopt bool
+}
+
+// DefaultWritingGrace is how long a stripe may stay in Writing, or without
+// status, before the ECStripe controller takes it from its writer. A writer
+// holds a stripe for one or two API calls after its shards are durable.
+const DefaultWritingGrace = time.Minute
+
+// WriterOwns reports whether a stripe in state belongs to its writer at now,
+// and until when. A stripe in Writing (since: status.lastModifiedTime, set
+// when the writer entered it) or without status (since: its creation) is the
+// writer's for grace; after that the writer is taken to have failed between
+// making its shards durable and writing the stripe's status, and the
+// controller adopts the stripe. Other states are never the writer's.
+func WriterOwns(state storagev1.ECStripeState, since time.Time, grace time.Duration, now time.Time) (bool, time.Time) {
+	if state != "" && state != storagev1.StripeWriting {
+		return false, time.Time{}
+	}
+	until := since.Add(grace)
+	return now.Before(until), until
 }
 
 // Transition names a change of stripe state that deserves an Event.
@@ -77,7 +99,8 @@ func EvaluateStripe(in StripeInput) Decision {
 	}
 	sort.Ints(d.Lost)
 	sort.Ints(d.Repairable)
-	if in.Prev == "" || in.Prev == storagev1.StripeWriting {
+	writing := in.Prev == "" || in.Prev == storagev1.StripeWriting
+	if writing && !in.Adopt {
 		return d
 	}
 	d.Owned = true
@@ -103,7 +126,7 @@ func EvaluateStripe(in StripeInput) Decision {
 		d.Transition = TransitionRebuilt
 	case in.Prev == storagev1.StripeDegraded && d.State == storagev1.StripeHealthy:
 		d.Transition = TransitionHealed
-	case in.Prev == storagev1.StripeHealthy && d.State == storagev1.StripeDegraded:
+	case (in.Prev == storagev1.StripeHealthy || writing) && d.State == storagev1.StripeDegraded:
 		d.Transition = TransitionDegraded
 	}
 	return d

@@ -14,6 +14,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/billyronks/couchestor/pkg/retry"
 )
 
 // ClientConfig configures a Client.
@@ -27,7 +29,8 @@ type ClientConfig struct {
 	// Retries is how many times a failed attempt is retried on a network
 	// error or a 5xx answer (default 3; 4xx answers are final).
 	Retries int
-	// Backoff is the wait before the first retry, doubled each time (default 100ms).
+	// Backoff is the wait before the first retry, doubled each time, with
+	// jitter (pkg/retry; default 100ms).
 	Backoff time.Duration
 }
 
@@ -102,16 +105,13 @@ func (c *Client) do(ctx context.Context, method, addr, path string, q url.Values
 // doInto is do reading the answer into dst when it has room.
 func (c *Client) doInto(ctx context.Context, method, addr, path string, q url.Values, hdr http.Header, body, dst []byte) (*http.Response, []byte, error) {
 	u := url.URL{Scheme: "https", Host: addr, Path: path, RawQuery: q.Encode()}
-	wait := c.cfg.Backoff
+	backoff := retry.Backoff(c.cfg.Backoff, 0)
 	var last error
 	for attempt := 0; attempt <= c.cfg.Retries; attempt++ {
 		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, nil, fmt.Errorf("%s %s: %w (last error: %v)", method, u.Redacted(), ctx.Err(), last)
-			case <-time.After(wait):
+			if err := retry.Wait(ctx, &backoff); err != nil {
+				return nil, nil, fmt.Errorf("%s %s: %w (last error: %v)", method, u.Redacted(), err, last)
 			}
-			wait *= 2
 		}
 		resp, data, err := c.once(ctx, method, u.String(), hdr, body, dst)
 		if err == nil {

@@ -15,7 +15,10 @@ import (
 	"strconv"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
+
 	"github.com/billyronks/couchestor/pkg/journal"
+	"github.com/billyronks/couchestor/pkg/retry"
 )
 
 // JournalStore returns the replica of volume's journal on the shard server
@@ -77,15 +80,12 @@ func journalStatus(code int, body []byte) error {
 	return herr
 }
 
-// retryWait sleeps before retry attempt (1-based) or returns when ctx ends.
-func (c *Client) retryWait(ctx context.Context, attempt int, last error) error {
-	wait := c.cfg.Backoff << (attempt - 1)
-	select {
-	case <-ctx.Done():
-		return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
-	case <-time.After(wait):
-		return nil
+// retryWait sleeps b's next step before a retry, or returns when ctx ends.
+func retryWait(ctx context.Context, b *wait.Backoff, last error) error {
+	if err := retry.Wait(ctx, b); err != nil {
+		return fmt.Errorf("%w (last error: %v)", err, last)
 	}
+	return nil
 }
 
 // journalDo runs one journal request with retries (all journal calls are
@@ -93,9 +93,10 @@ func (c *Client) retryWait(ctx context.Context, attempt int, last error) error {
 func (c *Client) journalDo(ctx context.Context, method, addr, path string, q url.Values, hdr http.Header, body []byte) ([]byte, error) {
 	u := url.URL{Scheme: "https", Host: addr, Path: path, RawQuery: q.Encode()}
 	var last error
+	backoff := retry.Backoff(c.cfg.Backoff, 0)
 	for attempt := 0; attempt <= c.cfg.Retries; attempt++ {
 		if attempt > 0 {
-			if err := c.retryWait(ctx, attempt, last); err != nil {
+			if err := retryWait(ctx, &backoff, last); err != nil {
 				return nil, fmt.Errorf("%s %s: %w", method, u.Redacted(), err)
 			}
 		}
@@ -149,9 +150,10 @@ func (r *remoteJournal) Info(ctx context.Context) (journal.StoreInfo, error) {
 func (r *remoteJournal) Scan(ctx context.Context, after uint64, fn func(rec journal.Record) error) error {
 	var last error
 	delivered := after
+	backoff := retry.Backoff(r.c.cfg.Backoff, 0)
 	for attempt := 0; attempt <= r.c.cfg.Retries; attempt++ {
 		if attempt > 0 {
-			if err := r.c.retryWait(ctx, attempt, last); err != nil {
+			if err := retryWait(ctx, &backoff, last); err != nil {
 				return r.wrap(fmt.Sprintf("scan after %d", delivered), err)
 			}
 		}
@@ -165,6 +167,7 @@ func (r *remoteJournal) Scan(ctx context.Context, after uint64, fn func(rec jour
 		}
 		if progressed {
 			attempt = 0 // a stream that moved forward earns fresh retries
+			backoff = retry.Backoff(r.c.cfg.Backoff, 0)
 		}
 		last = err
 	}

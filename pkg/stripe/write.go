@@ -158,10 +158,30 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 				return fmt.Errorf("stripe %d: create ECStripe %s: %w", id, StripeName(v.Name(), id), err)
 			}
 		} else {
+			// The stripe is Writing until the new version's status is
+			// written: its recorded health describes the old shards, and the
+			// ECStripe controller leaves a Writing stripe to its writer (for
+			// ecstate.DefaultWritingGrace, then adopts it). The status update
+			// carries old's resourceVersion: nobody changed the stripe since
+			// it was read.
 			obj = old.DeepCopy()
+			if obj.Status.State != storagev1.StripeWriting {
+				t := metav1.NewTime(s.now())
+				obj.Status.State, obj.Status.LastModifiedTime = storagev1.StripeWriting, &t
+				if err := s.Client.Status().Update(ctx, obj); err != nil {
+					s.freeWritten(ctx, v, id, gen, writes)
+					if apierrors.IsConflict(err) {
+						if old, err = s.getStripe(ctx, v.Name(), id); err != nil {
+							return err
+						}
+						continue
+					}
+					return fmt.Errorf("stripe %d: mark ECStripe %s Writing: %w", id, obj.Name, err)
+				}
+			}
 			obj.Spec = spec
-			// Update carries old's resourceVersion: the precondition that
-			// nobody changed the stripe since it was read.
+			// Update carries the resourceVersion read (or just written): the
+			// precondition that nobody changed the stripe since.
 			if err := s.Client.Update(ctx, obj); err != nil {
 				s.freeWritten(ctx, v, id, gen, writes)
 				if apierrors.IsConflict(err) {
@@ -178,8 +198,9 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 		}
 		obj.Status = stripeStatus(v, writes, s.now())
 		if err := s.Client.Status().Update(ctx, obj); err != nil {
-			// The stripe exists and its shards are durable; the ECStripe
-			// controller recomputes health. Report, do not undo.
+			// The stripe exists and its shards are durable; it stays
+			// Writing (or without status) and the ECStripe controller adopts
+			// it after its grace. Report, do not undo.
 			return fmt.Errorf("stripe %d: write ECStripe %s status: %w", id, obj.Name, err)
 		}
 		if s.Known != nil {

@@ -2,6 +2,7 @@ package tiering
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -241,5 +242,11 @@ func Cooldown(pvAnnotations map[string]string, cooldown time.Duration) (time.Tim
 		}
 	}
 	n = min(n, MaxBackoffDoublings)
-	return last.Add(cooldown * time.Duration(1<<n)), nil
+	mult := time.Duration(1) << n
+	if cooldown > math.MaxInt64/mult {
+		// cooldown·2^n does not fit a Duration (about 292 years): saturate,
+		// never wrap around into the past.
+		return last.Add(math.MaxInt64), nil
+	}
+	return last.Add(cooldown * mult), nil
 }

@@ -1,6 +1,7 @@
 package tiering
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -157,6 +158,35 @@ func TestCooldownAndBackoff(t *testing.T) {
 		got, err := Cooldown(c.a, h)
 		if (err != nil) != c.err || !got.Equal(c.want) {
 			t.Errorf("Cooldown(%v) = %v,%v want %v err=%v", c.a, got, err, c.want, c.err)
+		}
+	}
+}
+
+// A very long cooldown doubled by failures does not overflow time.Duration
+// into a past (or near) time: the back-off saturates, it never shortens.
+func TestCooldownBackoffDoesNotOverflow(t *testing.T) {
+	last := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	const year = 365 * 24 * time.Hour
+	for _, c := range []struct {
+		cooldown time.Duration
+		failures string
+		want     time.Time
+	}{
+		{100 * year, "0", last.Add(100 * year)},
+		{18 * year, "4", last.Add(16 * 18 * year)},               // fits: 288 years
+		{19 * year, "4", last.Add(time.Duration(math.MaxInt64))}, // 304 years saturate
+		{100 * year, "1", last.Add(200 * year)},
+		{time.Duration(math.MaxInt64), "4", last.Add(time.Duration(math.MaxInt64))}, // the longest cooldown
+	} {
+		got, err := Cooldown(map[string]string{AnnotationLastMigration: last.Format(time.RFC3339), AnnotationMigrationFailures: c.failures}, c.cooldown)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Equal(c.want) {
+			t.Errorf("cooldown %v after %s failures: may move at %v, want %v", c.cooldown, c.failures, got, c.want)
+		}
+		if !got.After(last) {
+			t.Errorf("cooldown %v after %s failures: may move at %v, not after the last migration %v (overflow)", c.cooldown, c.failures, got, last)
 		}
 	}
 }

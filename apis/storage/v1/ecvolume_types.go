@@ -38,7 +38,9 @@ const (
 	ECVolumeReady ECVolumePhase = "Ready"
 	// ECVolumeDeleting: the finalizer is deleting stripes and freeing shard space.
 	ECVolumeDeleting ECVolumePhase = "Deleting"
-	// ECVolumeError: reconciling failed; the Ready condition says why.
+	// ECVolumeError: the volume cannot be used as it is: its
+	// ErasureCodingPolicy is Invalid (spec.policyRef is immutable, so the
+	// policy must be fixed). The Ready condition says why.
 	ECVolumeError ECVolumePhase = "Error"
 )
 

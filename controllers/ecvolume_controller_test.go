@@ -1,0 +1,58 @@
+package controllers
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+)
+
+// A volume whose ErasureCodingPolicy is Invalid is in phase Error with a
+// Ready=False condition naming the policy and its message; a missing policy
+// is Pending; a usable one Ready.
+func TestECVolumePhaseFollowsItsPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		policy *storagev1.ErasureCodingPolicy
+		phase  storagev1.ECVolumePhase
+		reason string
+		msg    string
+	}{
+		{"missing policy", nil, storagev1.ECVolumePending, "PolicyNotFound", `ErasureCodingPolicy "ec" does not exist`},
+		{"invalid policy", &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: "ec"},
+			Status: storagev1.ErasureCodingPolicyStatus{Phase: storagev1.ECPolicyInvalid, Message: "dataShards + parityShards = 9 exceeds the 6 pools with shard servers"}},
+			storagev1.ECVolumeError, "PolicyInvalid", `ErasureCodingPolicy "ec" is Invalid: dataShards + parityShards = 9`},
+		{"usable policy", &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: "ec"},
+			Status: storagev1.ErasureCodingPolicyStatus{Phase: storagev1.ECPolicyReady}},
+			storagev1.ECVolumeReady, "PolicyFound", "ErasureCodingPolicy ec"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := fake.NewClientBuilder().WithScheme(testScheme(t)).
+				WithObjects(&storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Spec: storagev1.ECVolumeSpec{SizeBytes: 1 << 20, PolicyRef: "ec"}}).
+				WithStatusSubresource(&storagev1.ECVolume{}, &storagev1.ErasureCodingPolicy{})
+			if tc.policy != nil {
+				b = b.WithObjects(tc.policy)
+			}
+			c := b.Build()
+			r := &ECVolumeReconciler{Client: c, APIReader: c, GCInterval: 1}
+			if _, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Name: "v"}}); err != nil {
+				t.Fatal(err)
+			}
+			var v storagev1.ECVolume
+			if err := c.Get(context.Background(), types.NamespacedName{Name: "v"}, &v); err != nil {
+				t.Fatal(err)
+			}
+			ready := meta.FindStatusCondition(v.Status.Conditions, storagev1.ECVolumeConditionReady)
+			if v.Status.Phase != tc.phase || ready == nil || ready.Reason != tc.reason || !strings.Contains(ready.Message, tc.msg) {
+				t.Fatalf("phase %q, Ready %+v; want phase %q, reason %q, message containing %q", v.Status.Phase, ready, tc.phase, tc.reason, tc.msg)
+			}
+		})
+	}
+}
