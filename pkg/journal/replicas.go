@@ -43,6 +43,7 @@ type replica struct {
 	queued   int64    // bytes in queue
 	busy     bool     // the worker is inside a store call
 	trimming bool     // a trim call on the store has not returned
+	trimTo   uint64   // the store trimmed through at least this
 	lastErr  error    // why it is out of sync
 
 	next uint64 // worker only: the first seq the store does not hold
@@ -180,6 +181,9 @@ func (j *Journal) runReplica(r *replica) {
 		j.mu.Unlock()
 		switch {
 		case admitted && len(work) == 0:
+			if j.trimBehind(r) {
+				continue
+			}
 			select {
 			case <-r.wake:
 			case <-j.ctx.Done():
@@ -209,6 +213,29 @@ func (j *Journal) runReplica(r *replica) {
 			wait = min(2*wait, 2*time.Second)
 		}
 	}
+}
+
+// trimBehind trims r's store through the journal's trim point when a trim
+// skipped it (it was behind then); it reports whether it tried.
+func (j *Journal) trimBehind(r *replica) bool {
+	j.mu.Lock()
+	through := j.trimmed
+	if !r.admitted || r.trimming || r.trimTo >= through || r.durable < through {
+		j.mu.Unlock()
+		return false
+	}
+	r.trimming = true
+	j.mu.Unlock()
+	err := r.store.Trim(j.ctx, through)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	r.trimming = false
+	if err != nil {
+		j.dropLocked(r, fmt.Errorf("trim through %d: %w", through, err))
+	} else {
+		r.trimTo = max(r.trimTo, through)
+	}
+	return true
 }
 
 // appendTo appends the batches to r's store (skipping records it already
@@ -269,6 +296,7 @@ func (j *Journal) heal(r *replica) error {
 		}
 	}
 	have := info.LastSeq
+	trimTo := info.TrimmedThrough
 	if info.LastSeq > info.TrimmedThrough && info.LastEpoch != j.epoch {
 		// It ends in an older epoch (it missed Open): keep what it shares
 		// with this writer's log, drop the rest.
@@ -302,6 +330,7 @@ func (j *Journal) heal(r *replica) error {
 		}
 		if have+1 >= from {
 			r.admitted, r.durable, r.lastErr, r.next = true, have, nil, have+1
+			r.trimTo = max(r.trimTo, trimTo)
 			if b := j.inflight; b != nil {
 				if have >= b.last {
 					j.ackLocked(b, r.i)
@@ -401,7 +430,10 @@ func (j *Journal) trim(ctx context.Context, through uint64) error {
 			r.trimming = false
 			if err != nil {
 				j.dropLocked(r, fmt.Errorf("trim through %d: %w", through, err))
+			} else {
+				r.trimTo = max(r.trimTo, through)
 			}
+			wakeUp(r.wake) // it may have been skipped meanwhile
 			j.mu.Unlock()
 			results <- result{r.i, err}
 		}()
@@ -485,13 +517,31 @@ func (j *Journal) Health() Health {
 	return h
 }
 
+// closeGrace bounds how long Close lets in-sync replicas finish their
+// queued appends and trims, so that a clean stop leaves them all current.
+const closeGrace = time.Second
+
 // Close stops the committer (a commit waiting for a quorum ends with
-// ErrClosed), stops the replica workers and closes the stores.
+// ErrClosed), lets the in-sync replicas finish their queues for up to
+// closeGrace, stops the replica workers and closes the stores.
 func (j *Journal) Close() error {
 	var errs []error
 	j.closeMu.Do(func() {
 		close(j.done)
 		<-j.stopped
+		for deadline := time.Now().Add(closeGrace); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			j.mu.Lock()
+			idle := true
+			for _, r := range j.reps {
+				if r.admitted && (len(r.queue) > 0 || r.busy || r.trimming || r.trimTo < j.trimmed && r.durable >= j.trimmed) {
+					idle = false
+				}
+			}
+			j.mu.Unlock()
+			if idle {
+				break
+			}
+		}
 		j.mu.Lock()
 		j.closing = true
 		j.mu.Unlock()
