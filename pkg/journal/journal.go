@@ -150,7 +150,7 @@ func Open(ctx context.Context, stores []Store, opts Options) (*Journal, error) {
 	}
 	j.ctx, j.cancel = context.WithCancel(context.Background())
 	for i, r := range j.reps {
-		r.admitted, r.durable, r.trimTo = ok[i], j.lastSeq, j.trimmed
+		r.admitted, r.durable, r.trimTo, r.next = ok[i], j.lastSeq, j.trimmed, j.lastSeq+1
 		if !ok[i] {
 			r.lastErr = errors.New("did not answer on open")
 		}
