@@ -449,7 +449,7 @@ func (j *Journal) trim(ctx context.Context, through uint64) error {
 				ok++
 			}
 		case <-ctx.Done():
-			return fmt.Errorf("%w: trim through %d: %d stores done: %w", ErrNoQuorum, through, ok, ctx.Err())
+			return fmt.Errorf("journal: trim through %d: %d stores done, %d needed: %w", through, ok, j.quorum, ctx.Err())
 		}
 	}
 	if ok < j.quorum {

@@ -116,11 +116,14 @@ func (c *ecCluster) startShard(i int) {
 	c.shards[i] = cmd
 }
 
-// restartShard stops shard server i with SIGTERM, starts it again and waits
-// until it is registered (what a rolling chart upgrade does to one pod).
-func (c *ecCluster) restartShard(i int) {
+// restartShard stops shard server i with SIGTERM, leaves it down for
+// `down` (a pod being replaced: longer than the shard client's retries),
+// starts it again and waits until it is registered (what a rolling chart
+// upgrade does to one pod).
+func (c *ecCluster) restartShard(i int, down time.Duration) {
 	c.t.Helper()
 	c.stopShard(i)
+	time.Sleep(down)
 	c.startShard(i)
 	pool := "pool-" + strconv.Itoa(i)
 	deadline := time.Now().Add(60 * time.Second)

@@ -254,8 +254,9 @@ func waitReplicasEqual(t *testing.T, c *ecCluster, volume string, pools []string
 }
 
 // TestJournalHealsAfterRollingRestarts restarts the shard servers of two
-// journal replicas one after the other (SIGTERM, start, registered: what a
-// rolling chart upgrade does) while four NBD connections write to the
+// journal replicas one after the other (SIGTERM, 3 s down, start,
+// registered: what a rolling chart upgrade does) while four NBD connections
+// write to the
 // export. Writes go on or resume within seconds, never fail; each returning
 // replica is caught up and re-admitted (the JournalQuorum condition and the
 // in-sync gauge come back to all three); every acknowledged write reads
@@ -275,7 +276,7 @@ func TestJournalHealsAfterRollingRestarts(t *testing.T) {
 	for _, p := range pools[:2] {
 		i, _ := strconv.Atoi(strings.TrimPrefix(p, "pool-"))
 		before := loop.acked()
-		c.restartShard(i)
+		c.restartShard(i, 3*time.Second)
 		t.Logf("restarted the shard server of %s (journal replica); %d writes acknowledged meanwhile", p, loop.acked()-before)
 	}
 	restarted := time.Now()
