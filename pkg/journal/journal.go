@@ -90,7 +90,9 @@ type Journal struct {
 	inflight   *batch // the batch being committed, until a quorum has it
 	waits      uint64 // batches that waited for a quorum
 	lostSince  time.Time
-	closing    bool // Close began: no new background trims
+	closing    bool          // Close began: no new trims
+	trimGoal   uint64        // the highest trim asked for; workers trim their stores to it
+	changed    chan struct{} // closed (and replaced) when a replica trimmed or left the quorum set
 
 	reqs    chan *appendReq
 	wake    chan struct{} // pokes the destager
@@ -101,7 +103,7 @@ type Journal struct {
 
 	ctx     context.Context // the replica workers' and background trims' calls; ends on Close
 	cancel  context.CancelFunc
-	workers sync.WaitGroup // replica workers and background trims
+	workers sync.WaitGroup // replica workers
 }
 
 type appendReq struct {
@@ -138,7 +140,7 @@ func Open(ctx context.Context, stores []Store, opts Options) (*Journal, error) {
 	}
 	j := &Journal{
 		quorum: len(stores)/2 + 1, opts: opts,
-		spaceFreed: make(chan struct{}), reqs: make(chan *appendReq, 1024), wake: make(chan struct{}, 1),
+		spaceFreed: make(chan struct{}), changed: make(chan struct{}), reqs: make(chan *appendReq, 1024), wake: make(chan struct{}, 1),
 		done: make(chan struct{}), stopped: make(chan struct{}), index: newLBAIndex(),
 	}
 	for i, s := range stores {

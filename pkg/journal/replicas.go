@@ -42,7 +42,6 @@ type replica struct {
 	queue    []*batch // batches for the worker to append
 	queued   int64    // bytes in queue
 	busy     bool     // the worker is inside a store call
-	trimming bool     // a trim call on the store has not returned
 	trimTo   uint64   // the store trimmed through at least this
 	lastErr  error    // why it is out of sync
 
@@ -111,6 +110,7 @@ func (j *Journal) dropLocked(r *replica, err error) {
 		j.opts.Logf("journal replica %d out of sync (catching it up in the background): %v", r.i, err)
 	}
 	j.noteQuorumLocked()
+	j.changedLocked()
 	wakeUp(r.wake)
 }
 
@@ -165,6 +165,9 @@ func (j *Journal) runReplica(r *replica) {
 	defer j.workers.Done()
 	wait := j.opts.RetryInterval
 	for j.ctx.Err() == nil {
+		if j.trimBehind(r) {
+			continue
+		}
 		j.mu.Lock()
 		admitted := r.admitted
 		var work []*batch
@@ -181,9 +184,6 @@ func (j *Journal) runReplica(r *replica) {
 		j.mu.Unlock()
 		switch {
 		case admitted && len(work) == 0:
-			if j.trimBehind(r) {
-				continue
-			}
 			select {
 			case <-r.wake:
 			case <-j.ctx.Done():
@@ -215,27 +215,35 @@ func (j *Journal) runReplica(r *replica) {
 	}
 }
 
-// trimBehind trims r's store through the journal's trim point when a trim
-// skipped it (it was behind then); it reports whether it tried.
+// trimBehind trims r's store through the trim the destager asked for
+// (trimGoal) once the store holds it; it reports whether it tried. Trims run
+// on the worker, between appends, so they never race the store's appends.
 func (j *Journal) trimBehind(r *replica) bool {
 	j.mu.Lock()
-	through := j.trimmed
-	if !r.admitted || r.trimming || r.trimTo >= through || r.durable < through {
+	through := j.trimGoal
+	if !r.admitted || r.trimTo >= through || r.durable < through {
 		j.mu.Unlock()
 		return false
 	}
-	r.trimming = true
+	r.busy = true
 	j.mu.Unlock()
 	err := r.store.Trim(j.ctx, through)
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	r.trimming = false
+	r.busy = false
 	if err != nil {
 		j.dropLocked(r, fmt.Errorf("trim through %d: %w", through, err))
 	} else {
 		r.trimTo = max(r.trimTo, through)
 	}
+	j.changedLocked()
 	return true
+}
+
+// changedLocked wakes trim, which waits for replicas to trim.
+func (j *Journal) changedLocked() {
+	close(j.changed)
+	j.changed = make(chan struct{})
 }
 
 // appendTo appends the batches to r's store (skipping records it already
@@ -262,6 +270,9 @@ func (j *Journal) appendTo(r *replica, work []*batch) error {
 	r.durable = max(r.durable, last)
 	for _, b := range work {
 		j.ackLocked(b, r.i)
+	}
+	if r.trimTo < j.trimGoal {
+		wakeUp(r.wake)
 	}
 	return nil
 }
@@ -397,9 +408,9 @@ func (j *Journal) read(ctx context.Context, seq uint64) (Record, error) {
 
 // trim drops every record with seq <= through from a quorum of stores and
 // frees their space. Only the Destager calls it, after its sink confirmed.
-// The in-sync stores that hold through trim in parallel (each Trim is a
-// durable metadata write); trim returns once a quorum did, the others
-// finish in the background. A store whose trim fails leaves the quorum set.
+// Each in-sync store's worker trims it (a durable metadata write) once it
+// holds through; trim returns once a quorum did, a slower store trims when
+// it gets there. A store whose trim fails leaves the quorum set.
 func (j *Journal) trim(ctx context.Context, through uint64) error {
 	j.trimMu.Lock()
 	defer j.trimMu.Unlock()
@@ -408,53 +419,47 @@ func (j *Journal) trim(ctx context.Context, through uint64) error {
 		j.mu.Unlock()
 		return ErrClosed
 	}
-	var targets []*replica
+	j.trimGoal = max(j.trimGoal, through)
 	for _, r := range j.reps {
-		if r.admitted && r.durable >= through && !r.trimming {
-			r.trimming = true
-			targets = append(targets, r)
+		if r.admitted {
+			wakeUp(r.wake)
 		}
 	}
-	j.workers.Add(len(targets))
-	j.mu.Unlock()
-	type result struct {
-		i   int
-		err error
-	}
-	results := make(chan result, len(targets))
-	for _, r := range targets {
-		go func() {
-			defer j.workers.Done()
-			err := r.store.Trim(j.ctx, through)
-			j.mu.Lock()
-			r.trimming = false
-			if err != nil {
-				j.dropLocked(r, fmt.Errorf("trim through %d: %w", through, err))
-			} else {
-				r.trimTo = max(r.trimTo, through)
-			}
-			wakeUp(r.wake) // it may have been skipped meanwhile
-			j.mu.Unlock()
-			results <- result{r.i, err}
-		}()
-	}
-	ok := 0
-	var failures []error
-	for n := 0; n < len(targets) && ok < j.quorum; n++ {
-		select {
-		case res := <-results:
-			if res.err != nil {
-				failures = append(failures, fmt.Errorf("store %d: %w", res.i, res.err))
-			} else {
+	for {
+		ok, in := 0, 0
+		var errs []error
+		for _, r := range j.reps {
+			switch {
+			case !r.admitted:
+				if r.lastErr != nil {
+					errs = append(errs, fmt.Errorf("store %d: %w", r.i, r.lastErr))
+				}
+			case r.trimTo >= through:
 				ok++
+				in++
+			default:
+				in++
 			}
-		case <-ctx.Done():
-			return fmt.Errorf("journal: trim through %d: %d stores done, %d needed: %w", through, ok, j.quorum, ctx.Err())
 		}
+		if ok >= j.quorum {
+			break
+		}
+		if in < j.quorum {
+			j.mu.Unlock()
+			return fmt.Errorf("%w: trim through %d: %d of %d stores trimmed, %d in sync: %w", ErrNoQuorum, through, ok, len(j.reps), in, errors.Join(errs...))
+		}
+		changed := j.changed
+		j.mu.Unlock()
+		select {
+		case <-changed:
+		case <-j.done:
+			return ErrClosed
+		case <-ctx.Done():
+			return fmt.Errorf("journal: trim through %d: waiting for a quorum of stores to trim: %w", through, ctx.Err())
+		}
+		j.mu.Lock()
 	}
-	if ok < j.quorum {
-		return fmt.Errorf("%w: trim through %d on %d of %d stores (%d in sync and holding it): %w", ErrNoQuorum, through, ok, len(j.reps), len(targets), errors.Join(failures...))
-	}
+	j.mu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	i := sort.Search(len(j.live), func(i int) bool { return j.live[i].seq > through })
@@ -533,7 +538,7 @@ func (j *Journal) Close() error {
 			j.mu.Lock()
 			idle := true
 			for _, r := range j.reps {
-				if r.admitted && (len(r.queue) > 0 || r.busy || r.trimming || r.trimTo < j.trimmed && r.durable >= j.trimmed) {
+				if r.admitted && (len(r.queue) > 0 || r.busy || r.trimTo < j.trimGoal && r.durable >= j.trimGoal) {
 					idle = false
 				}
 			}
