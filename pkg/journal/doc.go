@@ -20,6 +20,9 @@
 // are read from a store. The Destager writes up to DestagerConfig.Parallel
 // stripes at once and trims only after all of them succeeded.
 //
-// Known limits: a store that fails is left out until the next Open, which
-// catches it up.
+// Replicas heal (replicas.go): a write is acknowledged once a quorum has it
+// durable, without waiting for a slower or hung replica; a replica that
+// fails or falls too far behind leaves the quorum set and is caught up under
+// the current epoch and re-admitted once it answers; a write that finds no
+// quorum waits for one instead of failing.
 package journal

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/btree"
 )
@@ -16,8 +16,9 @@ var (
 	// record alone is larger than journalSizeBytes, or the caller's context
 	// ended while Append waited for destaging to free space.
 	ErrJournalFull = errors.New("journal: full")
-	// ErrNoQuorum is matched when fewer than a write quorum of stores took a
-	// write. The journal then refuses further appends: reopen it.
+	// ErrNoQuorum is matched when fewer than a write quorum of stores
+	// answered: Open then fails, and a trim is not done (the destager
+	// retries). An Append never fails with it: it waits for a quorum.
 	ErrNoQuorum = errors.New("journal: no write quorum")
 	// ErrClosed is returned by calls on a closed journal.
 	ErrClosed = errors.New("journal: closed")
@@ -36,6 +37,16 @@ type Options struct {
 	// back; records beyond it are read from a store. 0 means
 	// min(SizeBytes, 256 MiB); negative holds nothing.
 	MaxHeldBytes int64
+	// MaxLagBytes bounds the acknowledged records queued for one replica
+	// that is slower than the quorum (a straggler): past it the replica is
+	// taken out of sync and caught up from another replica instead. 0 means
+	// 4 × MaxBatchBytes.
+	MaxLagBytes int64
+	// RetryInterval is the first wait before a replica that is out of sync
+	// is tried again (doubling up to 2 s). 0 means 250 ms.
+	RetryInterval time.Duration
+	// Logf, when set, is told when a replica leaves or rejoins the quorum set.
+	Logf func(format string, args ...any)
 }
 
 // Extent is data for the LBA range [LBA, LBA+len(Data)/512).
@@ -49,12 +60,20 @@ type Extent struct {
 // write quorum: a majority, len(stores)/2+1, so that any later Open, which
 // also needs a majority, sees every acknowledged write. Appends are
 // group-committed: concurrent Appends share one write and fsync per store.
+//
+// Replicas heal (replicas.go): each store has a worker that appends the
+// batches in order; a batch is acknowledged as soon as a quorum made it
+// durable, while a slower replica keeps appending in the background. A
+// replica that fails, or falls more than MaxLagBytes behind, leaves the
+// quorum set; its worker catches it up under the current epoch (copying the
+// records it misses from an in-sync replica) and re-admits it. A batch that
+// lacks a quorum waits for one (back-pressure) instead of failing.
 type Journal struct {
-	stores  []Store
-	healthy []bool // guarded by mu; a failed store is left out until reopen
-	quorum  int
-	epoch   uint64
-	opts    Options
+	reps   []*replica
+	quorum int
+	epoch  uint64
+	opts   Options
+	preLog []seqRun // the records of earlier epochs this writer adopted on Open
 
 	trimMu sync.RWMutex // Lookup reads records; trim must not drop them underneath
 
@@ -67,15 +86,24 @@ type Journal struct {
 	held       int64      // bytes of record data held in RAM (reserved by Append)
 	liveBytes  int64
 	spaceFreed chan struct{}
-	broken     error
+	nextSeq    uint64 // the seq the next batch starts at
+	inflight   *batch // the batch being committed, until a quorum has it
+	waits      uint64 // batches that waited for a quorum
+	lostSince  time.Time
+	closing    bool          // Close began: no new trims
+	trimGoal   uint64        // the highest trim asked for; workers trim their stores to it
+	changed    chan struct{} // closed (and replaced) when a replica trimmed or left the quorum set
 
-	nextSeq uint64 // owned by the committer after Open
 	reqs    chan *appendReq
 	wake    chan struct{} // pokes the destager
 	waiting atomic.Int32  // Appends blocked on space
 	done    chan struct{}
 	stopped chan struct{}
 	closeMu sync.Once
+
+	ctx     context.Context // the replica workers' and background trims' calls; ends on Close
+	cancel  context.CancelFunc
+	workers sync.WaitGroup // replica workers
 }
 
 type appendReq struct {
@@ -90,7 +118,7 @@ type appendReq struct {
 // one whose last record has the highest writer epoch, then sequence number),
 // catches lagging or divergent replicas up to it, drops the tail no quorum
 // could have acknowledged, and starts a new writer epoch. Stores that fail
-// are left out until the next Open.
+// are caught up and re-admitted in the background once they answer.
 func Open(ctx context.Context, stores []Store, opts Options) (*Journal, error) {
 	if len(stores) == 0 {
 		return nil, fmt.Errorf("journal: replicationFactor must be > 0, got 0 stores")
@@ -104,21 +132,40 @@ func Open(ctx context.Context, stores []Store, opts Options) (*Journal, error) {
 	if opts.MaxHeldBytes == 0 {
 		opts.MaxHeldBytes = min(opts.SizeBytes, 256<<20)
 	}
+	if opts.MaxLagBytes <= 0 {
+		opts.MaxLagBytes = 4 * opts.MaxBatchBytes
+	}
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = 250 * time.Millisecond
+	}
 	j := &Journal{
-		stores: stores, healthy: make([]bool, len(stores)), quorum: len(stores)/2 + 1, opts: opts,
-		spaceFreed: make(chan struct{}), reqs: make(chan *appendReq, 1024), wake: make(chan struct{}, 1),
+		quorum: len(stores)/2 + 1, opts: opts,
+		spaceFreed: make(chan struct{}), changed: make(chan struct{}), reqs: make(chan *appendReq, 1024), wake: make(chan struct{}, 1),
 		done: make(chan struct{}), stopped: make(chan struct{}), index: newLBAIndex(),
 	}
-	if err := j.recover(ctx); err != nil {
+	for i, s := range stores {
+		j.reps = append(j.reps, &replica{i: i, store: s, wake: make(chan struct{}, 1)})
+	}
+	ok, err := j.recover(ctx, stores)
+	if err != nil {
 		return nil, err
+	}
+	j.ctx, j.cancel = context.WithCancel(context.Background())
+	for i, r := range j.reps {
+		r.admitted, r.durable, r.trimTo, r.next = ok[i], j.lastSeq, j.trimmed, j.lastSeq+1
+		if !ok[i] {
+			r.lastErr = errors.New("did not answer on open")
+		}
+		j.workers.Add(1)
+		go j.runReplica(r)
 	}
 	go j.commitLoop()
 	return j, nil
 }
 
-func (j *Journal) healthyCount() int {
+func count(ok []bool) int {
 	n := 0
-	for _, h := range j.healthy {
+	for _, h := range ok {
 		if h {
 			n++
 		}
@@ -126,37 +173,39 @@ func (j *Journal) healthyCount() int {
 	return n
 }
 
-func (j *Journal) needQuorum(step string) error {
-	if n := j.healthyCount(); n < j.quorum {
-		return fmt.Errorf("%w: %s: %d of %d stores answered, need %d", ErrNoQuorum, step, n, len(j.stores), j.quorum)
+func (j *Journal) needQuorum(ok []bool, step string) error {
+	if n := count(ok); n < j.quorum {
+		return fmt.Errorf("%w: %s: %d of %d stores answered, need %d", ErrNoQuorum, step, n, len(ok), j.quorum)
 	}
 	return nil
 }
 
 type seqEpoch struct{ seq, epoch uint64 }
 
-func (j *Journal) recover(ctx context.Context) error {
-	infos := make([]StoreInfo, len(j.stores))
-	infoErrs := make([]error, len(j.stores))
-	for i, s := range j.stores {
+// recover is Open's work on the stores; it reports which of them took part.
+func (j *Journal) recover(ctx context.Context, stores []Store) ([]bool, error) {
+	ok := make([]bool, len(stores))
+	infos := make([]StoreInfo, len(stores))
+	infoErrs := make([]error, len(stores))
+	for i, s := range stores {
 		info, err := s.Info(ctx)
-		infos[i], j.healthy[i], infoErrs[i] = info, err == nil, err
+		infos[i], ok[i], infoErrs[i] = info, err == nil, err
 	}
-	if err := j.needQuorum("open"); err != nil {
-		return err
+	if err := j.needQuorum(ok, "open"); err != nil {
+		return nil, err
 	}
 	// Records up to the highest trim point were destaged: trim everywhere.
 	var trimmed, maxEpoch uint64
 	for i, info := range infos {
-		if j.healthy[i] {
+		if ok[i] {
 			trimmed = max(trimmed, info.TrimmedThrough)
 			maxEpoch = max(maxEpoch, info.Epoch)
 		}
 	}
-	for i, s := range j.stores {
-		if j.healthy[i] && infos[i].TrimmedThrough < trimmed {
+	for i, s := range stores {
+		if ok[i] && infos[i].TrimmedThrough < trimmed {
 			if err := s.Trim(ctx, trimmed); err != nil {
-				j.healthy[i] = false
+				ok[i] = false
 				continue
 			}
 			if infos[i], _ = s.Info(ctx); infos[i].LastSeq < trimmed {
@@ -167,13 +216,13 @@ func (j *Journal) recover(ctx context.Context) error {
 	// A new epoch, recorded on a majority before anything is written, is
 	// higher than that of any earlier writer (majorities intersect).
 	j.epoch = maxEpoch + 1
-	for i, s := range j.stores {
-		if j.healthy[i] && s.SetEpoch(ctx, j.epoch) != nil {
-			j.healthy[i] = false
+	for i, s := range stores {
+		if ok[i] && s.SetEpoch(ctx, j.epoch) != nil {
+			ok[i] = false
 		}
 	}
-	if err := j.needQuorum("record epoch"); err != nil {
-		return err
+	if err := j.needQuorum(ok, "record epoch"); err != nil {
+		return nil, err
 	}
 	var auth int
 	var authLog []seqEpoch
@@ -182,7 +231,7 @@ func (j *Journal) recover(ctx context.Context) error {
 	for {
 		auth = -1
 		for i, info := range infos {
-			if !j.healthy[i] {
+			if !ok[i] {
 				continue
 			}
 			if auth < 0 || info.LastEpoch > infos[auth].LastEpoch || info.LastEpoch == infos[auth].LastEpoch && info.LastSeq > infos[auth].LastSeq {
@@ -190,7 +239,7 @@ func (j *Journal) recover(ctx context.Context) error {
 			}
 		}
 		authLog, live, liveBytes = nil, nil, 0
-		err := j.stores[auth].Scan(ctx, trimmed, func(r Record) error {
+		err := stores[auth].Scan(ctx, trimmed, func(r Record) error {
 			authLog = append(authLog, seqEpoch{r.Seq, r.Epoch})
 			liveBytes += r.encodedSize()
 			if r.Kind == KindWrite {
@@ -206,7 +255,7 @@ func (j *Journal) recover(ctx context.Context) error {
 			break
 		}
 		if !errors.Is(err, ErrDamaged) {
-			return fmt.Errorf("journal: replay store %d: %w", auth, err)
+			return nil, fmt.Errorf("journal: replay store %d: %w", auth, err)
 		}
 		// The adopted replica turned out damaged: as if it had not
 		// answered (it is repaired below); the next best one is adopted.
@@ -217,48 +266,67 @@ func (j *Journal) recover(ctx context.Context) error {
 				j.mu.Unlock()
 			}
 		}
-		j.healthy[auth], infoErrs[auth] = false, err
-		if err := j.needQuorum("replay"); err != nil {
-			return fmt.Errorf("%w (store %d: %w)", err, auth, infoErrs[auth])
+		ok[auth], infoErrs[auth] = false, err
+		if err := j.needQuorum(ok, "replay"); err != nil {
+			return nil, fmt.Errorf("%w (store %d: %w)", err, auth, infoErrs[auth])
 		}
 	}
+	j.preLog = runsOf(authLog)
 	// Catch every other replica up: keep the prefix it shares with the
 	// adopted log, drop the rest, copy the adopted records after it.
-	for i, s := range j.stores {
-		if i == auth || !j.healthy[i] {
+	for i, s := range stores {
+		if i == auth || !ok[i] {
 			continue
 		}
-		if err := j.catchUp(ctx, s, j.stores[auth], trimmed, authLog); err != nil {
-			j.healthy[i] = false
+		if err := j.catchUp(ctx, s, stores[auth], trimmed, authLog); err != nil {
+			ok[i] = false
 		}
 	}
 	// A replica damaged in the middle of its log was skipped above; it is
 	// repaired now: reset to the trim point, then caught up like a new one.
-	for i, s := range j.stores {
-		if !j.healthy[i] && errors.Is(infoErrs[i], ErrDamaged) && j.repair(ctx, s, j.stores[auth], trimmed, authLog) == nil {
-			j.healthy[i] = true
+	for i, s := range stores {
+		if !ok[i] && errors.Is(infoErrs[i], ErrDamaged) && j.repair(ctx, s, stores[auth], trimmed, authLog) == nil {
+			ok[i] = true
 		}
 	}
-	if err := j.needQuorum("catch up replicas"); err != nil {
-		return err
+	if err := j.needQuorum(ok, "catch up replicas"); err != nil {
+		return nil, err
 	}
 	j.trimmed = trimmed
 	j.lastSeq = infos[auth].LastSeq
-	j.nextSeq = j.lastSeq + 1
 	j.live, j.liveBytes, j.used = live, liveBytes, liveBytes
 	for _, lr := range live {
 		j.index.insert(lr)
 	}
 	// The epoch marker makes this writer's log the newest from now on, so a
 	// stale unacknowledged tail elsewhere can never be adopted over it.
-	marker := Record{Seq: j.nextSeq, Epoch: j.epoch, Kind: KindEpoch}
-	if err := j.replicate(ctx, []Record{marker}); err != nil {
-		return err
+	marker := Record{Seq: j.lastSeq + 1, Epoch: j.epoch, Kind: KindEpoch}
+	errs := make([]error, len(stores))
+	var wg sync.WaitGroup
+	for i, s := range stores {
+		if ok[i] {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = s.Append(ctx, []Record{marker})
+			}()
+		}
+	}
+	wg.Wait()
+	var failures []error
+	for i, err := range errs {
+		if err != nil {
+			ok[i] = false
+			failures = append(failures, fmt.Errorf("store %d: %w", i, err))
+		}
+	}
+	if err := j.needQuorum(ok, "write the epoch marker"); err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errors.Join(failures...))
 	}
 	j.lastSeq, j.nextSeq = marker.Seq, marker.Seq+1
 	j.liveBytes += marker.encodedSize()
 	j.used += marker.encodedSize()
-	return nil
+	return ok, nil
 }
 
 func (j *Journal) catchUp(ctx context.Context, s, auth Store, trimmed uint64, authLog []seqEpoch) error {
@@ -278,17 +346,32 @@ func (j *Journal) catchUp(ctx context.Context, s, auth Store, trimmed uint64, au
 	if err := s.TruncateAfter(ctx, common); err != nil {
 		return err
 	}
+	_, err = j.copyRecords(ctx, auth, s, common, ^uint64(0))
+	return err
+}
+
+// copyRecords appends to dst the records of src after seq `after` and below
+// `until`, in batches of MaxBatchBytes, and returns the last seq appended
+// (after when none was).
+func (j *Journal) copyRecords(ctx context.Context, src, dst Store, after, until uint64) (uint64, error) {
+	last := after
 	var batch []Record
 	var batchBytes int64
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		err := s.Append(ctx, batch)
+		if err := dst.Append(ctx, batch); err != nil {
+			return err
+		}
+		last = batch[len(batch)-1].Seq
 		batch, batchBytes = batch[:0], 0
-		return err
+		return nil
 	}
-	err = auth.Scan(ctx, common, func(r Record) error {
+	err := src.Scan(ctx, after, func(r Record) error {
+		if r.Seq >= until {
+			return errStopScan
+		}
 		r.Data = append([]byte(nil), r.Data...)
 		batch = append(batch, r)
 		batchBytes += r.encodedSize()
@@ -297,10 +380,10 @@ func (j *Journal) catchUp(ctx context.Context, s, auth Store, trimmed uint64, au
 		}
 		return nil
 	})
-	if err != nil {
-		return err
+	if err != nil && !errors.Is(err, errStopScan) {
+		return last, err
 	}
-	return flush()
+	return last, flush()
 }
 
 var errStopScan = errors.New("stop scan")
@@ -323,40 +406,6 @@ func (j *Journal) repair(ctx context.Context, s, auth Store, trimmed uint64, aut
 	return j.catchUp(ctx, s, auth, trimmed, authLog)
 }
 
-// replicate appends recs to every healthy store in parallel and succeeds when
-// a quorum made them durable; stores that failed are marked unhealthy.
-func (j *Journal) replicate(ctx context.Context, recs []Record) error {
-	j.mu.Lock()
-	healthy := append([]bool(nil), j.healthy...)
-	j.mu.Unlock()
-	errs := make([]error, len(j.stores))
-	var wg sync.WaitGroup
-	for i, s := range j.stores {
-		if !healthy[i] {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = s.Append(ctx, recs)
-		}()
-	}
-	wg.Wait()
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	var failures []error
-	for i, err := range errs {
-		if healthy[i] && err != nil {
-			j.healthy[i] = false
-			failures = append(failures, fmt.Errorf("store %d: %w", i, err))
-		}
-	}
-	if j.healthyCount() < j.quorum {
-		return fmt.Errorf("%w: seq %d..%d durable on %d of %d stores, need %d: %w", ErrNoQuorum, recs[0].Seq, recs[len(recs)-1].Seq, j.healthyCount(), len(j.stores), j.quorum, errors.Join(failures...))
-	}
-	return nil
-}
-
 // Append journals data (a non-empty multiple of 512 bytes) for the LBAs
 // starting at lba and returns its sequence number once it is durable on a
 // write quorum. data must not be modified until Append returns.
@@ -364,9 +413,11 @@ func (j *Journal) replicate(ctx context.Context, recs []Record) error {
 // Back-pressure (the documented choice): when the journal holds
 // journalSizeBytes of undestaged records, Append blocks until destaging
 // frees space, and gives up with an error matching both ErrJournalFull and
-// ctx.Err() when ctx ends. A record larger than the whole journal fails at
-// once with ErrJournalFull. If ctx ends after the record was handed to the
-// committer, Append returns ctx.Err() and the write may or may not be durable.
+// ctx.Err() when ctx ends. Likewise, while fewer than a quorum of replicas
+// are in sync, Append waits until enough of them are caught up again. A
+// record larger than the whole journal fails at once with ErrJournalFull.
+// If ctx ends after the record was handed to the committer, Append returns
+// ctx.Err() and the write may or may not be durable.
 func (j *Journal) Append(ctx context.Context, lba uint64, data []byte) (uint64, error) {
 	if len(data) == 0 || len(data)%LBASize != 0 {
 		return 0, fmt.Errorf("journal: write of %d bytes at LBA %d is not a non-empty multiple of %d", len(data), lba, LBASize)
@@ -417,10 +468,6 @@ func (j *Journal) Append(ctx context.Context, lba uint64, data []byte) (uint64, 
 func (j *Journal) reserve(ctx context.Context, size int64) error {
 	for {
 		j.mu.Lock()
-		if j.broken != nil {
-			j.mu.Unlock()
-			return j.broken
-		}
 		if j.used+size <= j.opts.SizeBytes {
 			j.used += size
 			j.mu.Unlock()
@@ -502,26 +549,50 @@ func (j *Journal) commitLoop() {
 	}
 }
 
-func (j *Journal) commit(batch []*appendReq) {
-	j.mu.Lock()
-	broken := j.broken
-	j.mu.Unlock()
-	recs := make([]Record, len(batch))
-	for i, r := range batch {
-		r.rec.Seq, r.rec.Epoch = j.nextSeq, j.epoch
-		j.nextSeq++
-		recs[i] = r.rec
-	}
-	err := broken
-	if err == nil {
-		err = j.replicate(context.Background(), recs)
-	}
-	j.mu.Lock()
-	if err != nil {
-		if j.broken == nil {
-			j.broken = err
+// commit hands one group commit to the replicas in sync and waits until a
+// quorum made it durable (however long that takes: back-pressure), or the
+// journal closes.
+func (j *Journal) commit(reqs []*appendReq) {
+	b := &batch{recs: make([]Record, len(reqs)), acked: make([]bool, len(j.reps)), quorum: make(chan struct{})}
+	for i, r := range reqs {
+		b.recs[i] = r.rec
+		if !r.held {
+			// A straggler may still send the record after Append returned
+			// and the caller reused its buffer.
+			b.recs[i].Data = append([]byte(nil), r.rec.Data...)
 		}
-		for _, r := range batch {
+		b.bytes += r.size
+	}
+	j.mu.Lock()
+	for i, r := range reqs {
+		r.rec.Seq, r.rec.Epoch = j.nextSeq, j.epoch
+		b.recs[i].Seq, b.recs[i].Epoch = j.nextSeq, j.epoch
+		j.nextSeq++
+	}
+	b.first, b.last = b.recs[0].Seq, b.recs[len(b.recs)-1].Seq
+	j.inflight = b
+	for _, rp := range j.reps {
+		if rp.admitted {
+			j.enqueueLocked(rp, b)
+		}
+	}
+	j.noteQuorumLocked()
+	j.mu.Unlock()
+
+	var err error
+	select {
+	case <-b.quorum:
+	case <-j.done:
+		select {
+		case <-b.quorum:
+		default:
+			err = ErrClosed
+		}
+	}
+	j.mu.Lock()
+	j.inflight, j.lostSince = nil, time.Time{}
+	if err != nil {
+		for _, r := range reqs {
 			j.used -= r.size
 			if r.held {
 				j.held -= int64(len(r.rec.Data))
@@ -529,7 +600,7 @@ func (j *Journal) commit(batch []*appendReq) {
 		}
 		j.freedLocked()
 	} else {
-		for _, r := range batch {
+		for _, r := range reqs {
 			lr := &liveRec{seq: r.rec.Seq, lba: r.rec.LBA, nlba: uint64(len(r.rec.Data) / LBASize), size: r.size}
 			if r.held {
 				lr.data = r.rec.Data
@@ -538,10 +609,10 @@ func (j *Journal) commit(batch []*appendReq) {
 			j.index.insert(lr)
 			j.liveBytes += r.size
 		}
-		j.lastSeq = recs[len(recs)-1].Seq
+		j.lastSeq = b.last
 	}
 	j.mu.Unlock()
-	for _, r := range batch {
+	for _, r := range reqs {
 		r.done <- err
 	}
 	j.poke()
@@ -559,13 +630,6 @@ func (j *Journal) LastSeq() uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.lastSeq
-}
-
-// HealthyStores reports which stores take writes (false: failed, left out until reopen).
-func (j *Journal) HealthyStores() []bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return append([]bool(nil), j.healthy...)
 }
 
 // Lookup returns the newest journaled data inside [startLBA, endLBA) as
@@ -624,108 +688,11 @@ func (j *Journal) Lookup(ctx context.Context, startLBA, endLBA uint64) ([]Extent
 	return out, nil
 }
 
-// read fetches a record from the first healthy store that has it intact.
-func (j *Journal) read(ctx context.Context, seq uint64) (Record, error) {
-	j.mu.Lock()
-	healthy := append([]bool(nil), j.healthy...)
-	j.mu.Unlock()
-	var errs []error
-	for i, s := range j.stores {
-		if !healthy[i] {
-			continue
-		}
-		rec, err := s.Read(ctx, seq)
-		if err == nil && rec.Kind == KindWrite {
-			return rec, nil
-		}
-		errs = append(errs, fmt.Errorf("store %d: %w", i, err))
-	}
-	return Record{}, fmt.Errorf("journal: read seq %d: %w", seq, errors.Join(errs...))
-}
-
 // snapshot returns the newest durable seq and the write records up to it.
 func (j *Journal) snapshot() (uint64, []*liveRec) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.lastSeq, append([]*liveRec(nil), j.live...)
-}
-
-// trim drops every record with seq <= through from a quorum of stores and
-// frees their space. Only the Destager calls it, after its sink confirmed.
-// The stores trim in parallel: each one's Trim is a durable metadata write.
-func (j *Journal) trim(ctx context.Context, through uint64) error {
-	j.trimMu.Lock()
-	defer j.trimMu.Unlock()
-	j.mu.Lock()
-	healthy := append([]bool(nil), j.healthy...)
-	j.mu.Unlock()
-	errs := make([]error, len(j.stores))
-	var wg sync.WaitGroup
-	for i, s := range j.stores {
-		if !healthy[i] {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = s.Trim(ctx, through)
-		}()
-	}
-	wg.Wait()
-	ok := 0
-	var failures []error
-	j.mu.Lock()
-	for i, err := range errs {
-		if !healthy[i] {
-			continue
-		}
-		if err != nil {
-			failures = append(failures, fmt.Errorf("store %d: %w", i, err))
-			j.healthy[i] = false
-			continue
-		}
-		ok++
-	}
-	j.mu.Unlock()
-	if ok < j.quorum {
-		return fmt.Errorf("%w: trim through %d on %d stores: %w", ErrNoQuorum, through, ok, errors.Join(failures...))
-	}
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	i := sort.Search(len(j.live), func(i int) bool { return j.live[i].seq > through })
-	var freed int64
-	for _, lr := range j.live[:i] {
-		freed += lr.size
-		j.index.remove(lr)
-		if lr.data != nil {
-			j.held -= int64(len(lr.data))
-		}
-	}
-	j.live = append([]*liveRec(nil), j.live[i:]...)
-	// Epoch markers are small; count them freed with the writes around them.
-	if len(j.live) == 0 && j.lastSeq <= through {
-		freed = j.liveBytes
-	}
-	j.liveBytes -= freed
-	j.used -= freed
-	j.trimmed = max(j.trimmed, through)
-	j.freedLocked()
-	return nil
-}
-
-// Close stops the committer (in-flight commits finish) and closes the stores.
-func (j *Journal) Close() error {
-	var errs []error
-	j.closeMu.Do(func() {
-		close(j.done)
-		<-j.stopped
-		for i, s := range j.stores {
-			if err := s.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("store %d: %w", i, err))
-			}
-		}
-	})
-	return errors.Join(errs...)
 }
 
 // liveRec is a durable, untrimmed write record as the journal tracks it.

@@ -251,12 +251,18 @@ func TestJournalRemoteOpenAppendReopenTrim(t *testing.T) {
 	}
 }
 
+// TestJournalRemoteQuorum: with one of three servers down writes are
+// acknowledged by the other two; with two down a write waits (back-pressure,
+// counted as a quorum wait) instead of failing, and is acknowledged as soon
+// as one server returns, without reopening the journal; the returning
+// replicas are caught up and re-admitted. Open itself still needs a quorum.
+// The old code failed every write with ErrNoQuorum from the second loss on.
 func TestJournalRemoteQuorum(t *testing.T) {
 	certs := testCerts(t)
 	c := journalClient(t, certs)
 	servers := []*journalServer{newJournalServer(t, certs, nil), newJournalServer(t, certs, nil), newJournalServer(t, certs, nil)}
 	ctx := context.Background()
-	opts := journal.Options{SizeBytes: 8 << 20}
+	opts := journal.Options{SizeBytes: 8 << 20, RetryInterval: 20 * time.Millisecond}
 	j, err := journal.Open(ctx, remoteStores(c, servers, "vol-q"), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -269,27 +275,41 @@ func TestJournalRemoteQuorum(t *testing.T) {
 	if h := j.HealthyStores(); !h[0] || !h[1] || h[2] {
 		t.Fatalf("healthy stores with server 2 down: %v", h)
 	}
-	acked := j.LastSeq()
 
 	servers[1].stop()
-	_, err = j.Append(ctx, 5, pattern(5, 9, 1))
-	if !errors.Is(err, journal.ErrNoQuorum) {
-		t.Fatalf("append with 2 of 3 servers down: %v, want ErrNoQuorum", err)
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err = j.Append(short, 5, pattern(5, 9, 1))
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("append with 2 of 3 servers down: %v, want it to wait for a quorum", err)
 	}
-	j.Close()
-	if _, err := journal.Open(ctx, remoteStores(c, servers, "vol-q"), opts); !errors.Is(err, journal.ErrNoQuorum) {
-		t.Fatalf("open with 2 of 3 servers down: %v, want ErrNoQuorum", err)
+	if h := j.Health(); h.QuorumWaits == 0 || h.QuorumLostSince.IsZero() && h.InSync[1] {
+		t.Fatalf("health with 2 of 3 servers down: %+v, want a quorum wait", h)
 	}
-
-	// Both come back: the lagging replica (server 2) is caught up by Open.
+	done := make(chan error, 1)
+	go func() { _, err := j.Append(ctx, 6, pattern(6, 9, 1)); done <- err }()
 	servers[1].start()
-	servers[2].start()
-	j, err = journal.Open(ctx, remoteStores(c, servers, "vol-q"), opts)
-	if err != nil {
-		t.Fatal(err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("append after server 1 returned: %v", err)
+		}
+		want[6] = pattern(6, 9, 1)
+	case <-time.After(30 * time.Second):
+		t.Fatal("append still waiting 30s after server 1 returned")
 	}
-	defer j.Close()
+	writeBlocks(t, j, want, 40, 20, 3)
+	servers[2].start()
+	deadline := time.Now().Add(30 * time.Second)
+	for h := j.Health(); !h.InSync[0] || !h.InSync[1] || !h.InSync[2]; h = j.Health() {
+		if time.Now().After(deadline) {
+			t.Fatalf("replicas not back in sync 30s after their servers returned: %+v", h)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	expectImage(t, j, &imageSink{img: map[uint64][]byte{}}, want)
+	acked := j.LastSeq()
+	j.Close()
 	var infos []journal.StoreInfo
 	for _, s := range remoteStores(c, servers, "vol-q") {
 		info, err := s.Info(ctx)
@@ -298,9 +318,25 @@ func TestJournalRemoteQuorum(t *testing.T) {
 		}
 		infos = append(infos, info)
 	}
-	if infos[2].LastSeq != infos[0].LastSeq || infos[1].LastSeq != infos[0].LastSeq || infos[0].LastSeq <= acked {
-		t.Fatalf("replicas not caught up after reopen: %+v (acknowledged through %d)", infos, acked)
+	for i, info := range infos {
+		if info.LastSeq != acked || info.Epoch != infos[0].Epoch {
+			t.Fatalf("replica %d not caught up: %+v (acknowledged through %d)", i, infos, acked)
+		}
 	}
+
+	servers[1].stop()
+	servers[2].stop()
+	if _, err := journal.Open(ctx, remoteStores(c, servers, "vol-q"), opts); !errors.Is(err, journal.ErrNoQuorum) {
+		t.Fatalf("open with 2 of 3 servers down: %v, want ErrNoQuorum", err)
+	}
+	servers[1].start()
+	servers[2].start()
+	j, err = journal.Open(ctx, remoteStores(c, servers, "vol-q"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	expectImage(t, j, &imageSink{img: map[uint64][]byte{}}, want)
 }
 
 // dropFirst answers the first request matching match with 502 after the

@@ -7,6 +7,8 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,6 +38,12 @@ const (
 	// DestageFailing, the error in the message): writes then back-pressure
 	// on the journal and the CoucheStorECVolumeDestageFailing alert fires.
 	ConditionDestaging = "Destaging"
+	// ConditionJournalQuorum is True while a majority of the journal's
+	// replicas are in sync, so writes are acknowledged (reason InSync, or
+	// Degraded while some replica is being caught up), and False while
+	// fewer are (reason QuorumLost): writes then wait until enough
+	// replicas are caught up and re-admitted.
+	ConditionJournalQuorum = "JournalQuorum"
 )
 
 // observer publishes an export's health: Prometheus metrics on
@@ -55,6 +63,8 @@ type observer struct {
 	stripeWriteHisto prometheus.Histogram
 
 	mu         sync.Mutex
+	journal    *journal.Journal
+	quorum     metav1.Condition // last JournalQuorum computed (Type empty: no journal yet)
 	failing    bool
 	lastErr    string
 	dirty      chan struct{} // a condition changed: write it
@@ -79,8 +89,12 @@ func newObserver(volume string, kube client.Client) *observer {
 	return o
 }
 
-// watchJournal registers gauges read from the journal at scrape time.
+// watchJournal registers gauges read from the journal at scrape time and
+// has runConditions follow its replicas' state.
 func (o *observer) watchJournal(j *journal.Journal) {
+	o.mu.Lock()
+	o.journal = j
+	o.mu.Unlock()
 	labels := prometheus.Labels{"volume": o.volume}
 	o.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "couchestor_ecvolume_journal_used_bytes",
@@ -92,18 +106,74 @@ func (o *observer) watchJournal(j *journal.Journal) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "couchestor_ecvolume_journal_replicas",
 			Help: "Journal replicas the export opened (journalConfig.replicationFactor).", ConstLabels: labels},
 			func() float64 { return float64(len(j.HealthyStores())) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "couchestor_ecvolume_journal_healthy_replicas",
-			Help: "Journal replicas taking writes; below a majority of journalConfig.replicationFactor the export refuses writes.", ConstLabels: labels},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "couchestor_ecvolume_journal_quorum_waits_total",
+			Help: "Batches of writes that had to wait because fewer than a majority of journal replicas were in sync.", ConstLabels: labels},
+			func() float64 { return float64(j.Health().QuorumWaits) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "couchestor_ecvolume_journal_quorum_lost",
+			Help: "1 while fewer than a majority of journal replicas are in sync: writes wait until enough are caught up.", ConstLabels: labels},
 			func() float64 {
-				n := 0
-				for _, h := range j.HealthyStores() {
-					if h {
-						n++
-					}
+				if h := j.Health(); countTrue(h.InSync) < h.Quorum {
+					return 1
 				}
-				return float64(n)
+				return 0
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "couchestor_ecvolume_journal_healthy_replicas",
+			Help: "Journal replicas in sync (taking every write); one that failed or fell behind is caught up and counted again. Below a majority of journalConfig.replicationFactor writes wait.", ConstLabels: labels},
+			func() float64 { return float64(countTrue(j.HealthyStores())) }),
 	)
+}
+
+func countTrue(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
+}
+
+// journalQuorumCondition describes a journal's replication state. The
+// message names replicas by index only, so it changes only with the state.
+func journalQuorumCondition(h journal.Health) metav1.Condition {
+	in := countTrue(h.InSync)
+	var out []string
+	for i, ok := range h.InSync {
+		if !ok {
+			out = append(out, strconv.Itoa(i))
+		}
+	}
+	c := metav1.Condition{Type: ConditionJournalQuorum, Status: metav1.ConditionTrue, Reason: "InSync",
+		Message: fmt.Sprintf("all %d journal replicas are in sync", len(h.InSync))}
+	switch {
+	case in < h.Quorum:
+		c.Status, c.Reason = metav1.ConditionFalse, "QuorumLost"
+		c.Message = fmt.Sprintf("%d of %d journal replicas in sync, a write needs %d: writes wait until replicas %s are caught up (their shard servers answer again)",
+			in, len(h.InSync), h.Quorum, strings.Join(out, ","))
+	case in < len(h.InSync):
+		c.Reason = "Degraded"
+		c.Message = fmt.Sprintf("%d of %d journal replicas in sync, writes are acknowledged by a majority; replicas %s are caught up and re-admitted once their shard servers answer",
+			in, len(h.InSync), strings.Join(out, ","))
+	}
+	return c
+}
+
+// pollJournal recomputes the JournalQuorum condition and reports whether it changed.
+func (o *observer) pollJournal() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.journal == nil {
+		return false
+	}
+	c := journalQuorumCondition(o.journal.Health())
+	if c.Status == o.quorum.Status && c.Reason == o.quorum.Reason && c.Message == o.quorum.Message {
+		return false
+	}
+	if c.Status != o.quorum.Status || c.Reason != o.quorum.Reason {
+		log.Printf("ec-volume %s: journal %s: %s", o.volume, c.Reason, c.Message)
+	}
+	o.quorum = c
+	return true
 }
 
 // destageError is the volume's OnDestageError.
@@ -186,9 +256,16 @@ func (o *observer) runConditions(ctx context.Context, listenAddr string) {
 	o.mu.Lock()
 	o.exportedAt = listenAddr
 	o.mu.Unlock()
+	o.pollJournal()
 	o.poke()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		select {
+		case <-tick.C:
+			if o.pollJournal() {
+				o.poke()
+			}
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := o.writeConditions(sctx, false); err != nil {
@@ -214,7 +291,7 @@ func (o *observer) runConditions(ctx context.Context, listenAddr string) {
 // other's fields).
 func (o *observer) writeConditions(ctx context.Context, serving bool) error {
 	o.mu.Lock()
-	failing, lastErr, addr := o.failing, o.lastErr, o.exportedAt
+	failing, lastErr, addr, quorum := o.failing, o.lastErr, o.exportedAt, o.quorum
 	o.mu.Unlock()
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		vol := &storagev1.ECVolume{}
@@ -237,6 +314,10 @@ func (o *observer) writeConditions(ctx context.Context, serving bool) error {
 		}
 		changed := meta.SetStatusCondition(&vol.Status.Conditions, exp)
 		changed = meta.SetStatusCondition(&vol.Status.Conditions, des) || changed
+		if quorum.Type != "" {
+			quorum.ObservedGeneration = vol.Generation
+			changed = meta.SetStatusCondition(&vol.Status.Conditions, quorum) || changed
+		}
 		if !changed {
 			return nil
 		}

@@ -187,7 +187,9 @@ func Command(ctx context.Context, args []string) error {
 	obs := newObserver(*volume, kc)
 	v, err := ecvolume.Open(ctx, ecvolume.Options{
 		Name: *volume, SizeBytes: vol.Object.Spec.SizeBytes, StripeSizeBytes: vol.StripeSize,
-		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize},
+		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize, Logf: func(f string, a ...any) {
+			log.Printf("ec-volume %s: "+f, append([]any{*volume}, a...)...)
+		}},
 		DestageThresholdPercent: threshold, DestageInterval: interval, DestageParallel: *destageParallel,
 		Stripes: observedSink{StripeAdapter: &StripeAdapter{Store: st, Volume: vol}, o: obs},
 		Cache: &ecvolume.CacheOptions{BlockBytes: block, ConcurrentMisses: true, MemoryBytes: *cacheMem,

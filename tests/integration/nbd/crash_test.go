@@ -176,7 +176,13 @@ func burst(t *testing.T, addr string, state []blockState, seq *atomic.Uint64, ki
 // or the write that was in flight at the kill; never a torn or older one.
 func verify(t *testing.T, addr string, state []blockState) {
 	t.Helper()
-	c, err := dialWire(addr, exportNm)
+	verifyExport(t, addr, exportNm, state)
+}
+
+// verifyExport is verify for the export named export.
+func verifyExport(t *testing.T, addr, export string, state []blockState) {
+	t.Helper()
+	c, err := dialWire(addr, export)
 	if err != nil {
 		t.Fatalf("dial after restart: %v", err)
 	}

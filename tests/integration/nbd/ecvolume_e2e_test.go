@@ -30,6 +30,7 @@ type ecCluster struct {
 	bin, dir   string
 	kubeconfig string
 	shards     []*exec.Cmd
+	shardArgs  [][]string // each server's command line, to restart it as it was
 	store      *stripe.Store
 }
 
@@ -76,15 +77,12 @@ func newECCluster(t *testing.T, n int) *ecCluster {
 		if err := env.Client.Status().Update(ctx, dp); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(c.bin, "shard-server", "--data-dir", filepath.Join(c.dir, pool), "--pool", pool, "--node", node,
-			"--listen", testenv.Addr(testenv.FreePort(t)), "--capacity-bytes", strconv.Itoa(2<<30),
+		c.shardArgs = append(c.shardArgs, []string{"shard-server", "--data-dir", filepath.Join(c.dir, pool), "--pool", pool, "--node", node,
+			"--listen", testenv.Addr(testenv.FreePort(t)), "--capacity-bytes", strconv.Itoa(2 << 30),
 			"--tls-cert-file", filepath.Join(c.dir, "tls.crt"), "--tls-key-file", filepath.Join(c.dir, "tls.key"),
-			"--token-file", filepath.Join(c.dir, "token"), "--kubeconfig", c.kubeconfig, "--lease-duration", "6s")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		c.shards = append(c.shards, cmd)
+			"--token-file", filepath.Join(c.dir, "token"), "--kubeconfig", c.kubeconfig, "--lease-duration", "6s"})
+		c.shards = append(c.shards, nil)
+		c.startShard(i)
 	}
 	t.Cleanup(func() {
 		for i := range c.shards {
@@ -105,6 +103,40 @@ func newECCluster(t *testing.T, n int) *ecCluster {
 	}
 	c.store = &stripe.Store{Client: env.Client, Shards: sc, Registry: lookup, MayastorNamespace: "mayastor"}
 	return c
+}
+
+// startShard starts shard server i (again) with its original command line:
+// the same data directory and listen address.
+func (c *ecCluster) startShard(i int) {
+	cmd := exec.Command(c.bin, c.shardArgs[i]...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.shards[i] = cmd
+}
+
+// restartShard stops shard server i with SIGTERM, leaves it down for
+// `down` (a pod being replaced: longer than the shard client's retries),
+// starts it again and waits until it is registered (what a rolling chart
+// upgrade does to one pod).
+func (c *ecCluster) restartShard(i int, down time.Duration) {
+	c.t.Helper()
+	c.stopShard(i)
+	time.Sleep(down)
+	c.startShard(i)
+	pool := "pool-" + strconv.Itoa(i)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		byPool, err := c.store.Registry.ByPool(context.Background())
+		if _, ok := byPool[pool]; err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("restarted shard server of %s not registered after 60s (%v)", pool, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // stopShard ends shard server i with SIGTERM (it releases its Lease).
