@@ -90,6 +90,7 @@ type Store struct {
 	syncMu sync.Mutex
 	synced uint64
 	now    func() time.Time
+	fences *fences // writer epochs per volume (fence.go)
 }
 
 // Space is what a pool reports about itself.
@@ -116,7 +117,7 @@ func OpenStore(dir string, capacity int64) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	s := &Store{dir: dir, capacity: capacity, data: data, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now}
+	s := &Store{dir: dir, capacity: capacity, data: data, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now, fences: newFences(dir)}
 	if err := s.replayLog(); err != nil {
 		data.Close()
 		return nil, err
@@ -378,6 +379,9 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 	}
 	if got := erasure.ShardChecksum(payload); got != h.Checksum {
 		return Location{}, fmt.Errorf("%w: payload checksum %s does not match header checksum %s", ErrBadShard, got, h.Checksum)
+	}
+	if err := s.fences.admit(h.Volume, h.VolumeUID, h.WriterEpoch); err != nil {
+		return Location{}, err
 	}
 	hdr, err := encodeHeader(h)
 	if err != nil {
