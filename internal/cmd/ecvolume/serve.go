@@ -30,7 +30,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -40,6 +42,7 @@ import (
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/internal/scheme"
 	"github.com/billyronks/couchestor/pkg/ecvolume"
+	"github.com/billyronks/couchestor/pkg/fence"
 	"github.com/billyronks/couchestor/pkg/journal"
 	"github.com/billyronks/couchestor/pkg/nbd"
 	"github.com/billyronks/couchestor/pkg/registry"
@@ -68,6 +71,7 @@ func Command(ctx context.Context, args []string) error {
 	knownStripes := fs.Int("known-stripes", 65536, "How many ECStripe objects the export keeps in memory (about 3 KiB each) so reads and writes need not GET them; past it, misses are read from the API server.")
 	cacheBlockBytes := fs.Int64("cache-block-bytes", 0, "Unit of the read cache. 0 picks one data shard (stripeSizeBytes/k) when the stripe splits evenly, else the stripe: a miss then fetches one shard, so random small reads move a k-th of a stripe. The stripe size suits purely sequential readers (a tenth or so faster there). Must be a multiple of 512 dividing stripeSizeBytes.")
 	destageParallel := fs.Int("destage-parallel", 8, "How many stripes the destager writes at once. A stripe write waits mostly on shard servers and two API requests (create or update, then status), so several in flight keep both busy.")
+	leaseDuration := fs.Duration("lease-duration", 15*time.Second, "Duration of the volume's writer Lease (whole seconds, at least 1s). The export serves only while it holds the Lease, stops serving Duration/5 before it would expire unrenewed, and a second export waits until it was left unrenewed for the full duration (or released by a clean stop).")
 	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -127,6 +131,35 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// One writer per volume (issue 17 item 1): nothing below runs until this
+	// export holds the volume's Lease, and everything it writes carries the
+	// Lease's writer epoch.
+	if *leaseDuration < time.Second {
+		return fmt.Errorf("--lease-duration %s must be at least 1s", *leaseDuration)
+	}
+	host, _ := os.Hostname()
+	holder := &fence.Holder{Client: kc, Namespace: *registryNS, Volume: vol.Object, Duration: *leaseDuration,
+		Identity: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), strconv.FormatInt(time.Now().UnixNano(), 36)),
+		Logf: func(format string, args ...any) { log.Printf("ec-volume %s: "+format, append([]any{*volume}, args...)...) }}
+	if err := holder.Acquire(ctx); err != nil {
+		return err
+	}
+	log.Printf("ec-volume %s: holds Lease %s/%s with writer epoch %d", *volume, *registryNS, fence.LeaseName(*volume), holder.Epoch())
+	st.WriterEpoch, st.Fence = holder.Epoch(), holder.Check
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	leaseDone := make(chan error, 1)
+	go func() {
+		err := holder.Run(serveCtx)
+		if err != nil {
+			log.Printf("ec-volume %s: stops serving: %v", *volume, err)
+		}
+		leaseDone <- err
+		stopServing()
+	}()
+	var leaseStopped sync.Once
+	stopLease := func() { leaseStopped.Do(func() { stopServing(); <-leaseDone }) }
+	defer stopLease()
 	block := cacheBlock(vol)
 	if b := *cacheBlockBytes; b != 0 {
 		if b < 0 || b%lba != 0 || vol.StripeSize%b != 0 {
@@ -176,6 +209,9 @@ func Command(ctx context.Context, args []string) error {
 	} else if stores, err = openJournalStores(ctx, kc, st.Registry, sc, vol.Object, replicas); err != nil {
 		return err
 	}
+	for i := range stores {
+		stores[i] = fencedStore{Store: stores[i], check: holder.Check}
+	}
 	obs := newObserver(*volume, kc)
 	v, err := ecvolume.Open(ctx, ecvolume.Options{
 		Name: *volume, SizeBytes: vol.Object.Spec.SizeBytes, StripeSizeBytes: vol.StripeSize,
@@ -193,7 +229,17 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer v.Close()
+	defer func() {
+		// A clean stop hands the Lease on at once; only after the destager
+		// and the journal stopped, so nothing of ours is still writing.
+		closeErr := v.Close()
+		stopLease()
+		if closeErr == nil && holder.Check() == nil {
+			if err := holder.Release(context.WithoutCancel(ctx)); err != nil {
+				log.Printf("ec-volume %s: %v (the next export waits for the Lease to expire)", *volume, err)
+			}
+		}
+	}()
 	obs.watchJournal(v.Journal())
 	if err := obs.serveMetrics(ctx, *metricsAddr); err != nil {
 		return err
@@ -208,8 +254,14 @@ func Command(ctx context.Context, args []string) error {
 	defer func() { stopConds(); <-condsDone }()
 	log.Printf("ec-volume %s: serving %d bytes (policy %s, stripe %d bytes, journal %d replicas × %d bytes) over NBD on %s",
 		*volume, vol.Object.Spec.SizeBytes, pol.Name, vol.StripeSize, replicas, jsize, l.Addr())
-	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: v}}, Logf: log.Printf}
-	return srv.Serve(ctx, l)
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: fencedBackend{Backend: v, check: holder.Check}}}, Logf: log.Printf}
+	if err := srv.Serve(serveCtx, l); err != nil {
+		return err
+	}
+	if err := holder.Check(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("ec-volume %s: %w", *volume, err)
+	}
+	return nil
 }
 
 // cacheBlock is the read cache's unit: one data shard when the stripe splits
