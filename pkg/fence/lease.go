@@ -207,6 +207,8 @@ func (h *Holder) Acquire(ctx context.Context) error {
 			if done, err := h.create(ctx); done || err != nil {
 				return err
 			}
+		case apierrors.IsForbidden(err):
+			return fmt.Errorf("%s: %w (the export needs get, create and update on Leases in %s)", h.desc(), err, h.Namespace)
 		case err != nil:
 			h.Logf("%s: %v (retrying)", h.desc(), err)
 		default:
@@ -256,6 +258,9 @@ func (h *Holder) create(ctx context.Context) (bool, error) {
 	if err := h.Client.Create(ctx, l); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return false, nil
+		}
+		if apierrors.IsForbidden(err) || apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("%s: create: %w (the namespace must exist and the export needs get, create and update on Leases there)", h.desc(), err)
 		}
 		h.Logf("%s: create: %v (retrying)", h.desc(), err)
 		return false, nil
