@@ -34,17 +34,18 @@ func TestECStripeWriterEpochIsFenced(t *testing.T) {
 	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: fence.LeaseName("vol-f")}}
 	fence.SetEpoch(lease, 2)
 	wantAccepted(t, c.Create(ctx, lease))
+	wantAccepted(t, c.Create(ctx, ecp("ec-f", storagev1.ErasureCodingPolicySpec{}))) // 4+2, 1 MiB = 2048 LBAs
 
 	stamped := func(s *storagev1.ECStripe, epoch uint64) *storagev1.ECStripe {
 		fence.SetEpoch(s, epoch)
 		return s
 	}
 	waitFor(t, func() bool { // the webhook's stripe index syncs first
-		return c.Create(ctx, stamped(ecs("vol-f-0", "vol-f", "", 0, 0, 128, 4, 2), 2), client.DryRunAll) == nil
+		return c.Create(ctx, stamped(ecs("vol-f-0", "vol-f", "ec-f", 0, 0, 2048, 4, 2), 2), client.DryRunAll) == nil
 	})
-	wantRefused(t, c.Create(ctx, stamped(ecs("vol-f-0", "vol-f", "", 0, 0, 128, 4, 2), 1)),
+	wantRefused(t, c.Create(ctx, stamped(ecs("vol-f-0", "vol-f", "ec-f", 0, 0, 2048, 4, 2), 1)),
 		`metadata.annotations[storage.billyronks.io/writer-epoch]: writer epoch 1 is below epoch 2 of ECVolume vol-f's writer Lease couchestor-system/ecvolume-vol-f`, "this writer is fenced")
-	s0 := stamped(ecs("vol-f-0", "vol-f", "", 0, 0, 128, 4, 2), 2)
+	s0 := stamped(ecs("vol-f-0", "vol-f", "ec-f", 0, 0, 2048, 4, 2), 2)
 	s0.Spec.Generation = 1
 	wantAccepted(t, c.Create(ctx, s0))
 
@@ -65,9 +66,9 @@ func TestECStripeWriterEpochIsFenced(t *testing.T) {
 	s0.Spec.Generation = 4
 	wantRefused(t, c.Update(ctx, stamped(s0, 2)), "writer epoch 2 is below epoch 3", `(held by "")`)
 
-	wantRefused(t, c.Create(ctx, stamped(ecs("vol-f-1", "vol-f", "", 1, 128, 256, 4, 2), 0)),
+	wantRefused(t, c.Create(ctx, stamped(ecs("vol-f-1", "vol-f", "ec-f", 1, 2048, 4096, 4, 2), 0)),
 		`metadata.annotations[storage.billyronks.io/writer-epoch]: Invalid value: "0": must be a positive integer`)
-	wantAccepted(t, c.Create(ctx, ecs("vol-f-1", "vol-f", "", 1, 128, 256, 4, 2)))
+	wantAccepted(t, c.Create(ctx, ecs("vol-f-1", "vol-f", "ec-f", 1, 2048, 4096, 4, 2)))
 	// A volume whose export never held a Lease is not fenced.
-	wantAccepted(t, c.Create(ctx, stamped(ecs("vol-g-0", "vol-g", "", 0, 0, 128, 4, 2), 1)))
+	wantAccepted(t, c.Create(ctx, stamped(ecs("vol-g-0", "vol-g", "ec-f", 0, 0, 2048, 4, 2), 1)))
 }
