@@ -140,7 +140,9 @@ func Command(ctx context.Context, args []string) error {
 	host, _ := os.Hostname()
 	holder := &fence.Holder{Client: kc, Namespace: *registryNS, Volume: vol.Object, Duration: *leaseDuration,
 		Identity: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), strconv.FormatInt(time.Now().UnixNano(), 36)),
-		Logf: func(format string, args ...any) { log.Printf("ec-volume %s: "+format, append([]any{*volume}, args...)...) }}
+		Logf: func(format string, args ...any) {
+			log.Printf("ec-volume %s: "+format, append([]any{*volume}, args...)...)
+		}}
 	if err := holder.Acquire(ctx); err != nil {
 		return err
 	}
