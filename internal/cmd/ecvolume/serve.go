@@ -17,6 +17,10 @@
 //     --metrics-bind-address (couchestor_ecvolume_destage_failing, read by
 //     the data-plane chart's CoucheStorECVolumeDestageFailing alert) and as
 //     the ECVolume's Destaging condition (observe.go).
+//   - One writer per volume (issue 17 item 1, pkg/fence): nothing is opened
+//     before the export holds the volume's writer Lease; NBD requests and
+//     journal mutations check it (fence.go), shards and ECStripes carry its
+//     writer epoch, and losing it ends the process with an error.
 package ecvolume
 
 import (
@@ -63,7 +67,7 @@ func Command(ctx context.Context, args []string) error {
 	cacheMem := fs.Int64("cache-memory-bytes", 256<<20, "L1 (RAM) read cache capacity.")
 	cacheDisk := fs.Int64("cache-disk-bytes", 4<<30, "L2 (local disk) read cache capacity.")
 	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
-	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
+	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases and of the volume's writer Lease (pkg/fence).")
 	mayastorNS := fs.String("mayastor-namespace", "mayastor", "Namespace of the DiskPools.")
 	secret := fs.String("shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
@@ -121,8 +125,8 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	// The export is its volume's only stripe writer (the journal's epoch
-	// fences an older export), so it remembers the volume's ECStripes and
+	// The export is its volume's only stripe writer (it holds the volume's
+	// writer Lease, below, and its epoch fences an older export), so it remembers the volume's ECStripes and
 	// looks shard servers up at most every serverViewTTL instead of asking
 	// the API server before every stripe read and write (stripe.Known).
 	st := &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: *registryNS}, MayastorNamespace: *mayastorNS,
