@@ -238,6 +238,8 @@ func (w *ErasureCodingPolicyWebhook) ValidateDelete(ctx context.Context, p *stor
 type ECStripeWebhook struct {
 	r       readers
 	stripes *StripeIndex
+	// leaseNamespace holds the volumes' writer Leases (checkWriterEpoch).
+	leaseNamespace string
 }
 
 var (
@@ -253,11 +255,17 @@ func (w *ECStripeWebhook) Default(_ context.Context, s *storagev1.ECStripe) erro
 
 // ValidateCreate applies schema 6.3 against the policy and the volume's other stripes.
 func (w *ECStripeWebhook) ValidateCreate(ctx context.Context, s *storagev1.ECStripe) (admission.Warnings, error) {
+	if err := w.checkWriterEpoch(ctx, nil, s); err != nil {
+		return nil, err
+	}
 	return w.validate(ctx, s)
 }
 
 // ValidateUpdate applies the same rules; the stripe never collides with itself.
-func (w *ECStripeWebhook) ValidateUpdate(ctx context.Context, _, s *storagev1.ECStripe) (admission.Warnings, error) {
+func (w *ECStripeWebhook) ValidateUpdate(ctx context.Context, old, s *storagev1.ECStripe) (admission.Warnings, error) {
+	if err := w.checkWriterEpoch(ctx, old, s); err != nil {
+		return nil, err
+	}
 	return w.validate(ctx, s)
 }
 

@@ -89,7 +89,9 @@ type Options struct {
 	LocalURL string
 	// ShardRegistryNamespace holds the shard-server Leases; an
 	// ErasureCodingPolicy wider than the registered shard servers gets an
-	// admission warning. Default registry.DefaultNamespace.
+	// admission warning. It also holds the volumes' writer Leases (pkg/fence),
+	// which the ECStripe webhook reads to fence stale exports. Default
+	// registry.DefaultNamespace.
 	ShardRegistryNamespace string
 
 	// rotatorName names the certificate rotator's controller (tests run
@@ -155,7 +157,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) (healthz.Checker
 			WithDefaulter(ecp).WithValidator(ecp).Complete(); err != nil {
 			return fmt.Errorf("register ErasureCodingPolicy webhooks: %w", err)
 		}
-		ecs := &ECStripeWebhook{r: r, stripes: stripes}
+		ecs := &ECStripeWebhook{r: r, stripes: stripes, leaseNamespace: opts.ShardRegistryNamespace}
 		if err := ctrl.NewWebhookManagedBy(mgr, &storagev1.ECStripe{}).
 			WithDefaulter(ecs).WithValidator(ecs).Complete(); err != nil {
 			return fmt.Errorf("register ECStripe webhooks: %w", err)

@@ -192,6 +192,8 @@ func mapStatus(herr *httpError, body []byte) error {
 			return se
 		}
 		return fmt.Errorf("%w (%v)", ErrStaleGeneration, herr)
+	case http.StatusPreconditionFailed:
+		return fmt.Errorf("%w (%v)", ErrFenced, herr)
 	case http.StatusInsufficientStorage:
 		return fmt.Errorf("%w (%v)", ErrNoSpace, herr)
 	case http.StatusBadRequest:

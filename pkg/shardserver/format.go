@@ -60,6 +60,10 @@ type ShardHeader struct {
 	StripeChecksum string   `json:"stripeChecksum"`
 	// WrittenUnixNano is when the writer produced the shard (orphan grace).
 	WrittenUnixNano int64 `json:"writtenUnixNano"`
+	// WriterEpoch is the writer epoch of the export that wrote the shard
+	// (its volume Lease's, pkg/fence); 0 for writers that are not fenced.
+	// The server refuses a write below the highest epoch it saw (fence.go).
+	WriterEpoch uint64 `json:"writerEpoch,omitempty"`
 }
 
 // Validate checks the header fields a server relies on.

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -123,6 +124,21 @@ func (c *Client) journalDo(ctx context.Context, method, addr, path string, q url
 type remoteJournal struct {
 	c            *Client
 	addr, volume string
+	// writer is the epoch this store set with SetEpoch (0 before): every
+	// later mutation carries it so the replica refuses it once a newer
+	// writer recorded a higher epoch.
+	writer atomic.Uint64
+}
+
+// writerQuery adds the writer epoch to a mutation's query.
+func (r *remoteJournal) writerQuery(q url.Values) url.Values {
+	if e := r.writer.Load(); e != 0 {
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("writer", strconv.FormatUint(e, 10))
+	}
+	return q
 }
 
 func (r *remoteJournal) String() string { return r.volume + "@" + r.addr }
@@ -260,7 +276,7 @@ func (r *remoteJournal) Append(ctx context.Context, recs []journal.Record) error
 	for i := range recs {
 		body = journal.AppendEncoded(body, &recs[i])
 	}
-	if _, err := r.c.journalDo(ctx, http.MethodPost, r.addr, journalPath(r.volume, "records"), nil, nil, body); err != nil {
+	if _, err := r.c.journalDo(ctx, http.MethodPost, r.addr, journalPath(r.volume, "records"), r.writerQuery(nil), nil, body); err != nil {
 		return r.wrap(fmt.Sprintf("append seq %d..%d", recs[0].Seq, recs[len(recs)-1].Seq), err)
 	}
 	return nil
@@ -268,6 +284,9 @@ func (r *remoteJournal) Append(ctx context.Context, recs []journal.Record) error
 
 func (r *remoteJournal) post(ctx context.Context, op, param string, n uint64, hdr http.Header) error {
 	q := url.Values{param: {strconv.FormatUint(n, 10)}}
+	if op != "epoch" {
+		q = r.writerQuery(q)
+	}
 	if _, err := r.c.journalDo(ctx, http.MethodPost, r.addr, journalPath(r.volume, op), q, hdr, nil); err != nil {
 		return r.wrap(fmt.Sprintf("%s %s=%d", op, param, n), err)
 	}
@@ -293,7 +312,11 @@ func (r *remoteJournal) SetEpoch(ctx context.Context, epoch uint64) error {
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return r.wrap("set epoch", err)
 	}
-	return r.post(ctx, "epoch", "epoch", epoch, http.Header{HeaderJournalWriter: {hex.EncodeToString(nonce[:])}})
+	if err := r.post(ctx, "epoch", "epoch", epoch, http.Header{HeaderJournalWriter: {hex.EncodeToString(nonce[:])}}); err != nil {
+		return err
+	}
+	r.writer.Store(epoch)
+	return nil
 }
 
 func (r *remoteJournal) Close() error { return nil }

@@ -15,6 +15,13 @@ package shardserver
 //	POST   /v1/journals/{volume}/epoch?epoch=N       header X-Journal-Writer = the caller's nonce
 //	DELETE /v1/journals/{volume}                     removes the replica (the ECVolume is gone)
 //
+// Appends, truncates, trims and resets carry &writer=E, the epoch the caller
+// recorded with SetEpoch: a replica refuses (409) a mutation whose E is below
+// its recorded epoch, so a writer another one superseded can no longer trim
+// or drop records it did not destage (issue 17 item 1). A mutation without
+// it (a client before any SetEpoch: Open's trim to the highest trim point) is
+// not fenced.
+//
 // Records travel in the journal's own encoding (journal.AppendEncoded), so a
 // record damaged on the wire fails its checksum exactly like a torn one on
 // disk. Every mutation is fsynced by the FileStore before the reply.
@@ -264,6 +271,27 @@ func parseJournalNumber(what, v string) (uint64, error) {
 	return n, nil
 }
 
+// writerParam is the optional ?writer= epoch of a mutation (0: absent).
+func writerParam(r *http.Request) (uint64, error) {
+	if !r.URL.Query().Has("writer") {
+		return 0, nil
+	}
+	n, err := uintParam(r, "writer")
+	if err == nil && n == 0 {
+		err = fmt.Errorf("%w: query parameter writer=0 must be a positive writer epoch", ErrBadJournalRequest)
+	}
+	return n, err
+}
+
+// checkWriter refuses a mutation from a writer below the replica's epoch.
+func checkWriter(r *http.Request, writer uint64, info journal.StoreInfo) error {
+	if writer != 0 && writer < info.Epoch {
+		return fmt.Errorf("%w: journal of %s: writer epoch %d is below the replica's epoch %d (a newer writer opened the journal; this one is fenced)",
+			ErrJournalConflict, r.PathValue("volume"), writer, info.Epoch)
+	}
+	return nil
+}
+
 // withReplica runs fn on the volume's replica under its lock (write for
 // mutations), retrying once if the replica was deleted in between.
 func (s *Server) withReplica(r *http.Request, mutate bool, fn func(*journal.FileStore, *journalReplica) error) error {
@@ -452,9 +480,17 @@ func (s *Server) journalAppend(w http.ResponseWriter, r *http.Request) {
 		writeJournalErr(w, fmt.Errorf("%w: an append needs at least one record", ErrBadJournalRequest))
 		return
 	}
+	writer, err := writerParam(r)
+	if err != nil {
+		writeJournalErr(w, err)
+		return
+	}
 	err = s.withReplica(r, true, func(st *journal.FileStore, _ *journalReplica) error {
 		info, err := st.Info(r.Context())
 		if err != nil {
+			return err
+		}
+		if err := checkWriter(r, writer, info); err != nil {
 			return err
 		}
 		i := 0
@@ -506,7 +542,21 @@ func (s *Server) journalMutation(w http.ResponseWriter, r *http.Request, param s
 		writeJournalErr(w, err)
 		return
 	}
-	if err := s.withReplica(r, true, func(st *journal.FileStore, _ *journalReplica) error { return fn(st, n) }); err != nil {
+	writer, err := writerParam(r)
+	if err != nil {
+		writeJournalErr(w, err)
+		return
+	}
+	if err := s.withReplica(r, true, func(st *journal.FileStore, _ *journalReplica) error {
+		info, err := st.Info(r.Context())
+		if err != nil {
+			return err
+		}
+		if err := checkWriter(r, writer, info); err != nil {
+			return err
+		}
+		return fn(st, n)
+	}); err != nil {
 		writeJournalErr(w, err)
 		return
 	}

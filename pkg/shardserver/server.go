@@ -104,6 +104,8 @@ func writeErr(w http.ResponseWriter, err error) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusConflict)
 		_ = json.NewEncoder(w).Encode(stale)
+	case errors.Is(err, ErrFenced):
+		http.Error(w, err.Error(), http.StatusPreconditionFailed)
 	case errors.Is(err, ErrNotFound):
 		http.Error(w, err.Error(), http.StatusNotFound)
 	case errors.Is(err, ErrNoSpace):

@@ -100,6 +100,7 @@ type Store struct {
 	// server restarts and reads what the disk really holds.
 	broken atomic.Pointer[error]
 	now    func() time.Time
+	fences *fences // writer epochs per volume (fence.go)
 }
 
 // Err reports why the store stopped acknowledging writes, or nil. It takes
@@ -160,7 +161,7 @@ func OpenStore(dir string, capacity int64) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now}
+	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now, fences: newFences(dir)}
 	if err := s.replayLog(); err != nil {
 		data.Close()
 		lock.Close()
@@ -451,6 +452,9 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 	}
 	if got := erasure.ShardChecksum(payload); got != h.Checksum {
 		return Location{}, fmt.Errorf("%w: payload checksum %s does not match header checksum %s", ErrBadShard, got, h.Checksum)
+	}
+	if err := s.fences.admit(h.Volume, h.VolumeUID, h.WriterEpoch); err != nil {
+		return Location{}, err
 	}
 	hdr, err := encodeHeader(h)
 	if err != nil {

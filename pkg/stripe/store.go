@@ -89,6 +89,16 @@ type Store struct {
 	// and free space for Views.TTL (see ServerViews) instead of looking them
 	// up for every read and write.
 	Views *ServerViews
+	// WriterEpoch, when set, is the export's writer epoch (its volume
+	// Lease's, pkg/fence). It goes into every shard header and onto every
+	// ECStripe written (annotation fence.AnnotationEpoch), where shard
+	// servers and the ECStripe webhook refuse it once a newer export holds
+	// the volume.
+	WriterEpoch uint64
+	// Fence, when set, is asked before a stripe's shards are written and
+	// again before its ECStripe is created or updated; an error stops the
+	// write (the export no longer holds its Lease).
+	Fence func() error
 	// AfterShardsDurable, when set, runs after a stripe version's shards are
 	// durable and before its ECStripe is created or updated. It is a
 	// fault-injection seam: tests block here and kill the writer.

@@ -15,6 +15,7 @@ import (
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/apis/storage/v1/geometry"
 	"github.com/billyronks/couchestor/pkg/erasure"
+	"github.com/billyronks/couchestor/pkg/fence"
 	"github.com/billyronks/couchestor/pkg/shardserver"
 )
 
@@ -92,6 +93,9 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 	covered := lo == stripeOff && hi == stripeOff+dataLen
 	var minGen int64
 	for attempt := 0; attempt < maxStripeAttempts; attempt++ {
+		if err := s.fence(); err != nil {
+			return fmt.Errorf("stripe %d: %w", id, err)
+		}
 		st := v.Codec.NewStripe()
 		buf := st.DataBuffer()[:dataLen]
 		if old != nil && !covered {
@@ -144,9 +148,16 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 			}
 			spec.ShardLocations[i] = loc
 		}
+		if err := s.fence(); err != nil {
+			s.freeWritten(ctx, v, id, gen, writes)
+			return fmt.Errorf("stripe %d: %w", id, err)
+		}
 		var obj *storagev1.ECStripe
 		if old == nil {
 			obj = &storagev1.ECStripe{ObjectMeta: metav1.ObjectMeta{Name: StripeName(v.Name(), id), Labels: map[string]string{LabelVolume: VolumeLabelValue(v.Name())}}, Spec: spec}
+			if s.WriterEpoch != 0 {
+				fence.SetEpoch(obj, s.WriterEpoch)
+			}
 			if err := s.Client.Create(ctx, obj); err != nil {
 				s.freeWritten(ctx, v, id, gen, writes)
 				if apierrors.IsAlreadyExists(err) {
@@ -180,6 +191,9 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 				}
 			}
 			obj.Spec = spec
+			if s.WriterEpoch != 0 {
+				fence.SetEpoch(obj, s.WriterEpoch)
+			}
 			// Update carries the resourceVersion read (or just written): the
 			// precondition that nobody changed the stripe since.
 			if err := s.Client.Update(ctx, obj); err != nil {
@@ -285,6 +299,7 @@ func (s *Store) putShards(ctx context.Context, v *Volume, pl *placer, id, gen in
 			Algorithm: string(v.Algorithm), DataShards: v.K, ParityShards: v.M, StripeSizeBytes: v.StripeSize,
 			StartLBA: start, EndLBA: end, SizeBytes: int64(v.Codec.ShardSize()), Checksum: st.ShardChecksums[i],
 			ShardChecksums: st.ShardChecksums, StripeChecksum: st.Checksum, WrittenUnixNano: s.now().UnixNano(),
+			WriterEpoch: s.WriterEpoch,
 		}
 	}
 	var wg sync.WaitGroup
@@ -307,6 +322,10 @@ func (s *Store) putShards(ctx context.Context, v *Volume, pl *placer, id, gen in
 		var stale *shardserver.StaleError
 		if errors.As(writes[i].err, &stale) {
 			return writes, stale
+		}
+		if errors.Is(writes[i].err, shardserver.ErrFenced) {
+			// A newer export holds the volume: no other pool may take it.
+			return writes, writes[i].err
 		}
 		if writes[i].err == nil {
 			ok++
@@ -338,6 +357,13 @@ func (s *Store) putShards(ctx context.Context, v *Volume, pl *placer, id, gen in
 		return writes, fmt.Errorf("only %d of %d shards are durable, spec.minHealthyShards is %d: %w", ok, n, v.MinHealthy, errors.Join(errs...))
 	}
 	return writes, nil
+}
+
+func (s *Store) fence() error {
+	if s.Fence == nil {
+		return nil
+	}
+	return s.Fence()
 }
 
 // freeWritten frees the shards of an abandoned stripe version (best effort:

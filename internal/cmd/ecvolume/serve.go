@@ -17,6 +17,10 @@
 //     --metrics-bind-address (couchestor_ecvolume_destage_failing, read by
 //     the data-plane chart's CoucheStorECVolumeDestageFailing alert) and as
 //     the ECVolume's Destaging condition (observe.go).
+//   - One writer per volume (issue 17 item 1, pkg/fence): nothing is opened
+//     before the export holds the volume's writer Lease; NBD requests and
+//     journal mutations check it (fence.go), shards and ECStripes carry its
+//     writer epoch, and losing it ends the process with an error.
 package ecvolume
 
 import (
@@ -30,7 +34,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -40,6 +46,7 @@ import (
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/internal/scheme"
 	"github.com/billyronks/couchestor/pkg/ecvolume"
+	"github.com/billyronks/couchestor/pkg/fence"
 	"github.com/billyronks/couchestor/pkg/journal"
 	"github.com/billyronks/couchestor/pkg/nbd"
 	"github.com/billyronks/couchestor/pkg/registry"
@@ -60,7 +67,7 @@ func Command(ctx context.Context, args []string) error {
 	cacheMem := fs.Int64("cache-memory-bytes", 256<<20, "L1 (RAM) read cache capacity.")
 	cacheDisk := fs.Int64("cache-disk-bytes", 4<<30, "L2 (local disk) read cache capacity.")
 	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
-	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
+	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases and of the volume's writer Lease (pkg/fence).")
 	mayastorNS := fs.String("mayastor-namespace", "mayastor", "Namespace of the DiskPools.")
 	secret := fs.String("shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
@@ -72,6 +79,7 @@ func Command(ctx context.Context, args []string) error {
 	nbdBuffers := fs.Int64("nbd-buffer-bytes", nbd.DefaultMaxBufferedBytes, "READ and WRITE payload bytes all NBD connections together may hold in memory (at least 32 MiB, the maximum payload); a request waits for room before its buffer is allocated.")
 	nbdIdle := fs.Duration("nbd-idle-timeout", 0, "Close an NBD connection that sends no request for this long; 0 (the default) never does: the kernel's NBD client sends nothing while its device is idle, and closing its connection fails the device.")
 	nbdIO := fs.Duration("nbd-io-timeout", time.Minute, "Once a request's first byte arrived, the rest of it (and a WRITE's payload) must follow within this, and each reply must be taken by the client within it; else the connection is closed.")
+	leaseDuration := fs.Duration("lease-duration", 15*time.Second, "Duration of the volume's writer Lease (whole seconds, at least 1s). The export serves only while it holds the Lease, stops serving Duration/5 before it would expire unrenewed, and a second export waits until it was left unrenewed for the full duration (or released by a clean stop).")
 	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -125,8 +133,8 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	// The export is its volume's only stripe writer (the journal's epoch
-	// fences an older export), so it remembers the volume's ECStripes and
+	// The export is its volume's only stripe writer (it holds the volume's
+	// writer Lease, below, and its epoch fences an older export), so it remembers the volume's ECStripes and
 	// looks shard servers up at most every serverViewTTL instead of asking
 	// the API server before every stripe read and write (stripe.Known).
 	st := &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: *registryNS}, MayastorNamespace: *mayastorNS,
@@ -135,6 +143,37 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// One writer per volume (issue 17 item 1): nothing below runs until this
+	// export holds the volume's Lease, and everything it writes carries the
+	// Lease's writer epoch.
+	if *leaseDuration < time.Second {
+		return fmt.Errorf("--lease-duration %s must be at least 1s", *leaseDuration)
+	}
+	host, _ := os.Hostname()
+	holder := &fence.Holder{Client: kc, Namespace: *registryNS, Volume: vol.Object, Duration: *leaseDuration,
+		Identity: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), strconv.FormatInt(time.Now().UnixNano(), 36)),
+		Logf: func(format string, args ...any) {
+			log.Printf("ec-volume %s: "+format, append([]any{*volume}, args...)...)
+		}}
+	if err := holder.Acquire(ctx); err != nil {
+		return err
+	}
+	log.Printf("ec-volume %s: holds Lease %s/%s with writer epoch %d", *volume, *registryNS, fence.LeaseName(*volume), holder.Epoch())
+	st.WriterEpoch, st.Fence = holder.Epoch(), holder.Check
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	leaseDone := make(chan error, 1)
+	go func() {
+		err := holder.Run(serveCtx)
+		if err != nil {
+			log.Printf("ec-volume %s: stops serving: %v", *volume, err)
+		}
+		leaseDone <- err
+		stopServing()
+	}()
+	var leaseStopped sync.Once
+	stopLease := func() { leaseStopped.Do(func() { stopServing(); <-leaseDone }) }
+	defer stopLease()
 	block := cacheBlock(vol)
 	if b := *cacheBlockBytes; b != 0 {
 		if b < 0 || b%lba != 0 || vol.StripeSize%b != 0 {
@@ -184,6 +223,9 @@ func Command(ctx context.Context, args []string) error {
 	} else if stores, err = openJournalStores(ctx, kc, st.Registry, sc, vol.Object, replicas); err != nil {
 		return err
 	}
+	for i := range stores {
+		stores[i] = fencedStore{Store: stores[i], check: holder.Check}
+	}
 	obs := newObserver(*volume, kc)
 	v, err := ecvolume.Open(ctx, ecvolume.Options{
 		Name: *volume, SizeBytes: vol.Object.Spec.SizeBytes, StripeSizeBytes: vol.StripeSize,
@@ -203,7 +245,17 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer v.Close()
+	defer func() {
+		// A clean stop hands the Lease on at once; only after the destager
+		// and the journal stopped, so nothing of ours is still writing.
+		closeErr := v.Close()
+		stopLease()
+		if closeErr == nil && holder.Check() == nil {
+			if err := holder.Release(context.WithoutCancel(ctx)); err != nil {
+				log.Printf("ec-volume %s: %v (the next export waits for the Lease to expire)", *volume, err)
+			}
+		}
+	}()
 	obs.watchJournal(v.Journal())
 	if err := obs.serveMetrics(ctx, *metricsAddr); err != nil {
 		return err
@@ -218,9 +270,15 @@ func Command(ctx context.Context, args []string) error {
 	defer func() { stopConds(); <-condsDone }()
 	log.Printf("ec-volume %s: serving %d bytes (policy %s, stripe %d bytes, journal %d replicas × %d bytes) over NBD on %s",
 		*volume, vol.Object.Spec.SizeBytes, pol.Name, vol.StripeSize, replicas, jsize, l.Addr())
-	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: v}}, Logf: log.Printf,
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: fencedBackend{Backend: v, check: holder.Check}}}, Logf: log.Printf,
 		MaxConns: *nbdConns, MaxBufferedBytes: *nbdBuffers, IdleTimeout: *nbdIdle, IOTimeout: *nbdIO}
-	return srv.Serve(ctx, l)
+	if err := srv.Serve(serveCtx, l); err != nil {
+		return err
+	}
+	if err := holder.Check(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("ec-volume %s: %w", *volume, err)
+	}
+	return nil
 }
 
 // cacheBlock is the read cache's unit: one data shard when the stripe splits
