@@ -171,7 +171,7 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, "PolicyFound", "stripes can be written under ErasureCodingPolicy "+pol.Name
 	}
 	var list storagev1.ECStripeList
-	if err := r.APIReader.List(ctx, &list, client.MatchingLabels{stripe.LabelVolume: stripe.VolumeLabelValue(vol.Name)}); err != nil {
+	if err := r.APIReader.List(ctx, &list, client.MatchingFields{storagev1.ECStripeVolumeRefField: vol.Name}); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list ECStripes of %s: %w", vol.Name, err)
 	}
 	vol.Status.Stripes, vol.Status.BytesWritten = 0, 0

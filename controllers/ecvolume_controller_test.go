@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
@@ -36,7 +37,11 @@ func TestECVolumePhaseFollowsItsPolicy(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b := fake.NewClientBuilder().WithScheme(testScheme(t)).
 				WithObjects(&storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Spec: storagev1.ECVolumeSpec{SizeBytes: 1 << 20, PolicyRef: "ec"}}).
-				WithStatusSubresource(&storagev1.ECVolume{}, &storagev1.ErasureCodingPolicy{})
+				WithStatusSubresource(&storagev1.ECVolume{}, &storagev1.ErasureCodingPolicy{}).
+				// The controller lists a volume's stripes by this index, as the manager's cache serves it.
+				WithIndex(&storagev1.ECStripe{}, storagev1.ECStripeVolumeRefField, func(o client.Object) []string {
+					return []string{o.(*storagev1.ECStripe).Spec.VolumeRef}
+				})
 			if tc.policy != nil {
 				b = b.WithObjects(tc.policy)
 			}

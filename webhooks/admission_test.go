@@ -233,7 +233,8 @@ func TestAdmission(t *testing.T) {
 			`spec.lbaRange: Invalid value: "[2047, 4095)": overlaps ECStripe s0 of volume vol-a, which holds [0, 2048)`)
 		wantAccepted(t, c.Create(ctx, ecs("s1", "vol-a", "cold-ec", 1, 2048, 4096, 4, 2)))     // adjacent: endLba is exclusive
 		wantAccepted(t, c.Create(ctx, ecs("other-vol", "vol-b", "cold-ec", 0, 0, 2048, 4, 2))) // other volume
-		// Update: the stripe never conflicts with itself, but may not move onto a neighbour.
+		// Update: the stripe never conflicts with itself, and may not move
+		// (onto a neighbour or anywhere: its identity is immutable, issue 17).
 		waitFor(t, func() bool {
 			return c.Create(ctx, ecs("probe", "vol-a", "cold-ec", 7, 2048, 2049, 4, 2), client.DryRunAll) != nil
 		})
@@ -243,10 +244,10 @@ func TestAdmission(t *testing.T) {
 		wantAccepted(t, c.Update(ctx, &s1))
 		patch := client.MergeFrom(s1.DeepCopy())
 		s1.Spec.LbaRange = storagev1.LbaRange{StartLba: 1024, EndLba: 3072}
-		wantRefused(t, c.Patch(ctx, &s1, patch), "overlaps ECStripe s0 of volume vol-a")
+		wantRefused(t, c.Patch(ctx, &s1, patch), "spec.lbaRange.startLba: Invalid value: spec.lbaRange.startLba is immutable")
 		wantAccepted(t, c.Get(ctx, types.NamespacedName{Name: "s1"}, &s1))
 		s1.Spec.StripeID = 0
-		wantRefused(t, c.Update(ctx, &s1), "spec.stripeId: Duplicate value")
+		wantRefused(t, c.Update(ctx, &s1), "spec.stripeId: Invalid value: 0: spec.stripeId is immutable")
 	})
 	t.Run("ErasureCodingPolicy with stripes keeps its encoding", func(t *testing.T) {
 		var p storagev1.ErasureCodingPolicy

@@ -261,8 +261,14 @@ func (w *ECStripeWebhook) ValidateCreate(ctx context.Context, s *storagev1.ECStr
 	return w.validate(ctx, s)
 }
 
-// ValidateUpdate applies the same rules; the stripe never collides with itself.
+// ValidateUpdate refuses changes to the stripe's identity (spec.volumeRef,
+// stripeId, policyRef, lbaRange.startLba and the volume label;
+// storagev1.ValidateECStripeUpdate), then applies the create rules; the
+// stripe never collides with itself.
 func (w *ECStripeWebhook) ValidateUpdate(ctx context.Context, old, s *storagev1.ECStripe) (admission.Warnings, error) {
+	if errs := storagev1.ValidateECStripeUpdate(old, s); len(errs) > 0 {
+		return nil, invalid(gkECStripe, s.Name, errs)
+	}
 	if err := w.checkWriterEpoch(ctx, old, s); err != nil {
 		return nil, err
 	}

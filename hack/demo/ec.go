@@ -32,7 +32,6 @@ import (
 	"github.com/billyronks/couchestor/pkg/rebuild"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
-	"github.com/billyronks/couchestor/pkg/stripe"
 )
 
 const (
@@ -325,7 +324,7 @@ func (e *ecDemo) readBack(ctx context.Context, want [32]byte, when string) error
 
 func (e *ecDemo) stripes(ctx context.Context) ([]storagev1.ECStripe, error) {
 	var list storagev1.ECStripeList
-	if err := e.c.List(ctx, &list, client.MatchingLabels{stripe.LabelVolume: stripe.VolumeLabelValue(ecVolumeName)}); err != nil {
+	if err := e.c.List(ctx, &list, client.MatchingFields{storagev1.ECStripeVolumeRefField: ecVolumeName}); err != nil {
 		return nil, err
 	}
 	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Spec.StripeID < list.Items[j].Spec.StripeID })

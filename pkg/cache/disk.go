@@ -33,6 +33,19 @@ type DiskConfig struct {
 	Metrics *Metrics
 	// Now is the clock for created/last-accessed times; nil means time.Now.
 	Now func() time.Time
+	// Binding ties the directory's entries to what they cache (for a
+	// volume: its UID and writer epoch). When it is set, OpenDiskCache reads
+	// the binding the directory holds (file BINDING, "" when there is none)
+	// and, unless it equals Binding or KeepBinding accepts it, removes every
+	// entry: they may be another volume's bytes, or older than what another
+	// writer wrote since. The directory is then bound to Binding, durably,
+	// before the cache serves anything. Empty: entries are kept whatever
+	// wrote them.
+	Binding string
+	// KeepBinding reports whether entries written under the stored binding
+	// still hold current data (for a volume: same UID, and the writer epoch
+	// just before this one). Nil accepts only Binding itself.
+	KeepBinding func(stored string) bool
 }
 
 // DiskCache is the L2 tier: one file per entry under Dir, in 256 fan-out
@@ -76,6 +89,9 @@ type DiskCache struct {
 	used   int64
 	maxGen uint64
 	closed bool
+	// unbound counts the entries Open removed because the directory's
+	// binding did not match.
+	unbound int
 	// dirs numbers the unlinks in each fan-out directory and records how
 	// many of them an fsync covers; unsynced maps a key whose file was
 	// unlinked without an fsync (eviction, a corrupt file) to its unlink's
@@ -199,7 +215,13 @@ func OpenDiskCache(cfg DiskConfig) (*DiskCache, error) {
 			return nil, fmt.Errorf("create disk cache directory: %w", err)
 		}
 	}
-	if err := d.scan(); err != nil {
+	stored, err := readBinding(cfg.Dir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	keep := cfg.Binding == "" || stored == cfg.Binding || cfg.KeepBinding != nil && cfg.KeepBinding(stored)
+	if err := d.scan(!keep); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -212,12 +234,79 @@ func OpenDiskCache(cfg DiskConfig) (*DiskCache, error) {
 		}
 	}
 	clear(d.unsynced)
+	// Bound only after the removals above are durable: a crash in between
+	// leaves the old binding, and the next Open removes them again.
+	if cfg.Binding != "" && stored != cfg.Binding {
+		if err := writeBinding(cfg.Dir, cfg.Binding); err != nil {
+			lock.Close()
+			return nil, err
+		}
+	}
 	m.bytes.set(TierL2, d.UsedBytes)
 	return d, nil
 }
 
-// scan rebuilds the index from the files on disk.
-func (d *DiskCache) scan() error {
+const (
+	bindingFile = "BINDING"
+	maxBinding  = 4096
+)
+
+// readBinding returns the binding dir holds, "" when it holds none.
+func readBinding(dir string) (string, error) {
+	f, err := os.Open(filepath.Join(dir, bindingFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("disk cache: read binding: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxBinding+1))
+	if err != nil {
+		return "", fmt.Errorf("disk cache: read binding %s: %w", f.Name(), err)
+	}
+	return string(b), nil
+}
+
+// writeBinding replaces dir's binding durably (temp file, fsync, rename,
+// directory fsync).
+func writeBinding(dir, binding string) error {
+	if len(binding) > maxBinding {
+		return fmt.Errorf("disk cache: binding of %d bytes exceeds %d", len(binding), maxBinding)
+	}
+	path := filepath.Join(dir, bindingFile)
+	tmp := path + diskTmpMarker
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("disk cache: write binding: %w", err)
+	}
+	_, err = f.WriteString(binding)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("disk cache: write binding %s: %w", path, err)
+	}
+	return nil
+}
+
+// Unbound is how many entries Open removed because the directory was bound
+// to something else (DiskConfig.Binding).
+func (d *DiskCache) Unbound() int { return d.unbound }
+
+// scan rebuilds the index from the files on disk; with wipe it removes
+// every entry instead.
+func (d *DiskCache) scan(wipe bool) error {
 	var metas []*diskMeta
 	for i := range 256 {
 		sub := fmt.Sprintf("%02x", i)
@@ -228,6 +317,15 @@ func (d *DiskCache) scan() error {
 		for _, e := range ents {
 			name := filepath.Join(sub, e.Name())
 			path := filepath.Join(d.dir, name)
+			if wipe {
+				if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("disk cache %s: remove %s of another binding: %w", d.dir, name, err)
+				}
+				if strings.HasSuffix(e.Name(), diskExt) && !strings.Contains(e.Name(), diskTmpMarker) {
+					d.unbound++
+				}
+				continue
+			}
 			if strings.Contains(e.Name(), diskTmpMarker) || !strings.HasSuffix(e.Name(), diskExt) {
 				// An interrupted write (or a stranger): never part of the cache.
 				_ = os.Remove(path)

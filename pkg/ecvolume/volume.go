@@ -44,6 +44,11 @@ type Options struct {
 	Stripes StripeStore
 	// Cache configures the read cache; nil reads the stripes directly.
 	Cache *CacheOptions
+	// VolumeUID is the ECVolume's metadata.uid. The disk cache's entries are
+	// bound to it and to the journal's writer epoch: entries of another
+	// volume of the same name, or older than another writer's epoch, are
+	// removed at Open (cacheBinding).
+	VolumeUID string
 	// MaxRecordBytes splits larger writes into several journal records
 	// (0 means 4 MiB, bounded by an eighth of the journal).
 	MaxRecordBytes int64
@@ -141,26 +146,36 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 	v.zeros = make([]byte, v.maxRecord)
 	v.journaled.init(o.SizeBytes)
 
+	j, err := journal.Open(ctx, o.JournalStores, o.Journal)
+	if err != nil {
+		v.closeCache()
+		return nil, fmt.Errorf("ecvolume %s: open journal: %w", o.Name, err)
+	}
+	v.j = j
+	// The cache opens after the journal: its disk entries are bound to the
+	// writer epoch the journal just took.
 	if c := o.Cache; c != nil {
 		v.block = c.BlockBytes
 		if v.block == 0 {
 			v.block = 64 << 10
 		}
 		if v.block%lba != 0 || v.stripeSize%v.block != 0 {
+			_ = j.Close()
 			return nil, fmt.Errorf("ecvolume %s: cache block %d must be a multiple of %d dividing stripeSizeBytes %d", o.Name, v.block, lba, v.stripeSize)
 		}
-		var err error
+		bind, keep := cacheBinding(o.Name, o.VolumeUID, j.Epoch())
 		if c.Tiered != nil {
 			v.cache, err = c.Tiered(v.CacheStore())
 		} else {
 			v.cache, err = cache.NewTiered(cache.TieredConfig{
 				Memory:      cache.MemoryConfig{CapacityBytes: c.MemoryBytes, ExpectedItemSize: v.block},
-				Disk:        cache.DiskConfig{Dir: c.DiskDir, CapacityBytes: c.DiskBytes},
+				Disk:        cache.DiskConfig{Dir: c.DiskDir, CapacityBytes: c.DiskBytes, Binding: bind, KeepBinding: keep},
 				Store:       v.CacheStore(),
 				Compression: c.Compression,
 			})
 		}
 		if err != nil {
+			_ = j.Close()
 			return nil, fmt.Errorf("ecvolume %s: cache: %w", o.Name, err)
 		}
 		v.concurrent = c.ConcurrentMisses
@@ -175,12 +190,6 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		v.ahead.init(max(ra, 0)/v.block, v.prefetch)
 	}
 
-	j, err := journal.Open(ctx, o.JournalStores, o.Journal)
-	if err != nil {
-		v.closeCache()
-		return nil, fmt.Errorf("ecvolume %s: open journal: %w", o.Name, err)
-	}
-	v.j = j
 	if used, _ := j.Fill(); used != 0 {
 		// Replayed records: where they lie is not known here, so every read
 		// consults the journal until the destager has emptied it.
@@ -206,6 +215,19 @@ func Open(ctx context.Context, o Options) (*VolumeBackend, error) {
 		_ = v.destager.Run(dctx)
 	}()
 	return v, nil
+}
+
+// cacheBinding is what the disk cache's entries are bound to: the volume's
+// name, UID and the writer epoch that fills the cache. Entries written under
+// the epoch just before (this export's previous run, or its crash) are still
+// exact: every write of that epoch went through the cache's invalidation,
+// and this writer replays the journal before reading. Any other binding is
+// removed: another volume of the same name (UID), or a gap in epochs, where
+// another writer may have changed the stripes since.
+func cacheBinding(name, uid string, epoch uint64) (string, func(string) bool) {
+	bound := func(e uint64) string { return fmt.Sprintf("ecvolume %s uid %q epoch %d", name, uid, e) }
+	prev := bound(epoch - 1)
+	return bound(epoch), func(stored string) bool { return epoch > 1 && stored == prev }
 }
 
 // Journal is the volume's journal (fill, health, sequence numbers).

@@ -625,6 +625,10 @@ func (j *Journal) Fill() (used, size int64) {
 	return j.used, j.opts.SizeBytes
 }
 
+// Epoch is this writer's epoch: one above every epoch the stores had seen
+// when Open recovered them. It is fixed for the journal's life.
+func (j *Journal) Epoch() uint64 { return j.epoch }
+
 // LastSeq is the sequence number of the newest durable record.
 func (j *Journal) LastSeq() uint64 {
 	j.mu.Lock()

@@ -176,7 +176,7 @@ func (s *Store) Prime(ctx context.Context, volume string) error {
 	var cont string
 	for {
 		var list storagev1.ECStripeList
-		opts := []client.ListOption{client.MatchingLabels{LabelVolume: VolumeLabelValue(volume)}, client.Limit(500)}
+		opts := []client.ListOption{client.MatchingFields{storagev1.ECStripeVolumeRefField: volume}, client.Limit(500)}
 		if cont != "" {
 			opts = append(opts, client.Continue(cont))
 		}

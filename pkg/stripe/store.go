@@ -40,7 +40,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/zeebo/xxh3"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
@@ -56,8 +55,9 @@ import (
 )
 
 // LabelVolume labels every ECStripe with its volume (a hash for names longer
-// than a label value may be).
-const LabelVolume = "storage.billyronks.io/volume"
+// than a label value may be). Stripes are selected by spec.volumeRef
+// (storagev1.ECStripeVolumeRefField), never by this label alone.
+const LabelVolume = storagev1.ECStripeVolumeLabel
 
 // EventRecorder is client-go's events.EventRecorder (what a manager's
 // GetEventRecorder returns).
@@ -193,12 +193,7 @@ func (s *Store) resolve(ctx context.Context, vol *storagev1.ECVolume) (*Volume, 
 func StripeName(volume string, id int64) string { return volume + "-" + strconv.FormatInt(id, 10) }
 
 // VolumeLabelValue is the LabelVolume value of a volume.
-func VolumeLabelValue(volume string) string {
-	if len(volume) <= 63 {
-		return volume
-	}
-	return "h-" + strconv.FormatUint(xxh3.HashString(volume), 16)
-}
+func VolumeLabelValue(volume string) string { return storagev1.ECStripeVolumeLabelValue(volume) }
 
 // stripeRange is the LBA range and data length of stripe i of v.
 func (v *Volume) stripeRange(i int64) (start, end int64) {
@@ -209,7 +204,7 @@ func (v *Volume) stripeRange(i int64) (start, end int64) {
 // ListStripes returns every ECStripe of a volume, keyed by stripeId.
 func (s *Store) ListStripes(ctx context.Context, volume string) (map[int64]*storagev1.ECStripe, error) {
 	var list storagev1.ECStripeList
-	if err := s.Client.List(ctx, &list, client.MatchingLabels{LabelVolume: VolumeLabelValue(volume)}); err != nil {
+	if err := s.Client.List(ctx, &list, client.MatchingFields{storagev1.ECStripeVolumeRefField: volume}); err != nil {
 		return nil, fmt.Errorf("list ECStripes of volume %s: %w", volume, err)
 	}
 	out := make(map[int64]*storagev1.ECStripe, len(list.Items))

@@ -1,8 +1,32 @@
 package v1
 
 import (
+	"strconv"
+
+	"github.com/zeebo/xxh3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// ECStripeVolumeLabel labels every ECStripe with its volume (a hash for names
+// longer than a label value may be: ECStripeVolumeLabelValue). It is for
+// people (kubectl get ecs -l); programs select a volume's stripes by the
+// field ECStripeVolumeRefField, which cannot drift from spec.volumeRef. The
+// webhook keeps the label immutable once set (ValidateECStripeUpdate).
+const ECStripeVolumeLabel = "storage.billyronks.io/volume"
+
+// ECStripeVolumeRefField selects the ECStripes of one volume: a field
+// selector the API server answers (the CRD declares it a selectableField)
+// and the name of the field index on spec.volumeRef in caches, so
+// client.MatchingFields{ECStripeVolumeRefField: volume} works on both.
+const ECStripeVolumeRefField = "spec.volumeRef"
+
+// ECStripeVolumeLabelValue is the ECStripeVolumeLabel value of a volume.
+func ECStripeVolumeLabelValue(volume string) string {
+	if len(volume) <= 63 {
+		return volume
+	}
+	return "h-" + strconv.FormatUint(xxh3.HashString(volume), 16)
+}
 
 // ShardLocation says where one shard of a stripe lives.
 type ShardLocation struct {
@@ -39,21 +63,31 @@ type LbaRange struct {
 
 // ECStripeSpec records one erasure-coded stripe (schema section 2.3).
 type ECStripeSpec struct {
-	// VolumeRef names the volume the stripe belongs to.
+	// VolumeRef names the volume the stripe belongs to. Immutable: the
+	// stripe's shards hold that volume's bytes.
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.volumeRef is immutable: the stripe's shards hold that volume's data"
 	VolumeRef string `json:"volumeRef"`
 	// StripeID is unique within the volume and monotonically increasing.
+	// Immutable: it fixes the stripe's place in the volume.
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.stripeId is immutable: it fixes the stripe's place in the volume"
 	StripeID int64 `json:"stripeId"`
 	// PolicyRef names the ErasureCodingPolicy the stripe was written under.
+	// Immutable: the shards were encoded under it.
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.policyRef is immutable: the stripe's shards were encoded under that policy"
 	PolicyRef string `json:"policyRef"`
 	// ShardLocations has exactly dataShards + parityShards entries, one per shardIndex.
 	// +listType=map
 	// +listMapKey=shardIndex
 	// +kubebuilder:validation:MaxItems=255
 	ShardLocations []ShardLocation `json:"shardLocations"`
-	// LbaRange is the volume range the stripe holds.
+	// LbaRange is the volume range the stripe holds. startLba is immutable;
+	// endLba may only grow (a volume that grew extends its last, partial
+	// stripe the next time it is written).
+	// +kubebuilder:validation:XValidation:rule="self.startLba == oldSelf.startLba",message="spec.lbaRange.startLba is immutable: it fixes the stripe's place in the volume",fieldPath=".startLba"
+	// +kubebuilder:validation:XValidation:rule="self.endLba >= oldSelf.endLba",message="spec.lbaRange.endLba may only grow (a grown volume extends its last stripe): shrinking would drop written data",fieldPath=".endLba"
 	LbaRange LbaRange `json:"lbaRange"`
 	// Checksum of the stripe, derived from the shard checksums.
 	// +optional
@@ -134,6 +168,7 @@ type ECStripeStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=ecs,categories=couchestor
+// +kubebuilder:selectablefield:JSONPath=`.spec.volumeRef`
 // +kubebuilder:printcolumn:name="Volume",type=string,JSONPath=`.spec.volumeRef`
 // +kubebuilder:printcolumn:name="Stripe",type=integer,JSONPath=`.spec.stripeId`
 // +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`

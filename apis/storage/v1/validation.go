@@ -402,6 +402,53 @@ func ValidateECStripeSpec(spec *ECStripeSpec, policy *ErasureCodingPolicySpec, f
 	return errs, nil
 }
 
+// ValidateECStripeUpdate refuses changes to a stripe's identity: which
+// volume it belongs to (spec.volumeRef and the ECStripeVolumeLabel), where in
+// the volume it sits (spec.stripeId, spec.lbaRange.startLba), and the policy
+// its shards were encoded under (spec.policyRef). spec.lbaRange.endLba may
+// only grow: a volume that grew extends its last, partial stripe. The CRD's
+// CEL transition rules say the same for the spec fields (a test holds them to
+// it); the label is judged here alone, as CEL cannot see metadata.labels. A
+// stripe created without the label may gain it, with its volume's value.
+func ValidateECStripeUpdate(oldObj, newObj *ECStripe) field.ErrorList {
+	var errs field.ErrorList
+	spec := field.NewPath("spec")
+	o, n := &oldObj.Spec, &newObj.Spec
+	immutable := func(p *field.Path, now, was any, why string) {
+		errs = append(errs, field.Invalid(p, now, fmt.Sprintf("is immutable (was %v): %s", was, why)))
+	}
+	if n.VolumeRef != o.VolumeRef {
+		immutable(spec.Child("volumeRef"), n.VolumeRef, o.VolumeRef, "the stripe's shards hold that volume's data")
+	}
+	if n.StripeID != o.StripeID {
+		immutable(spec.Child("stripeId"), n.StripeID, o.StripeID, "it fixes the stripe's place in the volume")
+	}
+	if n.PolicyRef != o.PolicyRef {
+		immutable(spec.Child("policyRef"), n.PolicyRef, o.PolicyRef, "the stripe's shards were encoded under that policy")
+	}
+	lr := spec.Child("lbaRange")
+	if n.LbaRange.StartLba != o.LbaRange.StartLba {
+		immutable(lr.Child("startLba"), n.LbaRange.StartLba, o.LbaRange.StartLba, "it fixes the stripe's place in the volume")
+	}
+	if n.LbaRange.EndLba < o.LbaRange.EndLba {
+		errs = append(errs, field.Invalid(lr.Child("endLba"), n.LbaRange.EndLba,
+			fmt.Sprintf("may only grow (was %d; a grown volume extends its last stripe): shrinking would drop written data", o.LbaRange.EndLba)))
+	}
+	lp := field.NewPath("metadata", "labels").Key(ECStripeVolumeLabel)
+	was, had := oldObj.Labels[ECStripeVolumeLabel]
+	now, has := newObj.Labels[ECStripeVolumeLabel]
+	switch {
+	case had && !has:
+		errs = append(errs, field.Required(lp, fmt.Sprintf("is immutable (was %q): it names the stripe's volume and must not be removed", was)))
+	case had && now != was:
+		immutable(lp, now, fmt.Sprintf("%q", was), "it names the stripe's volume")
+	case !had && has && now != ECStripeVolumeLabelValue(o.VolumeRef):
+		errs = append(errs, field.Invalid(lp, now,
+			fmt.Sprintf("must be %q, the label value of spec.volumeRef %s, when added", ECStripeVolumeLabelValue(o.VolumeRef), o.VolumeRef)))
+	}
+	return errs
+}
+
 // StripeRef identifies another stripe in a collision message.
 // +kubebuilder:object:generate=false
 // +kubebuilder:object:generate=false

@@ -228,7 +228,7 @@ func Command(ctx context.Context, args []string) error {
 	}
 	obs := newObserver(*volume, kc)
 	v, err := ecvolume.Open(ctx, ecvolume.Options{
-		Name: *volume, SizeBytes: vol.Object.Spec.SizeBytes, StripeSizeBytes: vol.StripeSize,
+		Name: *volume, VolumeUID: string(vol.Object.UID), SizeBytes: vol.Object.Spec.SizeBytes, StripeSizeBytes: vol.StripeSize,
 		JournalStores: stores, Journal: journal.Options{SizeBytes: jsize, Logf: func(f string, a ...any) {
 			log.Printf("ec-volume %s: "+f, append([]any{*volume}, a...)...)
 		}},
