@@ -308,6 +308,19 @@ cmd_up() {
   containerd_up
   images_up
 
+  control_plane_up
+  kubelet_up
+  kube_proxy_up
+
+  wait_for "node $NODE Ready" 180 kubectl --kubeconfig "$RUN/admin.kubeconfig" wait --for=condition=Ready "node/$NODE" --timeout=1s
+  # kube-controller-manager lifts the not-ready taint; pods schedule only then.
+  wait_for "node $NODE without taints" 120 node_untainted
+  wait_for "default ServiceAccount" 120 kubectl --kubeconfig "$RUN/admin.kubeconfig" -n default get serviceaccount default
+  log "node $NODE Ready in $((SECONDS - t0))s (kubeconfig: $RUN/admin.kubeconfig; stop with hack/cluster.sh down)"
+  echo "$RUN/admin.kubeconfig"
+}
+
+control_plane_up() {
   start etcd etcd --name couchestor --data-dir "$RUN/etcd" \
     --listen-client-urls "http://127.0.0.1:${ETCD_PORT}" --advertise-client-urls "http://127.0.0.1:${ETCD_PORT}" \
     --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
@@ -340,13 +353,10 @@ cmd_up() {
     --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false --profiling=false \
     --cert-dir "$RUN/pki/scheduler-certs"
 
-  kubelet_up
-  kube_proxy_up
+}
 
-  wait_for "node $NODE Ready" 180 kubectl --kubeconfig "$RUN/admin.kubeconfig" wait --for=condition=Ready "node/$NODE" --timeout=1s
-  wait_for "default ServiceAccount" 120 kubectl --kubeconfig "$RUN/admin.kubeconfig" -n default get serviceaccount default
-  log "node $NODE Ready in $((SECONDS - t0))s (kubeconfig: $RUN/admin.kubeconfig; stop with hack/cluster.sh down)"
-  echo "$RUN/admin.kubeconfig"
+node_untainted() {
+  [ -z "$(kubectl --kubeconfig "$RUN/admin.kubeconfig" get node "$NODE" -o jsonpath='{.spec.taints}')" ]
 }
 
 containerd_up() {
@@ -593,7 +603,7 @@ remove_chains() { # KUBE-*/CNI-* chains that did not exist before up
     for ch in $(iptables -t "$t" -S 2>/dev/null | awk '$1=="-N" {print $2}' | grep -E '^(KUBE-|CNI-)' || true); do
       grep -qx ":$ch" "$RUN/state/chains-before" 2>/dev/null && continue
       # drop the references first, then the chain
-      iptables -t "$t" -S 2>/dev/null | grep -e "-j $ch\b" | sed 's/^-A/-D/' | while read -r rule; do
+      { iptables -t "$t" -S 2>/dev/null | grep -e "-j $ch\b" || true; } | sed 's/^-A/-D/' | while read -r rule; do
         eval "iptables -t $t $rule" 2>/dev/null || true
       done
       iptables -t "$t" -F "$ch" 2>/dev/null || true
