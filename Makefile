@@ -77,13 +77,35 @@ vet:
 	go vet ./...
 
 .PHONY: test
-test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest and e2e suites
+test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest, e2e and (where the machine allows) real-cluster suites
 	@assets="$$(hack/envtest.sh)"; \
 	prom="$$(hack/prometheus.sh)"; \
 	hack/nbd-clients.sh; \
+	if why="$$(hack/cluster.sh can)"; then \
+	  hack/cluster.sh bins >/dev/null; hack/cluster.sh helm >/dev/null; $(MAKE) --no-print-directory image; \
+	  export COUCHESTOR_CLUSTER_TESTS=1 COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)"; \
+	else \
+	  echo "!!! SKIPPING tests/cluster (a real Kubernetes): $$why. Run 'make test-cluster' where it can run."; \
+	fi; \
 	echo "KUBEBUILDER_ASSETS=$$assets COUCHESTOR_PROMETHEUS=$$prom"; \
 	KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN="$(LOCALBIN)/couchestor" \
 	  go test $(GO_TEST_FLAGS) ./...
+
+.PHONY: test-cluster
+test-cluster: image ## only tests/cluster: the charts installed with the real helm CLI in a real single-node Kubernetes (root)
+	@why="$$(hack/cluster.sh can)" || { echo "tests/cluster cannot run here: $$why"; exit 1; }; \
+	hack/cluster.sh bins >/dev/null; hack/cluster.sh helm >/dev/null; \
+	COUCHESTOR_CLUSTER_TESTS=1 COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)" go test -count=1 -timeout 40m -v ./tests/cluster/
+
+##@ Cluster
+
+.PHONY: cluster-up
+cluster-up: image ## a real single-node Kubernetes (containerd, kubelet, kube-proxy, control plane) on this machine; prints the kubeconfig
+	@COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)" hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the cluster and remove everything cluster-up created (also after a crash)
+	@hack/cluster.sh down
 
 .PHONY: bench
 bench: ## benchmarks (not timed tests; compare ratios within one run)

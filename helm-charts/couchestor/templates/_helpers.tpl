@@ -18,8 +18,9 @@ app.kubernetes.io/name: couchestor
 control-plane: controller-manager
 {{- end -}}
 
+{{- /* Release images are tagged v<appVersion> (hack/bundlegen/release.yaml, make image). */ -}}
 {{- define "couchestor.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default (printf "v%s" .Chart.AppVersion)) -}}
 {{- end -}}
 
 {{- define "couchestor.monitoringAvailable" -}}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -312,4 +313,29 @@ func checkNetworkPolicyAdmitsWebhook(t *testing.T, objs []*unstructured.Unstruct
 		return
 	}
 	t.Error("no NetworkPolicy rendered")
+}
+
+// TestChartDefaultImageIsTheReleaseImage: with default values the operator
+// chart runs the image `make image` builds and the release publishes
+// (hack/bundlegen/release.yaml, v<appVersion>), the same one a DataPlane's
+// shard servers default to. It rendered ":0.1.0" before, a tag nobody
+// publishes: found installing the chart into tests/cluster's cluster, whose only
+// operator image is the one make image builds.
+func TestChartDefaultImageIsTheReleaseImage(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(testenv.Root(), "hack", "bundlegen", "release.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^image:\s*(\S+)\s*$`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("hack/bundlegen/release.yaml: no image line")
+	}
+	manifest, err := render(loadChart(t, "couchestor"), "couchestor-system", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := deployment(t, decodeObjects(t, []byte(manifest)))
+	if got := d.Spec.Template.Spec.Containers[0].Image; got != string(m[1]) {
+		t.Errorf("default image %q, want the release image %q", got, m[1])
+	}
 }

@@ -1,0 +1,268 @@
+package cluster
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	ns        = "couchestor-system"
+	node      = "couchestor-node"
+	image     = "ghcr.io/billyronks/couchestor:v0.1.0"
+	podsBound = 5 * time.Minute
+)
+
+// TestCluster is one story in order: each step needs the one before it.
+func TestCluster(t *testing.T) {
+	steps := []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"HelmInstall", testHelmInstall},
+		{"LeaderElection", testLeaderElection},
+		{"WebhookThroughService", testWebhookThroughService},
+		{"MetricsNeedAuthentication", testMetricsNeedAuthentication},
+	}
+	for _, s := range steps {
+		if !t.Run(s.name, s.fn) {
+			return
+		}
+	}
+}
+
+// testHelmInstall installs helm-charts/couchestor with the real helm CLI in
+// self-signed webhook mode (two replicas, leader election) and waits for both
+// operator pods to be Ready: in self-signed mode a pod is ready only once it
+// has written its certificate and the caBundle.
+func testHelmInstall(t *testing.T) {
+	// Mayastor is a prerequisite: its CRDs (as the operator consumes them),
+	// else the leader's DiskPool/MayastorVolume watches never sync.
+	mustKubectl(t, "", "apply", "-f", filepath.Join(root, "config", "crd", "external"))
+	start := time.Now()
+	out, err := helm(t, "install", "couchestor", filepath.Join(root, "helm-charts", "couchestor"),
+		"--namespace", ns, "--create-namespace",
+		"--set", "replicaCount=2", "--set", "leaderElection.enabled=true",
+		"--set", "webhook.certMode=self-signed",
+		"--set", "image.pullPolicy=Never",
+		// No Prometheus in this cluster; the operator must start regardless.
+		"--set", "prometheusURL=http://127.0.0.1:9",
+		"--wait", "--timeout", "5m")
+	if err != nil {
+		t.Fatalf("helm install: %v\n%s\n%s", err, out, diagnose(t))
+	}
+	eventually(t, "2 operator pods Ready", podsBound, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", ns, "get", "pods", "-l", "control-plane=controller-manager",
+			"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
+		if err != nil {
+			return false, out
+		}
+		ready := strings.Count(out, "=True")
+		return ready == 2, out
+	})
+	t.Logf("helm install → 2 operator pods Ready in %s", time.Since(start).Round(time.Second))
+}
+
+// testLeaderElection: exactly one of the two pods holds the Lease.
+func testLeaderElection(t *testing.T) {
+	pods := strings.Fields(mustKubectl(t, "", "-n", ns, "get", "pods", "-l", "control-plane=controller-manager",
+		"-o", "jsonpath={.items[*].metadata.name}"))
+	if len(pods) != 2 {
+		t.Fatalf("want 2 operator pods, have %v", pods)
+	}
+	eventually(t, "the leader Lease is held by an operator pod", 2*time.Minute, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", ns, "get", "lease", "couchestor.storage.billyronks.io", "-o", "jsonpath={.spec.holderIdentity}")
+		if err != nil {
+			return false, out
+		}
+		for _, p := range pods {
+			if strings.HasPrefix(out, p+"_") || out == p {
+				return true, out
+			}
+		}
+		return false, out
+	})
+}
+
+// testWebhookThroughService: the API server reaches the webhook through the
+// chart's Service (TLS with the self-signed caBundle): a StoragePolicy naming
+// an ErasureCodingPolicy that does not exist is refused with the webhook's
+// message (a cross-object rule no CRD schema can express), a valid one is
+// admitted and defaulted.
+func testWebhookThroughService(t *testing.T) {
+	bad := `apiVersion: storage.billyronks.io/v1
+kind: StoragePolicy
+metadata:
+  name: refused
+spec:
+  storageClassName: mayastor
+  highWatermarkIOPS: 5000
+  warmWatermarkIOPS: 2000
+  lowWatermarkIOPS: 500
+  ecPolicyRef: no-such-policy
+`
+	var out string
+	var err error
+	// The webhook answers once the pod is Ready; kube-proxy may take a moment
+	// to program the Service, so retry until the webhook's own answer comes.
+	// Only the webhook knows whether an ErasureCodingPolicy exists: that
+	// message proves the API server reached it through the Service.
+	const webhookOnly = "no ErasureCodingPolicy of that name exists"
+	eventually(t, "the webhook answers through its Service", 2*time.Minute, func() (bool, string) {
+		out, err = kubectl(t, bad, "apply", "-f", "-")
+		return err == nil || strings.Contains(out, webhookOnly), out
+	})
+	if err == nil {
+		t.Fatalf("an invalid StoragePolicy was admitted:\n%s", out)
+	}
+	for _, want := range []string{`The StoragePolicy "refused" is invalid`, "spec.ecPolicyRef", "no-such-policy", webhookOnly} {
+		if !strings.Contains(out, want) {
+			t.Errorf("refusal lacks %q:\n%s", want, out)
+		}
+	}
+	good := strings.Replace(strings.Replace(bad, "refused", "admitted", 1), "  ecPolicyRef: no-such-policy\n", "", 1)
+	mustKubectl(t, good, "apply", "-f", "-")
+	// The mutating webhook filled the schema's defaults.
+	got := mustKubectl(t, "", "get", "storagepolicy", "admitted", "-o", "jsonpath={.spec.maxConcurrentMigrations}")
+	if strings.TrimSpace(got) == "" {
+		t.Errorf("the defaulting webhook left spec.maxConcurrentMigrations empty")
+	}
+	mustKubectl(t, "", "delete", "storagepolicy", "admitted")
+}
+
+// testMetricsNeedAuthentication: the metrics Service refuses an anonymous
+// scrape and serves a ServiceAccount bound to couchestor-metrics-reader.
+func testMetricsNeedAuthentication(t *testing.T) {
+	ip := strings.TrimSpace(mustKubectl(t, "", "-n", ns, "get", "service", "couchestor-controller-manager-metrics", "-o", "jsonpath={.spec.clusterIP}"))
+	url := fmt.Sprintf("https://%s:8443/metrics", ip)
+	// Serving cert is the operator's own self-signed one: this test checks
+	// authentication, not the scraper's trust.
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	get := func(token string) (int, string, error) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+		return resp.StatusCode, string(b), nil
+	}
+	eventually(t, "an anonymous scrape is refused", 2*time.Minute, func() (bool, string) {
+		code, body, err := get("")
+		return err == nil && (code == http.StatusUnauthorized || code == http.StatusForbidden), fmt.Sprintf("%d %v %.200s", code, err, body)
+	})
+	mustKubectl(t, "", "-n", ns, "create", "serviceaccount", "scraper")
+	mustKubectl(t, "", "create", "clusterrolebinding", "couchestor-test-scraper", "--clusterrole", "couchestor-metrics-reader", "--serviceaccount", ns+":scraper")
+	token := strings.TrimSpace(mustKubectl(t, "", "-n", ns, "create", "token", "scraper"))
+	eventually(t, "an authorized ServiceAccount scrapes the metrics", 2*time.Minute, func() (bool, string) {
+		code, body, err := get(token)
+		// Either pod may answer (the Service balances); the follower runs no
+		// controllers, so expect exposition text, not a controller metric.
+		return err == nil && code == http.StatusOK && strings.Contains(body, "# TYPE "), fmt.Sprintf("%d %v %.200s", code, err, body)
+	})
+	// A ServiceAccount without the role is authenticated but not authorized.
+	mustKubectl(t, "", "-n", ns, "create", "serviceaccount", "stranger")
+	other := strings.TrimSpace(mustKubectl(t, "", "-n", ns, "create", "token", "stranger"))
+	if code, body, err := get(other); err != nil || code != http.StatusForbidden {
+		t.Errorf("a ServiceAccount without couchestor-metrics-reader got %d %v %.200s, want 403", code, err, body)
+	}
+}
+
+// testDataPlaneShardServers is not in the story yet (WIP, issue 18): the
+// operator installs the data-plane release (Deployed), but the shard-server
+// pod crash-loops in this cluster and the cause is not diagnosed yet (first
+// suspect: the hostPath directory the kubelet creates is root's 0755 while the
+// pod runs as 65532, and fsGroup does not apply to hostPath).
+//
+// testDataPlaneShardServers: a DataPlane makes the operator's Helm reconciler
+// install the data-plane chart; its shard-server StatefulSet runs as a pod on
+// hostPath storage and registers (its Lease in the registry namespace).
+func testDataPlaneShardServers(t *testing.T) {
+	const dpns = "couchestor-data"
+	hostPath := filepath.Join(runDir, "shards")
+	mustKubectl(t, "", "create", "namespace", dpns)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(diagnoseNS(t, dpns), diagnose(t))
+		}
+	})
+	dp := fmt.Sprintf(`apiVersion: storage.billyronks.io/v1alpha1
+kind: DataPlane
+metadata:
+  name: cold
+  namespace: %s
+spec:
+  image: %s
+  imagePullPolicy: Never
+  shardServers:
+  - node: %s
+    diskPool: pool-cold-1
+  storage:
+    type: HostPath
+    hostPath: %s
+  monitoring:
+    serviceMonitor: false
+    prometheusRule: false
+    grafanaDashboard: false
+`, dpns, image, node, hostPath)
+	mustKubectl(t, dp, "apply", "-f", "-")
+	eventually(t, "the DataPlane's release is Deployed", podsBound, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", dpns, "get", "dataplane", "cold", "-o", "json")
+		if err != nil {
+			return false, out
+		}
+		var dp struct {
+			Status struct {
+				Conditions []struct{ Type, Status, Reason, Message string }
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &dp); err != nil {
+			return false, err.Error()
+		}
+		for _, c := range dp.Status.Conditions {
+			if c.Type == "Deployed" && c.Status == "True" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%+v", dp.Status.Conditions)
+	})
+	eventually(t, "the shard-server pod is Ready", podsBound, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", dpns, "get", "pods", "-l", "app.kubernetes.io/component=shard-server",
+			"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
+		return err == nil && strings.Count(out, "=True") == 1, out
+	})
+	eventually(t, "the shard server registers", 2*time.Minute, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", dpns, "get", "leases", "-o", "jsonpath={.items[*].metadata.name}")
+		return err == nil && strings.Contains(out, "pool-cold-1"), out
+	})
+}
+
+// diagnose prints what a failed install needs to be understood.
+func diagnose(t *testing.T) string {
+	return diagnoseNS(t, ns)
+}
+
+func diagnoseNS(t *testing.T, namespace string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-n", namespace, "get", "pods", "-o", "wide"},
+		{"-n", namespace, "get", "events", "--sort-by=.lastTimestamp"},
+		{"-n", namespace, "logs", "-l", "app.kubernetes.io/name=couchestor", "--all-containers", "--tail=40", "--prefix"},
+		{"-n", namespace, "logs", "-l", "app.kubernetes.io/component=shard-server", "--all-containers", "--tail=40", "--prefix", "--previous"},
+	} {
+		out, _ := kubectl(t, "", args...)
+		fmt.Fprintf(&b, "\n$ kubectl %s\n%s", strings.Join(args, " "), out)
+	}
+	return b.String()
+}
