@@ -77,16 +77,10 @@ vet:
 	go vet ./...
 
 .PHONY: test
-test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest, e2e and (where the machine allows) real-cluster suites
+test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest and e2e suites (the real-cluster suite is make test-cluster)
 	@assets="$$(hack/envtest.sh)"; \
 	prom="$$(hack/prometheus.sh)"; \
 	hack/nbd-clients.sh; \
-	if why="$$(hack/cluster.sh can)"; then \
-	  hack/cluster.sh bins >/dev/null; hack/cluster.sh helm >/dev/null; $(MAKE) --no-print-directory image; \
-	  export COUCHESTOR_CLUSTER_TESTS=1 COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)"; \
-	else \
-	  echo "!!! SKIPPING tests/cluster (a real Kubernetes): $$why. Run 'make test-cluster' where it can run."; \
-	fi; \
 	echo "KUBEBUILDER_ASSETS=$$assets COUCHESTOR_PROMETHEUS=$$prom"; \
 	KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN="$(LOCALBIN)/couchestor" \
 	  go test $(GO_TEST_FLAGS) ./...

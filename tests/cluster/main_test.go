@@ -4,9 +4,9 @@
 // webhook path through the Service, authenticated metrics, and a DataPlane
 // whose shard-server StatefulSets the operator's Helm reconciler installs.
 //
-// It runs only with COUCHESTOR_CLUSTER_TESTS=1 (make test sets it when
-// `hack/cluster.sh can` says the machine allows it, and says loudly when it
-// does not); the cluster is brought up once in TestMain and always torn down.
+// It runs only with COUCHESTOR_CLUSTER_TESTS=1, which `make test-cluster`
+// sets (not yet part of `make test`: see the README); the cluster is brought
+// up once in TestMain and always torn down.
 package cluster
 
 import (
