@@ -369,3 +369,57 @@ func TestReplicaMissingAtOpenHealsDroppingItsStaleTail(t *testing.T) {
 		t.Fatalf("healed replica holds %s (%+v), in-sync one %s (%+v)", w2, i2, w0, i0)
 	}
 }
+
+// fencingStore refuses appends below the epoch it records, as a shard
+// server's journal endpoint does.
+type fencingStore struct{ Store }
+
+func (s fencingStore) Append(ctx context.Context, recs []Record) error {
+	info, err := s.Store.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if len(recs) > 0 && recs[0].Epoch < info.Epoch {
+		return fmt.Errorf("test: epoch %d below the recorded %d", recs[0].Epoch, info.Epoch)
+	}
+	return s.Store.Append(ctx, recs)
+}
+
+// TestSupersededWriterFailsInsteadOfWaiting: once a newer writer opened the
+// journal (its epoch recorded on the replicas), the older writer's appends
+// fail with ErrSuperseded; before, they waited for a quorum forever, and an
+// export that had lost its Lease could not shut down.
+func TestSupersededWriterFailsInsteadOfWaiting(t *testing.T) {
+	ctx := context.Background()
+	ss := switchStores(t, t.TempDir(), 3)
+	stores := make([]Store, len(ss))
+	for i, s := range ss {
+		stores[i] = fencingStore{s}
+	}
+	opts := Options{SizeBytes: 1 << 20, RetryInterval: 10 * time.Millisecond}
+	a, err := Open(ctx, stores, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Append(ctx, 0, block(0, 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, stores, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	bounded, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	_, err = a.Append(bounded, 1, block(1, 1, 1))
+	if !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("append of the superseded writer: %v, want ErrSuperseded", err)
+	}
+	if _, err := a.Append(bounded, 2, block(2, 1, 1)); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("later append: %v, want ErrSuperseded at once", err)
+	}
+	if _, err := b.Append(ctx, 1, block(1, 2, 1)); err != nil {
+		t.Fatalf("the newer writer: %v", err)
+	}
+}

@@ -99,6 +99,10 @@ type Journal struct {
 	waiting atomic.Int32  // Appends blocked on space
 	done    chan struct{}
 	stopped chan struct{}
+	// fenced is closed when a newer writer is seen (supersede); fencedErr says how.
+	fenced    chan struct{}
+	fencedErr error
+	fenceOnce sync.Once
 	closeMu sync.Once
 
 	ctx     context.Context // the replica workers' and background trims' calls; ends on Close
@@ -141,7 +145,7 @@ func Open(ctx context.Context, stores []Store, opts Options) (*Journal, error) {
 	j := &Journal{
 		quorum: len(stores)/2 + 1, opts: opts,
 		spaceFreed: make(chan struct{}), changed: make(chan struct{}), reqs: make(chan *appendReq, 1024), wake: make(chan struct{}, 1),
-		done: make(chan struct{}), stopped: make(chan struct{}), index: newLBAIndex(),
+		done: make(chan struct{}), stopped: make(chan struct{}), fenced: make(chan struct{}), index: newLBAIndex(),
 	}
 	for i, s := range stores {
 		j.reps = append(j.reps, &replica{i: i, store: s, wake: make(chan struct{}, 1)})
@@ -427,6 +431,9 @@ func (j *Journal) Append(ctx context.Context, lba uint64, data []byte) (uint64, 
 	if req.size > j.opts.SizeBytes {
 		return 0, fmt.Errorf("%w: a %d-byte write needs %d bytes, journalSizeBytes is %d", ErrJournalFull, len(data), req.size, j.opts.SizeBytes)
 	}
+	if err := j.superseded(); err != nil {
+		return 0, err
+	}
 	if err := j.reserve(ctx, req.size); err != nil {
 		return 0, err
 	}
@@ -483,6 +490,9 @@ func (j *Journal) reserve(ctx context.Context, size int64) error {
 		case <-j.done:
 			j.waiting.Add(-1)
 			return ErrClosed
+		case <-j.fenced:
+			j.waiting.Add(-1)
+			return j.superseded()
 		case <-ctx.Done():
 			j.waiting.Add(-1)
 			return fmt.Errorf("%w: waited for destaging to free %d bytes: %w", ErrJournalFull, size, ctx.Err())
@@ -588,6 +598,12 @@ func (j *Journal) commit(reqs []*appendReq) {
 		default:
 			err = ErrClosed
 		}
+	case <-j.fenced:
+		select {
+		case <-b.quorum:
+		default:
+			err = j.superseded()
+		}
 	}
 	j.mu.Lock()
 	j.inflight, j.lostSince = nil, time.Time{}
@@ -616,6 +632,18 @@ func (j *Journal) commit(reqs []*appendReq) {
 		r.done <- err
 	}
 	j.poke()
+}
+
+// superseded is the error of a journal a newer writer owns, nil otherwise.
+func (j *Journal) superseded() error {
+	select {
+	case <-j.fenced:
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		return j.fencedErr
+	default:
+		return nil
+	}
 }
 
 // Fill reports the bytes of undestaged records (plus in-flight appends) and journalSizeBytes.

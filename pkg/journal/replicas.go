@@ -196,6 +196,9 @@ func (j *Journal) runReplica(r *replica) {
 			}
 		default:
 			err := j.heal(r)
+			if errors.Is(err, errFenced) {
+				j.supersede(err)
+			}
 			j.mu.Lock()
 			r.busy = false
 			if err != nil {
@@ -277,7 +280,25 @@ func (j *Journal) appendTo(r *replica, work []*batch) error {
 	return nil
 }
 
-var errFenced = errors.New("journal: a newer writer owns the journal")
+// ErrSuperseded: a replica records a higher epoch, so a newer writer opened
+// the journal. Every waiting and later append fails with it (never waits for
+// a quorum that this writer can no longer reach).
+var ErrSuperseded = errors.New("journal: a newer writer owns the journal")
+
+var errFenced = ErrSuperseded
+
+// supersede ends this writer's journal: waiting and later appends fail with err.
+func (j *Journal) supersede(err error) {
+	j.fenceOnce.Do(func() {
+		j.mu.Lock()
+		j.fencedErr = err
+		j.mu.Unlock()
+		close(j.fenced)
+		if j.opts.Logf != nil {
+			j.opts.Logf("journal superseded: %v", err)
+		}
+	})
+}
 
 // heal catches r's store up under the current epoch and re-admits it; see
 // the decisions at the top of the file.
