@@ -103,7 +103,7 @@ type Journal struct {
 	fenced    chan struct{}
 	fencedErr error
 	fenceOnce sync.Once
-	closeMu sync.Once
+	closeMu   sync.Once
 
 	ctx     context.Context // the replica workers' and background trims' calls; ends on Close
 	cancel  context.CancelFunc
