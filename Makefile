@@ -110,6 +110,12 @@ bench-scale: ## 100,000 ECStripes in a real API server: roll-up time, RSS, overl
 	@assets="$$(hack/envtest.sh)"; COUCHESTOR_SCALE_STRIPES=$${COUCHESTOR_SCALE_STRIPES:-100000} KUBEBUILDER_ASSETS="$$assets" \
 	  go test -run '^$$' -bench ECStripeScale -benchtime 1x -timeout 60m ./tests/integration/ecscale/
 
+.PHONY: bench-rest
+bench-rest: build ## one StoragePolicy evaluation over 10,000 volumes through the REST backend (operator binary + REST double + Prometheus): REST requests, time, operator RSS (minutes)
+	@assets="$$(hack/envtest.sh)"; prom="$$(hack/prometheus.sh)"; COUCHESTOR_REST_SCALE_VOLUMES=$${COUCHESTOR_REST_SCALE_VOLUMES:-10000} \
+	  KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN=$(LOCALBIN)/couchestor \
+	  go test -run '^$$' -bench RESTEvaluation -benchtime 1x -timeout 60m -v ./tests/integration/restscale/
+
 ##@ Run
 
 .PHONY: run-local

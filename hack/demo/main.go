@@ -2,7 +2,8 @@
 // cluster. It starts a local control plane (kube-apiserver + etcd), installs
 // the CRDs, runs the Mayastor simulator (a test double: three nodes, each with
 // a hot, a warm and a cold DiskPool, four more nodes with a cold DiskPool only,
-// twenty volumes with PVs/PVCs and a scripted IO workload), a real Prometheus
+// twenty volumes with PVs/PVCs and a scripted IO workload, playing Mayastor
+// 2.x's control-plane REST API), a real Prometheus
 // scraping it, one shard server process per cold DiskPool (seven), and the
 // operator as its own process with its webhooks in self-signed mode; applies a
 // sample ErasureCodingPolicy and StoragePolicy; and shows live what happens.
@@ -156,9 +157,9 @@ func run() (int, error) {
 		defer cancel()
 	}
 
-	say("starting the local control plane (kube-apiserver + etcd)")
+	say("starting the local control plane (kube-apiserver + etcd) with the CRDs of a Mayastor 2.x cluster: DiskPool, no MayastorVolume")
 	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(root, "config/crd/bases"), filepath.Join(root, "config/crd/external")},
+		CRDDirectoryPaths:     []string{filepath.Join(root, "config/crd/bases"), filepath.Join(root, "config/crd/external/openebs.io_diskpools.yaml")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme.New(),
 	}
@@ -192,19 +193,21 @@ func run() (int, error) {
 	webhookAddr, _ := freeAddr()
 	_, webhookPort, _ := net.SplitHostPort(webhookAddr)
 
-	say("starting the Mayastor simulator (test double): 3 nodes x hot/warm/cold pools + 4 nodes with a cold pool, 20 volumes")
+	say("starting the Mayastor simulator (test double of Mayastor 2.x's REST API /v0): 3 nodes x hot/warm/cold pools + 4 nodes with a cold pool, 20 volumes")
 	scenarioPath := filepath.Join(tmp, "scenario.json")
 	b, _ := json.MarshalIndent(scenario(), "", "  ")
 	if err := os.WriteFile(scenarioPath, b, 0o600); err != nil {
 		return 1, err
 	}
 	if _, err := ps.start("simulator", filepath.Join(tmp, "simulator.log"), *simBin, "--kubeconfig", kubeconfig,
-		"--scenario", scenarioPath, "--listen", simAddr, "--replica-behaviour", "--replica-sync-bytes-per-second", "268435456"); err != nil {
+		"--scenario", scenarioPath, "--listen", simAddr, "--api=rest", "--rebuild-bytes-per-second", "268435456"); err != nil {
 		return 1, err
 	}
 	if err := waitHTTP(ctx, "http://"+simAddr+"/metrics", 60*time.Second); err != nil {
 		return 1, fmt.Errorf("simulator: %w (log: %s)", err, filepath.Join(tmp, "simulator.log"))
 	}
+	// The REST API is served on the simulator's listener.
+	restURL := "http://" + simAddr
 
 	say("starting Prometheus, scraping the simulator and the operator every second")
 	promCfg := fmt.Sprintf(`global:
@@ -245,7 +248,7 @@ scrape_configs:
 	op, err := ps.start("operator", opLog, *bin,
 		"--kubeconfig", kubeconfig,
 		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr,
-		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor", "--mayastor-backend", "crd",
+		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor", "--mayastor-api-url", restURL,
 		"--webhook-cert-mode", "self-signed", "--webhook-port", webhookPort,
 		"--webhook-local-url", "https://localhost:"+webhookPort, "--webhook-cert-dir", filepath.Join(tmp, "certs"),
 		"--webhook-namespace", "default",
@@ -432,7 +435,7 @@ func watch(ctx context.Context, c client.Client, opExited <-chan struct{}, ecRes
 			if !h.Success {
 				result = "FAILED: " + h.Error
 			}
-			fmt.Printf("[%5.0fs]   history: %s %s -> %s (%.0f IOPS) in %s, %s\n", since(), h.VolumeName, h.FromTier, h.ToTier, h.TriggerIOPS, h.Duration, result)
+			fmt.Printf("[%5.0fs]   history: %s %s -> %s (%.0f IOPS) in %s, %s\n", since(), claimOf(h.VolumeName), h.FromTier, h.ToTier, h.TriggerIOPS, h.Duration, result)
 		}
 		var evs corev1.EventList
 		if err := c.List(ctx, &evs); err == nil {
@@ -502,10 +505,25 @@ func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
 	return last
 }
 
+// claimOf names a PV (pvc-<uuid>, as Mayastor's CSI driver names it) by its
+// claim, for the display.
+func claimOf(pv string) string {
+	for _, v := range scenario().Volumes {
+		if v.Name == pv {
+			return v.PVC.Name + " (" + pv + ")"
+		}
+	}
+	return pv
+}
+
 // scenario is the demo's cluster: 3 nodes, each with a hot, warm and cold pool,
 // 4 storage nodes with a cold pool only (erasure coding wants k+m = 6 shards
 // on distinct nodes, plus a spare to rebuild onto), and 20 two-replica volumes
-// with a scripted workload.
+// with a scripted workload, on Mayastor 2.x: PVs named pvc-<uuid>, each
+// volume's topology requiring the pool label key "tier" (a StorageClass's
+// poolHasTopologyKey, which the operator's placement lever withholds from the
+// pools of other tiers), published on node-app, its pod's node (a replica
+// local to the nexus is the last Mayastor removes, so it could not move).
 func scenario() *sim.Scenario {
 	const gib = int64(1) << 30
 	sc := &sim.Scenario{Namespace: "mayastor", StorageClass: "mayastor"}
@@ -526,8 +544,9 @@ func scenario() *sim.Scenario {
 	}
 	add := func(name, tier string, i int, iops float64, sched []sim.IOPSStep) {
 		a, b := nodes[i%3], nodes[(i+1)%3]
+		u := fmt.Sprintf("00000000-0000-4000-8000-%012d", len(sc.Volumes)+1)
 		sc.Volumes = append(sc.Volumes, sim.VolumeSpec{
-			Name: name, UUID: fmt.Sprintf("00000000-0000-4000-8000-%012d", len(sc.Volumes)+1), SizeBytes: gib,
+			Name: "pvc-" + u, UUID: u, SizeBytes: gib, PoolInclusion: map[string]string{"tier": ""}, TargetNode: "node-app",
 			Replicas: []string{a + "-" + tier, b + "-" + tier}, Published: true, IOPS: iops, Schedule: sched,
 			PVC: sim.PVCSpec{Namespace: "default", Name: name + "-claim", Labels: map[string]string{"app": "demo"}},
 		})

@@ -168,30 +168,24 @@ type Rules struct {
 }
 
 // NexusLocalBlock says why the off-tier replicas of a published volume cannot
-// be removed by a scale-down ("" when they can): under NexusLocalRemovedLast,
-// when every off-tier replica is local to the target and another replica is
-// remote, the control plane would remove the remote one.
+// all be removed by scale-downs ("" when they can): under
+// NexusLocalRemovedLast, a scale-down from n+1 replicas always has a remote
+// one to remove (one replica per node), so an off-tier replica local to the
+// target is never the one removed. The move is refused before it starts,
+// rather than after moving the remote replicas (leaving the volume across
+// two tiers) or, with a single replica, adding one that Mayastor then removes.
 func NexusLocalBlock(vol Volume, tier *Tier, rules Rules) string {
 	if !rules.NexusLocalRemovedLast || !vol.Published || vol.TargetNode == "" {
 		return ""
 	}
 	_, off := split(vol, tier)
-	remote := 0
-	for _, r := range vol.Replicas {
-		if r.Node != vol.TargetNode {
-			remote++
-		}
-	}
 	for _, r := range off {
-		if r.Node != vol.TargetNode {
-			return ""
+		if r.Node == vol.TargetNode {
+			return fmt.Sprintf("replica %s on pool %s is local to the volume's target on node %s, and Mayastor removes remote replicas before the nexus-local one: it can move once the volume is published on another node",
+				r.UUID, r.Pool, vol.TargetNode)
 		}
 	}
-	if len(off) == 0 || remote == 0 {
-		return ""
-	}
-	return fmt.Sprintf("replica %s on pool %s is local to the volume's target on node %s, and Mayastor removes remote replicas before the nexus-local one: it can move once the volume is published on another node",
-		off[0].UUID, off[0].Pool, vol.TargetNode)
+	return ""
 }
 
 // nodeConflict says why a node cannot take a new replica of the volume, given

@@ -118,10 +118,21 @@ func TestNexusLocalReplicaIsRefusedWithAReason(t *testing.T) {
 	if why := NexusLocalBlock(vol, tier, Rules{}); why != "" {
 		t.Fatalf("without the rule: %q", why)
 	}
-	// A remote off-tier replica can go: it is the one Mayastor removes first.
+	// A remote off-tier replica would go first, but the nexus-local one never
+	// would: refused before anything moves, not after the remote one moved.
 	vol.Replicas = append(vol.Replicas, Replica{UUID: "r3", Pool: "n3-cold", Node: "n3", State: "Online", Synced: true})
-	if why := NexusLocalBlock(vol, tier, rules); why != "" {
-		t.Fatalf("with a remote off-tier replica: %q", why)
+	if why := NexusLocalBlock(vol, tier, rules); !strings.Contains(why, "r1") {
+		t.Fatalf("with a remote off-tier replica too: %q", why)
+	}
+	// A single nexus-local replica: the added one would be the one removed.
+	single := Volume{ID: "s", Published: true, TargetNode: "n1", Replicas: []Replica{{UUID: "r1", Pool: "n1-cold", Node: "n1", State: "Online", Synced: true}}}
+	if why := NexusLocalBlock(single, tier, rules); !strings.Contains(why, "local to the volume's target") {
+		t.Fatalf("single nexus-local replica: %q", why)
+	}
+	// Off-tier replicas all remote: movable.
+	remote := Volume{ID: "m", Published: true, TargetNode: "app", Replicas: vol.Replicas}
+	if why := NexusLocalBlock(remote, tier, rules); why != "" {
+		t.Fatalf("target on a node without replicas: %q", why)
 	}
 	if got := replacedBy(vol, tier, "n4"); got != "r3" {
 		t.Fatalf("replacedBy = %s, want the remote r3 before the nexus-local r1", got)

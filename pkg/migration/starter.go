@@ -61,6 +61,7 @@ func (s *PolicyStarter) StartMigrations(ctx context.Context, pol *storagev1.Stor
 		default:
 			if s.noteSkip(d.Volume, err.Error()) {
 				logger.Info("migration not started", "pv", d.Volume, "reason", err.Error())
+				s.skipEvent(ctx, pol, d.Volume, err)
 			}
 		}
 	}
@@ -87,6 +88,23 @@ func (s *PolicyStarter) request(ctx context.Context, policy string, spec *storag
 		Policy: policy, MaxConcurrent: *spec.MaxConcurrentMigrations, PVName: d.Volume, VolumeID: pv.Spec.CSI.VolumeHandle,
 		FromTier: string(d.From), ToTier: string(d.To), TargetPools: sel, TriggerIOPS: d.IOPS, Timeout: timeout, Cooldown: cooldown,
 	}, nil
+}
+
+// skipEvent tells the user, on the PV and the policy, why a move the policy
+// decided was skipped (an unpublished volume, a nexus-local replica, ...):
+// a reason only in the operator's log is one nobody reads. Once per change of
+// reason, as the log line.
+func (s *PolicyStarter) skipEvent(ctx context.Context, pol *storagev1.StoragePolicy, pvName string, err error) {
+	var skip *SkipError
+	if s.Engine.o.Recorder == nil || !errors.As(err, &skip) {
+		return
+	}
+	msg := fmt.Sprintf("PV %s: %s", pvName, err.Error())
+	var pv corev1.PersistentVolume
+	if gerr := s.Engine.o.Client.Get(ctx, types.NamespacedName{Name: pvName}, &pv); gerr == nil {
+		s.Engine.o.Recorder.Event(&pv, corev1.EventTypeWarning, "MigrationSkipped", msg)
+	}
+	s.Engine.o.Recorder.Event(pol, corev1.EventTypeWarning, "MigrationSkipped", msg)
 }
 
 func (s *PolicyStarter) noteSkip(pv, reason string) bool {

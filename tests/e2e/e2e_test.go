@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/mayastorrest"
 	"github.com/billyronks/couchestor/tests/mayastorsim/sim"
 	"github.com/billyronks/couchestor/tests/testenv"
 )
@@ -46,7 +47,8 @@ type suite struct {
 	promAddr   string
 	operator   *operator // the one expected to lead
 	opSeq      int
-	uuid       map[string]string // simulated volume name -> MayastorVolume name
+	uuid       map[string]string // the suite's volume name (cycle-heat) -> REST volume uuid
+	rest       *mayastorrest.Client
 	opBin      string
 }
 
@@ -73,6 +75,26 @@ var volumes = []vol{
 	{"leader-1", "leader2", "cold", 900},
 }
 
+// pvName is the PV of one of the suite's volumes: Mayastor's CSI driver names
+// it pvc-<uuid> (the REST volume's uuid, the PV's volumeHandle).
+func pvName(name string) string {
+	for i, v := range volumes {
+		if v.name == name {
+			return "pvc-" + volumeUUID(i)
+		}
+	}
+	panic("no e2e volume " + name)
+}
+
+func volumeUUID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i+1) }
+
+// scenario is a Mayastor 2.x cluster for the REST double: each volume's pool
+// topology requires the pool label key "tier" (any value), as a StorageClass
+// with poolHasTopologyKey: tier gives it; the operator steers a new replica
+// by withholding that label from the pools of the other tiers. Every volume
+// is published on node-app (its pod's node, no pool there): Mayastor removes
+// a remote replica before the one local to the nexus, so a volume whose
+// nexus sits on a replica's node could not leave that replica's tier.
 func scenario() (*sim.Scenario, map[string]string) {
 	const gib = int64(1) << 30
 	sc := &sim.Scenario{Namespace: "mayastor", StorageClass: "mayastor"}
@@ -86,10 +108,10 @@ func scenario() (*sim.Scenario, map[string]string) {
 	uuids := map[string]string{}
 	for i, v := range volumes {
 		a, b := nodes[i%3], nodes[(i+1)%3]
-		u := fmt.Sprintf("00000000-0000-4000-8000-%012d", i+1)
+		u := volumeUUID(i)
 		uuids[v.name] = u
 		sc.Volumes = append(sc.Volumes, sim.VolumeSpec{
-			Name: v.name, UUID: u, SizeBytes: gib,
+			Name: "pvc-" + u, UUID: u, SizeBytes: gib, PoolInclusion: map[string]string{"tier": ""}, TargetNode: "node-app",
 			Replicas: []string{a + "-" + v.tier, b + "-" + v.tier}, Published: true, IOPS: v.iops,
 			PVC: sim.PVCSpec{Namespace: "default", Name: v.name + "-claim", Labels: map[string]string{"e2e": v.group}},
 		})
@@ -108,7 +130,8 @@ func setup(t *testing.T) *suite {
 	if _, err := os.Stat(s.kubectlBin); err != nil {
 		t.Fatalf("the project's kubectl: %v (hack/envtest.sh puts it next to kube-apiserver)", err)
 	}
-	env := testenv.Start(t)
+	// What a Mayastor 2.x cluster serves: DiskPool, no MayastorVolume kind.
+	env := testenv.Start(t, testenv.MayastorV2("v1beta2"))
 	s.c = env.Client
 	s.kubeconfig = env.WriteKubeconfig(t, s.dir)
 	if err := s.c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mayastor"}}); err != nil {
@@ -116,9 +139,15 @@ func setup(t *testing.T) *suite {
 	}
 	var sc *sim.Scenario
 	sc, s.uuid = scenario()
-	// 128 MiB/s: a 1 GiB replica rebuilds in about 8 s, so a migration is in
-	// flight long enough to be interrupted.
-	s.sim = sim.StartWithArgs(t, s.kubeconfig, freeAddr(t), sc, "--replica-behaviour", "--replica-sync-bytes-per-second", "134217728")
+	// The REST double of Mayastor 2.x's control plane. 128 MiB/s: a 1 GiB
+	// replica rebuilds in about 8 s, so a migration is in flight long enough
+	// to be interrupted.
+	s.sim = sim.StartWithArgs(t, s.kubeconfig, freeAddr(t), sc, "--api=rest", "--rebuild-bytes-per-second", "134217728")
+	rest, err := mayastorrest.New(mayastorrest.Config{URL: s.sim.REST})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.rest = rest
 
 	s.promAddr = freeAddr(t)
 	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: mayastor-io-engine\n  static_configs: [{targets: [%q]}]\n", s.sim.Addr)
@@ -147,7 +176,7 @@ func (s *suite) startOperator(t *testing.T) *operator {
 	o.proc = startProc(t, name, filepath.Join(s.dir, name+".log"), s.opBin,
 		"--kubeconfig", s.kubeconfig,
 		"--metrics-bind-address", o.metricsAddr, "--health-probe-bind-address", o.probeAddr,
-		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor", "--mayastor-backend", "crd",
+		"--leader-election-namespace", "default", "--mayastor-namespace", "mayastor", "--mayastor-api-url", s.sim.REST,
 		"--leader-elect-lease-duration", leaseDuration.String(), "--leader-elect-renew-deadline", renewDeadline.String(),
 		"--leader-elect-retry-period", retryPeriod.String(),
 		"--webhook-cert-mode", "self-signed", "--webhook-port", o.webhookPort,
@@ -182,7 +211,7 @@ func (s *suite) createPolicy(t *testing.T, group, cooldown string) string {
 func (s *suite) migrationAnnotated(names ...string) (bool, error) {
 	for _, n := range names {
 		var pv corev1.PersistentVolume
-		if err := s.c.Get(context.Background(), client.ObjectKey{Name: n}, &pv); err != nil {
+		if err := s.c.Get(context.Background(), client.ObjectKey{Name: pvName(n)}, &pv); err != nil {
 			return false, err
 		}
 		if _, ok := pv.Annotations[annotationMigration]; ok {
@@ -282,10 +311,11 @@ func (sm *sampler) finish() {
 	<-sm.done
 }
 
+// historyFor is the history of one of the suite's volumes (by its PV's name).
 func historyFor(p *storagev1.StoragePolicy, volume string) []storagev1.MigrationHistoryEntry {
 	var out []storagev1.MigrationHistoryEntry
 	for _, h := range p.Status.MigrationHistory {
-		if h.VolumeName == volume {
+		if h.VolumeName == pvName(volume) {
 			out = append(out, h)
 		}
 	}

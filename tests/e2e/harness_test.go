@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,10 +17,11 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	mayastorv1alpha1 "github.com/billyronks/couchestor/apis/mayastor/v1alpha1"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/mayastorrest"
 	"github.com/billyronks/couchestor/tests/testenv"
 )
 
@@ -247,60 +249,65 @@ func conditionStatus(p *storagev1.StoragePolicy, typ string) metav1.ConditionSta
 	return metav1.ConditionUnknown
 }
 
-// volumes returns the MayastorVolumes of the given simulated volume names,
-// keyed by name.
-func (s *suite) volumes(names ...string) (map[string]*mayastorv1alpha1.MayastorVolume, error) {
-	var list mayastorv1alpha1.MayastorVolumeList
-	if err := s.c.List(context.Background(), &list, client.InNamespace("mayastor")); err != nil {
+// volumes reads the suite's volumes (by name) from the REST double's /v0
+// API, as Mayastor 2.x's control plane shows them: there is no MayastorVolume
+// object on a 2.x cluster.
+func (s *suite) volumes(names ...string) (map[string]*mayastorrest.Volume, error) {
+	list, err := s.rest.ListVolumes(context.Background())
+	if err != nil {
 		return nil, err
 	}
-	byUUID := map[string]*mayastorv1alpha1.MayastorVolume{}
-	for i := range list.Items {
-		byUUID[list.Items[i].Name] = &list.Items[i]
+	byUUID := map[string]*mayastorrest.Volume{}
+	for i := range list {
+		byUUID[list[i].Spec.UUID] = &list[i]
 	}
-	out := map[string]*mayastorv1alpha1.MayastorVolume{}
+	out := map[string]*mayastorrest.Volume{}
 	for _, n := range names {
 		v := byUUID[s.uuid[n]]
 		if v == nil {
-			return nil, fmt.Errorf("no MayastorVolume for %s (uuid %s)", n, s.uuid[n])
+			return nil, fmt.Errorf("no REST volume for %s (uuid %s)", n, s.uuid[n])
 		}
 		out[n] = v
 	}
 	return out, nil
 }
 
-// healthyReplicas counts replicas that are Online and synced.
-func healthyReplicas(v *mayastorv1alpha1.MayastorVolume) int {
+// healthyReplicas counts replicas holding a full copy: Online, their nexus
+// child Online and not rebuilding. (MAYASTOR.md's sync predicate also wants
+// the volume Online, which it is not while any replica rebuilds, so it would
+// count 0 full copies in the middle of every move.)
+func healthyReplicas(v *mayastorrest.Volume) int {
 	n := 0
-	for _, r := range v.Status.Replicas {
-		if r.State == mayastorv1alpha1.StateOnline && r.Synced {
+	for _, r := range v.State.ReplicaTopology {
+		if r.State == "Online" && ptr.Deref(r.ChildStatus, "") == "Online" && r.RebuildProgress == nil && ptr.Deref(r.Healthy, true) {
 			n++
 		}
 	}
 	return n
 }
 
-// onTier reports whether every replica of v is on a pool of tier (pool names
-// end in -hot, -warm or -cold in the suite's scenario) and there are want of
-// them.
-func onTier(v *mayastorv1alpha1.MayastorVolume, tier string, want int) bool {
-	if len(v.Status.Replicas) != want {
+// onTier reports whether v has want replicas, all on pools of tier (pool
+// names end in -hot, -warm or -cold in the suite's scenario) and synced, and
+// asks for no more.
+func onTier(v *mayastorrest.Volume, tier string, want int) bool {
+	if len(v.State.ReplicaTopology) != want || int(v.Spec.NumReplicas) != want {
 		return false
 	}
-	for _, r := range v.Status.Replicas {
-		if !strings.HasSuffix(r.Pool, "-"+tier) || r.State != mayastorv1alpha1.StateOnline {
+	for id, r := range v.State.ReplicaTopology {
+		if r.Pool == nil || !strings.HasSuffix(*r.Pool, "-"+tier) || r.State != "Online" || !mayastorrest.ReplicaSynced(*v, id) {
 			return false
 		}
 	}
 	return true
 }
 
-func replicaPools(v *mayastorv1alpha1.MayastorVolume) string {
+func replicaPools(v *mayastorrest.Volume) string {
 	var ps []string
-	for _, r := range v.Status.Replicas {
-		ps = append(ps, fmt.Sprintf("%s(%s,synced=%v)", r.Pool, r.State, r.Synced))
+	for id, r := range v.State.ReplicaTopology {
+		ps = append(ps, fmt.Sprintf("%s(%s,synced=%v)", ptr.Deref(r.Pool, "?"), r.State, mayastorrest.ReplicaSynced(*v, id)))
 	}
-	return strings.Join(ps, " ")
+	sort.Strings(ps)
+	return fmt.Sprintf("%s num_replicas=%d", strings.Join(ps, " "), v.Spec.NumReplicas)
 }
 
 func waitTCPClosed(addr string, timeout time.Duration) error {

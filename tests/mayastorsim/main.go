@@ -86,6 +86,9 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
+	// A scenario of 10,000 volumes is 20,000 objects: client-go's default
+	// limit (5 requests/s) would take hours to create them.
+	cfg.QPS, cfg.Burst = 500, 1000
 	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		return fmt.Errorf("client: %w", err)

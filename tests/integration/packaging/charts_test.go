@@ -131,7 +131,8 @@ func renderMatrix(t *testing.T) []renderCase {
 			}
 			checkChartRBACIsGenerated(t, objs)
 			checkNetworkPolicyAdmitsWebhook(t, objs)
-			for _, want := range []string{"--leader-elect=true", "--webhook-cert-mode=self-signed", "--metrics-secure=true"} {
+			for _, want := range []string{"--leader-elect=true", "--webhook-cert-mode=self-signed", "--metrics-secure=true",
+				"--mayastor-backend=rest", "--mayastor-api-url=http://mayastor-api-rest.mayastor.svc:8081"} {
 				if !containsArg(c.Args, want) {
 					t.Errorf("args %v lack %s", c.Args, want)
 				}
@@ -151,6 +152,44 @@ func renderMatrix(t *testing.T) []renderCase {
 				}
 				if !containsArg(deployment(t, objs).Spec.Template.Spec.Containers[0].Args, "--webhook-cert-mode=cert-manager") {
 					t.Error("manager not in cert-manager mode")
+				}
+			}},
+		{name: "install/mayastor-rest-token-ca-lever", chart: installChart,
+			values: map[string]any{"mayastor": map[string]any{"apiUrl": "https://openebs-api-rest.openebs.svc:8080", "tokenSecret": "mayastor-token",
+				"caSecret": "mayastor-ca", "placementLever": "cordon"}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				spec := deployment(t, objs).Spec.Template.Spec
+				for _, want := range []string{"--mayastor-backend=rest", "--mayastor-api-url=https://openebs-api-rest.openebs.svc:8080", "--mayastor-placement-lever=cordon",
+					"--mayastor-api-token-file=/etc/couchestor/mayastor-token/token", "--mayastor-api-ca-file=/etc/couchestor/mayastor-ca/ca.crt"} {
+					if !containsArg(spec.Containers[0].Args, want) {
+						t.Errorf("args %v lack %s", spec.Containers[0].Args, want)
+					}
+				}
+				secrets := map[string]string{}
+				for _, v := range spec.Volumes {
+					if v.Secret != nil {
+						secrets[v.Name] = v.Secret.SecretName
+					}
+				}
+				mounts := map[string]string{}
+				for _, m := range spec.Containers[0].VolumeMounts {
+					mounts[m.Name] = m.MountPath
+				}
+				if secrets["mayastor-token"] != "mayastor-token" || secrets["mayastor-ca"] != "mayastor-ca" ||
+					mounts["mayastor-token"] != "/etc/couchestor/mayastor-token" || mounts["mayastor-ca"] != "/etc/couchestor/mayastor-ca" {
+					t.Errorf("secret volumes %v, mounts %v", secrets, mounts)
+				}
+			}},
+		{name: "install/mayastor-crd", chart: installChart, values: map[string]any{"mayastor": map[string]any{"backend": "crd"}},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				args := deployment(t, objs).Spec.Template.Spec.Containers[0].Args
+				if !containsArg(args, "--mayastor-backend=crd") {
+					t.Errorf("args %v lack --mayastor-backend=crd", args)
+				}
+				for _, a := range args {
+					if strings.HasPrefix(a, "--mayastor-api-") {
+						t.Errorf("crd backend with REST flag %s", a)
+					}
 				}
 			}},
 		{name: "install/minimal", chart: installChart,
@@ -245,6 +284,9 @@ func TestChartsRejectBadValues(t *testing.T) {
 		{installChart, map[string]any{"image": map[string]any{"pullPolicy": "Sometimes"}}, "pullPolicy"},
 		{installChart, map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": 512}}}, "memory"},
 		{installChart, map[string]any{"replicas": 3}, "replicas"},
+		{installChart, map[string]any{"mayastor": map[string]any{"backend": "moac"}}, "backend"},
+		{installChart, map[string]any{"mayastor": map[string]any{"placementLever": "drain"}}, "placementLever"},
+		{installChart, map[string]any{"mayastor": map[string]any{"apiUrl": "mayastor-api-rest:8081"}}, "apiUrl"},
 		{installChart, map[string]any{"extraArgs": []any{"leader-elect=false"}}, "extraArgs"},
 		{dataPlaneChart, map[string]any{"shardServers": []any{map[string]any{"node": "Bad_Node", "diskPool": "p"}}}, "node"},
 		{dataPlaneChart, map[string]any{"shardServers": okServers, "port": 80}, "port"},

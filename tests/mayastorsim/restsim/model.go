@@ -90,6 +90,11 @@ type VolumeDef struct {
 	// {openebs.io/created-by: operator-diskpool} (StorageClass
 	// poolHasTopologyKey / poolAffinityTopologyLabel).
 	PoolInclusion map[string]string
+	// TargetNode is where the nexus is created when the volume is published
+	// (the node of the app's pod, as Mayastor's CSI publish names it); "":
+	// the node of its oldest replica. A node without a pool is an io-engine
+	// node with no storage of its own.
+	TargetNode string
 }
 
 type node struct {
@@ -126,7 +131,9 @@ type volume struct {
 	published   bool
 	nexusUUID   string
 	targetNode  string
-	op          *mayastorrest.VolumeOperation
+	// publishOn is VolumeDef.TargetNode.
+	publishOn string
+	op        *mayastorrest.VolumeOperation
 }
 
 type reattach struct {
@@ -205,7 +212,10 @@ func New(opt Options, pools []PoolDef, vols []VolumeDef) (*Model, error) {
 		for k, v := range d.PoolInclusion {
 			inc[k] = v
 		}
-		v := &volume{uuid: d.UUID, size: d.SizeBytes, numReplicas: len(d.Pools), inclusion: inc}
+		v := &volume{uuid: d.UUID, size: d.SizeBytes, numReplicas: len(d.Pools), inclusion: inc, publishOn: d.TargetNode}
+		if d.TargetNode != "" && m.nodes[d.TargetNode] == nil {
+			m.nodes[d.TargetNode] = &node{id: d.TargetNode, status: "Online"}
+		}
 		for i, pid := range d.Pools {
 			p := m.pools[pid]
 			if p == nil {
@@ -265,6 +275,9 @@ func (m *Model) publish(v *volume, on bool) {
 		}
 	}
 	v.targetNode = oldest.node
+	if v.publishOn != "" {
+		v.targetNode = v.publishOn
+	}
 	now := m.opt.Now()
 	for _, r := range v.replicas {
 		if r.rebuilding {

@@ -114,8 +114,8 @@ func StartWithArgs(t testing.TB, kubeconfig, listen string, scenario *Scenario, 
 			}
 		}
 		return p
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("mayastorsim not ready within 2m:\n%s", stderr.String())
+	case <-time.After(readyBound(scenario)):
+		t.Fatalf("mayastorsim not ready within %s:\n%s", readyBound(scenario), stderr.String())
 	}
 	return nil
 }
@@ -135,4 +135,11 @@ func (l *lockedWriter) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.String()
+}
+
+// readyBound is how long the simulator may take to create the scenario: 2
+// minutes, plus 50 ms per volume (a PV and a PVC each; 10,000 volumes of a
+// benchmark take minutes on a busy machine).
+func readyBound(sc *Scenario) time.Duration {
+	return 2*time.Minute + time.Duration(len(sc.Volumes))*50*time.Millisecond
 }

@@ -85,6 +85,9 @@ type VolumeSpec struct {
 	// Mayastor's CSI driver gives every volume ({openebs.io/created-by:
 	// operator-diskpool}), as a StorageClass's poolHasTopologyKey would.
 	PoolInclusion map[string]string `json:"poolInclusion,omitempty"`
+	// TargetNode (REST mode) is the node of the volume's nexus when
+	// published (the app's node); default: the node of its oldest replica.
+	TargetNode string `json:"targetNode,omitempty"`
 }
 
 // IOPSStep switches a volume's rate After the simulator started.
@@ -134,7 +137,7 @@ func (s *Scenario) RESTDefs() ([]restsim.PoolDef, []restsim.VolumeDef, error) {
 		if v.Name != "pvc-"+v.UUID {
 			return nil, nil, fmt.Errorf("volume %s: name must be pvc-<uuid> (%q) in REST mode, as Mayastor's CSI driver names its PVs", v.Name, "pvc-"+v.UUID)
 		}
-		vols = append(vols, restsim.VolumeDef{UUID: v.UUID, SizeBytes: v.SizeBytes, Pools: v.Replicas, Published: v.Published, PoolInclusion: v.PoolInclusion})
+		vols = append(vols, restsim.VolumeDef{UUID: v.UUID, SizeBytes: v.SizeBytes, Pools: v.Replicas, Published: v.Published, PoolInclusion: v.PoolInclusion, TargetNode: v.TargetNode})
 	}
 	return pools, vols, nil
 }
