@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -48,6 +49,16 @@ type RESTBackend struct {
 	// URL is only for Describe.
 	URL string
 	Log logr.Logger
+
+	mu sync.Mutex
+	// steered are the pools under this backend's lever right now (from just
+	// before it is taken until it is released), by pool id.
+	steered map[string]steeredPool
+}
+
+type steeredPool struct {
+	lever string
+	SteeredPool
 }
 
 var _ VolumeBackend = (*RESTBackend)(nil)
@@ -105,9 +116,11 @@ func (b *RESTBackend) ListPools(ctx context.Context) ([]Pool, error) {
 			usable[n.ID] = ""
 		}
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	out := make([]Pool, 0, len(ps))
 	for _, p := range ps {
-		q := poolFromREST(p)
+		q := poolFromREST(p, b.steered[p.ID])
 		if why, known := usable[q.Node]; !known || why != "" {
 			q.Online = false
 			if !known {
@@ -120,8 +133,33 @@ func (b *RESTBackend) ListPools(ctx context.Context) ([]Pool, error) {
 	return out, nil
 }
 
-func poolFromREST(p mayastorrest.Pool) Pool {
+// steer notes a pool under (on) or out of (off) this backend's lever.
+func (b *RESTBackend) steer(lever string, p SteeredPool, on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.steered == nil {
+		b.steered = map[string]steeredPool{}
+	}
+	if on {
+		b.steered[p.Pool] = steeredPool{lever: lever, SteeredPool: p}
+	} else {
+		delete(b.steered, p.Pool)
+	}
+}
+
+// poolFromREST maps a REST pool. A pool under this backend's own lever (s) is
+// shown as it is without it: its withheld label back, its cordon ignored. The
+// lever is a moment's steering of one scale-up, not a change of the pool's
+// tier: read raw, a concurrent migration to that pool's tier would find the
+// pool outside its tier (and abort a replica that landed on it).
+func poolFromREST(p mayastorrest.Pool, s steeredPool) Pool {
 	q := Pool{Name: p.ID, Labels: maps.Clone(p.Labels()), Status: "Unknown"}
+	if s.lever == LeverLabel && s.Key != "" {
+		if q.Labels == nil {
+			q.Labels = map[string]string{}
+		}
+		q.Labels[s.Key] = s.Value
+	}
 	if p.Spec != nil {
 		q.Node = p.Spec.Node
 	}
@@ -133,7 +171,7 @@ func poolFromREST(p mayastorrest.Pool) Pool {
 		q.Available = max(s.Capacity-s.Used, 0)
 	}
 	// A pool cordoned for replicas by someone else takes no new replica.
-	q.Online = q.Status == "Online" && !p.Cordoned()
+	q.Online = q.Status == "Online" && (!p.Cordoned() || s.lever == LeverCordon)
 	return q
 }
 
@@ -212,37 +250,20 @@ func (b *RESTBackend) SetReplicas(ctx context.Context, id string, n int32, topo 
 // scaleUpSteered raises v to n replicas with the lever held, under the lock.
 func (b *RESTBackend) scaleUpSteered(ctx context.Context, v mayastorrest.Volume, n int, want map[string]string) error {
 	id := v.Spec.UUID
-	pools, err := b.API.ListPools(ctx)
-	if err != nil {
-		return err
-	}
-	blockers, err := b.blockers(v, pools, want)
-	if err != nil {
-		return err
-	}
 	lever, err := b.lever(ctx)
 	if err != nil {
 		return err
 	}
-	rec := &SteerRecord{Volume: id, Lever: lever, Since: time.Now().UTC()}
-	var inclusion map[string]string
-	if t := v.Spec.Topology; t != nil && t.PoolTopology != nil && t.PoolTopology.Labelled != nil {
-		inclusion = t.PoolTopology.Labelled.Inclusion
-	}
-	for _, p := range blockers {
-		s := SteeredPool{Pool: p.ID}
-		if lever == LeverLabel {
-			key, ok := steerKey(inclusion, p.Labels())
-			if !ok {
-				return &RefusedError{Reason: fmt.Sprintf("volume %s: pool %s would be eligible for its new replica, the server has no pool cordon (OpenEBS 4.4+), and the volume's pool_topology has no inclusion label other than %s to withhold (give its StorageClass poolHasTopologyKey or poolAffinityTopologyLabel): placement cannot be steered", id, p.ID, LabelCreatedBy)}
-			}
-			s.Key, s.Value = key, p.Labels()[key]
-		}
-		rec.Pools = append(rec.Pools, s)
-	}
 	release, err := b.Lock.Acquire(ctx, b.releaseRecord)
 	if err != nil {
 		return err
+	}
+	// Pools are read under the lock: no other lever is held then, so their
+	// labels and cordons are their own (read before it, a pool withheld by
+	// another move would be taken for ineligible and not blocked).
+	rec, err := b.steerRecord(ctx, v, want, lever)
+	if err != nil {
+		return errors.Join(err, release.Release(context.WithoutCancel(ctx)))
 	}
 	// The lever is written on the lock before it is taken: a restarted
 	// operator releases it (PlacementLock.Acquire, RESTBackend.Recover).
@@ -268,6 +289,38 @@ func (b *RESTBackend) scaleUpSteered(ctx context.Context, v mayastorrest.Volume,
 		return errors.Join(err, rerr)
 	}
 	return err
+}
+
+// steerRecord is the lever that steers v's new replica to the pools matching
+// want: the eligible pools that do not match, and for the label lever the
+// label to withhold from each.
+func (b *RESTBackend) steerRecord(ctx context.Context, v mayastorrest.Volume, want map[string]string, lever string) (*SteerRecord, error) {
+	id := v.Spec.UUID
+	pools, err := b.API.ListPools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	blockers, err := b.blockers(v, pools, want)
+	if err != nil {
+		return nil, err
+	}
+	rec := &SteerRecord{Volume: id, Lever: lever, Since: time.Now().UTC()}
+	var inclusion map[string]string
+	if t := v.Spec.Topology; t != nil && t.PoolTopology != nil && t.PoolTopology.Labelled != nil {
+		inclusion = t.PoolTopology.Labelled.Inclusion
+	}
+	for _, p := range blockers {
+		s := SteeredPool{Pool: p.ID}
+		if lever == LeverLabel {
+			key, ok := steerKey(inclusion, p.Labels())
+			if !ok {
+				return nil, &RefusedError{Reason: fmt.Sprintf("volume %s: pool %s would be eligible for its new replica, the server has no pool cordon (OpenEBS 4.4+), and the volume's pool_topology has no inclusion label other than %s to withhold (give its StorageClass poolHasTopologyKey or poolAffinityTopologyLabel): placement cannot be steered", id, p.ID, LabelCreatedBy)}
+			}
+			s.Key, s.Value = key, p.Labels()[key]
+		}
+		rec.Pools = append(rec.Pools, s)
+	}
+	return rec, nil
 }
 
 // blockers are the pools that Mayastor's scheduler could choose for a new
@@ -369,6 +422,10 @@ func (b *RESTBackend) apply(ctx context.Context, rec *SteerRecord) (*SteerRecord
 	done := &SteerRecord{Volume: rec.Volume, Lever: rec.Lever, Since: rec.Since}
 	for _, p := range rec.Pools {
 		var err error
+		// Noted before the call, which may take effect and still fail: undo
+		// releases it either way (releasing what is not taken succeeds).
+		b.steer(rec.Lever, p, true)
+		done.Pools = append(done.Pools, p)
 		if rec.Lever == LeverCordon {
 			err = b.API.CordonPool(ctx, p.Pool)
 		} else {
@@ -377,7 +434,6 @@ func (b *RESTBackend) apply(ctx context.Context, rec *SteerRecord) (*SteerRecord
 		if err != nil {
 			return done, fmt.Errorf("steer the new replica of volume %s away from pool %s (%s): %w", rec.Volume, p.Pool, rec.Lever, err)
 		}
-		done.Pools = append(done.Pools, p)
 	}
 	return done, nil
 }
@@ -398,6 +454,8 @@ func (b *RESTBackend) undo(ctx context.Context, rec *SteerRecord) error {
 		// Already released (a retried undo) is released.
 		if err != nil && !mayastorrest.IsNotFound(err) && !mayastorrest.IsAlreadyExists(err) {
 			errs = append(errs, fmt.Errorf("pool %s: %w", p.Pool, err))
+		} else {
+			b.steer(rec.Lever, p, false)
 		}
 	}
 	return errors.Join(errs...)

@@ -138,3 +138,42 @@ func TestNexusLocalReplicaIsRefusedWithAReason(t *testing.T) {
 		t.Fatalf("replacedBy = %s, want the remote r3 before the nexus-local r1", got)
 	}
 }
+
+// A pool under this backend's own lever is read as it is without it: a
+// concurrent migration to the pool's tier must find it in the tier (the demo
+// aborted a move whose replica landed on node-1-hot, "outside tier hot",
+// while another move to cold withheld that pool's tier label).
+func TestOwnLeverDoesNotChangeAPoolsTier(t *testing.T) {
+	pool := func(labels map[string]string, cordoned bool) mayastorrest.Pool {
+		p := mayastorrest.Pool{ID: "hot-1", Spec: &mayastorrest.PoolSpec{ID: "hot-1", Node: "n1", Labels: labels, Status: "Created"},
+			State: &mayastorrest.PoolState{ID: "hot-1", Node: "n1", Status: "Online", Capacity: 100, Used: 10}}
+		if cordoned {
+			p.Spec.CordonDrain = &mayastorrest.PoolCordonDrain{Cordoned: &mayastorrest.PoolCordon{Replicas: true}}
+		}
+		return p
+	}
+	created := map[string]string{LabelCreatedBy: "operator-diskpool"}
+	for _, c := range []struct {
+		name       string
+		p          mayastorrest.Pool
+		s          steeredPool
+		tier       string
+		online     bool
+		tierOfPool bool
+	}{
+		{"label withheld by our lever", pool(created, false), steeredPool{lever: LeverLabel, SteeredPool: SteeredPool{Pool: "hot-1", Key: "tier", Value: "hot"}}, "hot", true, true},
+		{"cordoned by our lever", pool(map[string]string{"tier": "hot"}, true), steeredPool{lever: LeverCordon, SteeredPool: SteeredPool{Pool: "hot-1"}}, "hot", true, true},
+		{"label missing, not ours", pool(created, false), steeredPool{}, "", true, false},
+		{"cordoned by someone else", pool(map[string]string{"tier": "hot"}, true), steeredPool{}, "hot", false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := poolFromREST(c.p, c.s)
+			if (got.Labels["tier"] == "hot") != c.tierOfPool || got.Online != c.online {
+				t.Fatalf("labels %v online %v, want tier hot %v online %v", got.Labels, got.Online, c.tierOfPool, c.online)
+			}
+			if c.s.lever == LeverLabel && c.p.Labels()["tier"] != "" {
+				t.Fatal("the REST pool's labels were changed in place")
+			}
+		})
+	}
+}
