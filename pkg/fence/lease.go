@@ -20,6 +20,15 @@
 //     holder paused (SIGSTOP) is refused by the shard servers and the
 //     ECStripe webhook, which compare the epoch it carries with the newer
 //     one the next holder wrote.
+//   - A deleted volume ends its writer (issue 17 item 9): the holder reads
+//     its ECVolume on every renewal (and once right after acquiring), and
+//     when the volume is gone, has a deletionTimestamp or is another volume
+//     of the same name (UID), it stops with ErrVolumeDeleted. The export
+//     then stops all I/O and releases the Lease once its writes ended; the
+//     ECVolume finalizer deletes stripes and journals only once WriterGone
+//     says no holder can still write (released, absent, or left unrenewed
+//     for a full duration). An export that acquires after the deletion
+//     started sees the deletionTimestamp and stops before its first write.
 //   - The epoch is an annotation (a uint64) rather than
 //     spec.leaseTransitions (an int32 that tools reset freely); the
 //     transitions counter is kept in step for kubectl's sake.
@@ -71,6 +80,10 @@ func labelValue(volume string) string {
 
 // ErrLost is wrapped by every error of a holder that no longer holds the Lease.
 var ErrLost = errors.New("the volume's writer Lease is lost")
+
+// ErrVolumeDeleted is wrapped (with ErrLost) by the error of a holder whose
+// ECVolume is being deleted, is gone, or was recreated under its name.
+var ErrVolumeDeleted = errors.New("the ECVolume is being deleted")
 
 // Epoch reads the writer epoch annotation of obj: 0 without one, an error
 // naming the annotation when it is not an unsigned integer.
@@ -194,7 +207,48 @@ func (h *Holder) checkLocked() error {
 
 // Acquire waits until it holds the Lease: at once when there is none or it
 // was released, else once its holder left it unrenewed for a full Duration.
+// It fails with ErrVolumeDeleted (releasing the Lease again) when the
+// ECVolume is being deleted: read after acquiring, so an export that starts
+// while the finalizer runs never writes.
 func (h *Holder) Acquire(ctx context.Context) error {
+	if err := h.acquire(ctx); err != nil {
+		return err
+	}
+	if err := h.checkVolume(ctx); err != nil {
+		if errors.Is(err, ErrVolumeDeleted) {
+			if rerr := h.Release(context.WithoutCancel(ctx)); rerr != nil {
+				h.Logf("%v", rerr)
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// checkVolume reads the holder's ECVolume: an error wrapping ErrLost and
+// ErrVolumeDeleted (and recorded as the loss) when it is gone, being deleted
+// or another volume of its name; a plain error when it cannot be read.
+func (h *Holder) checkVolume(ctx context.Context) error {
+	cur := &storagev1.ECVolume{}
+	err := h.Client.Get(ctx, client.ObjectKey{Name: h.Volume.Name}, cur)
+	var why string
+	switch {
+	case apierrors.IsNotFound(err):
+		why = "does not exist any more"
+	case err != nil:
+		return fmt.Errorf("%s: read ECVolume %s: %w", h.desc(), h.Volume.Name, err)
+	case cur.DeletionTimestamp != nil:
+		why = "is being deleted (deletionTimestamp " + cur.DeletionTimestamp.UTC().Format(time.RFC3339) + ")"
+	case h.Volume.UID != "" && cur.UID != h.Volume.UID:
+		why = fmt.Sprintf("was deleted and recreated (uid %s, this export opened %s)", cur.UID, h.Volume.UID)
+	default:
+		return nil
+	}
+	return h.lose(fmt.Errorf("%w: %w: ECVolume %s %s; the export stops serving it (writes fail with EIO) so that its finalizer can delete the stripes and journal",
+		ErrLost, ErrVolumeDeleted, h.Volume.Name, why))
+}
+
+func (h *Holder) acquire(ctx context.Context) error {
 	h.defaults()
 	var seenRV string
 	var seenAt time.Time
@@ -296,8 +350,9 @@ func (h *Holder) acquired(l *coordinationv1.Lease, epoch uint64, sent time.Time)
 }
 
 // Run renews the Lease every RenewEvery until ctx ends (nil) or the Lease is
-// lost (an error wrapping ErrLost): taken by another holder, deleted, or not
-// renewed within Duration−Margin.
+// lost (an error wrapping ErrLost): taken by another holder, deleted, not
+// renewed within Duration−Margin, or its ECVolume deleted (ErrVolumeDeleted
+// too).
 func (h *Holder) Run(ctx context.Context) error {
 	for {
 		select {
@@ -305,7 +360,14 @@ func (h *Holder) Run(ctx context.Context) error {
 			return nil
 		case <-h.Clock.After(h.RenewEvery):
 		}
-		if err := h.renew(ctx); err != nil {
+		err := h.checkVolume(ctx)
+		if err == nil || !errors.Is(err, ErrLost) {
+			if err != nil && ctx.Err() == nil {
+				h.Logf("%v (renewing anyway: the finalizer waits while the Lease is held)", err)
+			}
+			err = h.renew(ctx)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -369,20 +431,27 @@ func (h *Holder) lose(err error) error {
 }
 
 // Release gives the Lease up on a clean stop (holderIdentity cleared, the
-// epoch kept), so the next export need not wait. Call it only after every
-// write of this holder has ended.
+// epoch kept), so the next export need not wait; also after ErrVolumeDeleted,
+// so the volume's finalizer need not wait. Call it only after every write of
+// this holder has ended. The update is conditional on the Lease being as this
+// holder last wrote it, so it never releases another holder's Lease.
 func (h *Holder) Release(ctx context.Context) error {
 	h.mu.Lock()
-	if h.lease == nil || h.lost != nil {
+	if h.lease == nil || (h.lost != nil && !errors.Is(h.lost, ErrVolumeDeleted)) {
 		h.mu.Unlock()
 		return nil
 	}
 	l := h.lease.DeepCopy()
-	h.lost = fmt.Errorf("%w: %s was released", ErrLost, h.desc())
+	if h.lost == nil {
+		h.lost = fmt.Errorf("%w: %s was released", ErrLost, h.desc())
+	}
 	h.mu.Unlock()
 	l.Spec.HolderIdentity = nil
 	if err := h.Client.Update(ctx, l); err != nil {
 		return fmt.Errorf("%s: release: %w", h.desc(), err)
 	}
+	h.mu.Lock()
+	h.lease = nil // released once
+	h.mu.Unlock()
 	return nil
 }

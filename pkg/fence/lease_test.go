@@ -94,7 +94,7 @@ func getLease(t *testing.T, c client.Client) *coordinationv1.Lease {
 }
 
 func TestAcquireCreatesTheLeaseAtEpochOne(t *testing.T) {
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+	c := newClient()
 	h := newHolder(c, newFakeClock(), "a")
 	if err := h.Acquire(context.Background()); err != nil {
 		t.Fatal(err)
@@ -115,7 +115,7 @@ func TestAcquireCreatesTheLeaseAtEpochOne(t *testing.T) {
 // renewal; another acquirer takes it only a full Duration after it last saw
 // the Lease change. So there is a Margin-long gap in which nobody serves.
 func TestHolderStopsBeforeAnotherCanAcquire(t *testing.T) {
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+	c := newClient()
 	clkA, clkB := newFakeClock(), newFakeClock()
 	a := newHolder(c, clkA, "a")
 	if err := a.Acquire(context.Background()); err != nil {
@@ -190,7 +190,7 @@ func TestHolderStopsBeforeAnotherCanAcquire(t *testing.T) {
 // A holder that renews late (paused past Duration−Margin) does not become
 // valid again even when nobody took over: losing is final.
 func TestLateRenewalDoesNotRestoreValidity(t *testing.T) {
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+	c := newClient()
 	clk := newFakeClock()
 	a := newHolder(c, clk, "a")
 	if err := a.Acquire(context.Background()); err != nil {
@@ -206,7 +206,7 @@ func TestLateRenewalDoesNotRestoreValidity(t *testing.T) {
 }
 
 func TestRenewTakenOverByAnother(t *testing.T) {
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+	c := newClient()
 	clk := newFakeClock()
 	a := newHolder(c, clk, "a")
 	if err := a.Acquire(context.Background()); err != nil {
@@ -224,7 +224,7 @@ func TestRenewTakenOverByAnother(t *testing.T) {
 	}
 	// A label change by someone else is not a takeover.
 	b := newHolder(c, clk, "b2")
-	c2 := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+	c2 := newClient()
 	b.Client = c2
 	if err := b.Acquire(context.Background()); err != nil {
 		t.Fatal(err)
@@ -240,7 +240,7 @@ func TestRenewTakenOverByAnother(t *testing.T) {
 }
 
 func TestReleasedLeaseIsTakenAtOnceWithTheNextEpoch(t *testing.T) {
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+	c := newClient()
 	a := newHolder(c, newFakeClock(), "a")
 	if err := a.Acquire(context.Background()); err != nil {
 		t.Fatal(err)
@@ -261,7 +261,7 @@ func TestReleasedLeaseIsTakenAtOnceWithTheNextEpoch(t *testing.T) {
 }
 
 func TestBadEpochAnnotationIsAnError(t *testing.T) {
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+	c := newClient()
 	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName(vol.Name), Namespace: "ns",
 		Annotations: map[string]string{AnnotationEpoch: "seven"}}}
 	if err := c.Create(context.Background(), l); err != nil {
@@ -292,4 +292,9 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// newClient is a fake API server holding vol (the holder reads it).
+func newClient() client.Client {
+	return fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(vol.DeepCopy()).Build()
 }
