@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/fence"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
 	"github.com/billyronks/couchestor/pkg/stripe"
@@ -38,6 +39,10 @@ import (
 // orphaned shards of the volume. Deleting an ECVolume frees every shard of
 // it on the live shard servers and deletes its ECStripes before the
 // finalizer is removed: the only way stripes and their space go away.
+// It does so only once no export can still write the volume (its writer
+// Lease released, absent or expired, pkg/fence): an export sees the
+// deletionTimestamp at its next renewal and stops, so nothing it destages
+// or journals afterwards can leave orphan stripes or recreate journals.
 type ECVolumeReconciler struct {
 	Client    client.Client
 	APIReader client.Reader
@@ -55,9 +60,14 @@ type ECVolumeReconciler struct {
 	// Store, when set, is used instead of one built from ShardSecret.
 	Store *stripe.Store
 
-	mu     sync.Mutex
-	direct client.Client // uncached: stripe writes use resourceVersion preconditions
+	mu      sync.Mutex
+	direct  client.Client // uncached: stripe writes use resourceVersion preconditions
+	writers *fence.WriterWatch
 }
+
+// exportPoll is how often a deleting volume's writer Lease is read while an
+// export still holds it (it releases within a renewal period).
+const exportPoll = time.Second
 
 // SetupWithManager registers the reconciler.
 func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -78,6 +88,11 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return fmt.Errorf("ECVolume reconciler: uncached client: %w", err)
 	}
 	r.direct = direct
+	ns := r.RegistryNamespace
+	if ns == "" {
+		ns = registry.DefaultNamespace
+	}
+	r.writers = &fence.WriterWatch{Reader: r.APIReader, Namespace: ns}
 	// Status counts the volume's stripes and follows its policy, so stripe
 	// writes and policy changes must wake the volume up; without these watches
 	// the count would only catch up at the next GC interval.
@@ -222,6 +237,20 @@ func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolu
 			return ctrl.Result{}, fmt.Errorf("update ECVolume %s status: %w", vol.Name, err)
 		}
 	}
+	// An export still writing would destage stripes and journal records
+	// after they were deleted: wait until it stopped (it does at its next
+	// Lease renewal, seeing the deletionTimestamp).
+	w, err := r.writers.WriterGone(ctx, vol.Name)
+	if err != nil {
+		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "WaitingForExport", "DeleteStripes", "cannot tell whether an export still writes this volume: %v", err)
+		return ctrl.Result{RequeueAfter: exportPoll}, nil
+	}
+	if !w.Gone {
+		r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "WaitingForExport", "DeleteStripes",
+			"export %s (writer epoch %d) still holds the volume's writer Lease %s/%s; its stripes and journal are deleted once it stopped (it stops at its next renewal, or its Lease expires within %s)",
+			w.Holder, w.Epoch, r.writers.Namespace, fence.LeaseName(vol.Name), w.Within.Round(time.Second))
+		return ctrl.Result{RequeueAfter: exportPoll}, nil
+	}
 	st, err := r.store(ctx)
 	if err != nil {
 		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "ShardServersUnreachable", "DeleteStripes", "cannot free shard space: %v", err)
@@ -241,6 +270,7 @@ func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolu
 	if err := r.Client.Update(ctx, vol); err != nil {
 		return ctrl.Result{}, fmt.Errorf("remove finalizer of ECVolume %s: %w", vol.Name, err)
 	}
+	r.writers.Forget(vol.Name)
 	return ctrl.Result{}, nil
 }
 

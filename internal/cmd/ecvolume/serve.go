@@ -21,6 +21,12 @@
 //     before the export holds the volume's writer Lease; NBD requests and
 //     journal mutations check it (fence.go), shards and ECStripes carry its
 //     writer epoch, and losing it ends the process with an error.
+//   - Deleting the ECVolume ends its export (issue 17 item 9): the Lease
+//     holder reads the volume at every renewal and stops with
+//     fence.ErrVolumeDeleted; I/O is refused from then on (NBD requests get
+//     EIO, the destager and journal write nothing), the Lease is released
+//     once all of it ended, and the process exits non-zero naming the
+//     volume. The finalizer deletes stripes and journals only after that.
 package ecvolume
 
 import (
@@ -250,7 +256,9 @@ func Command(ctx context.Context, args []string) error {
 		// and the journal stopped, so nothing of ours is still writing.
 		closeErr := v.Close()
 		stopLease()
-		if closeErr == nil && holder.Check() == nil {
+		// After ErrVolumeDeleted too: the finalizer then deletes the
+		// volume's data at once instead of waiting for the Lease to expire.
+		if lerr := holder.Check(); closeErr == nil && (lerr == nil || errors.Is(lerr, fence.ErrVolumeDeleted)) {
 			if err := holder.Release(context.WithoutCancel(ctx)); err != nil {
 				log.Printf("ec-volume %s: %v (the next export waits for the Lease to expire)", *volume, err)
 			}
