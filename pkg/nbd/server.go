@@ -60,6 +60,11 @@ type Server struct {
 	// arrived (header and WRITE payload) and sending each reply; a client
 	// slower than that is disconnected (0 means one minute).
 	IOTimeout time.Duration
+	// DrainTimeout bounds how long requests in flight when Serve's context
+	// ends may still run (0 means 30 seconds); then their context is
+	// cancelled, so a write waiting for room in a full journal fails (EIO,
+	// never acknowledged) instead of holding the shutdown forever.
+	DrainTimeout time.Duration
 	// Logf receives connection errors; nil discards them.
 	Logf func(format string, args ...any)
 
@@ -94,6 +99,13 @@ func (s *Server) ioTimeout() time.Duration {
 		return s.IOTimeout
 	}
 	return time.Minute
+}
+
+func (s *Server) drainTimeout() time.Duration {
+	if s.DrainTimeout > 0 {
+		return s.DrainTimeout
+	}
+	return 30 * time.Second
 }
 
 // budget is the server-wide payload semaphore, made on first use.
@@ -550,7 +562,11 @@ type request struct {
 func (c *conn) transmit(ctx context.Context, exp *Export) error {
 	sem := make(chan struct{}, c.srv.maxInFlight())
 	budget := c.srv.budget()
-	exec := context.WithoutCancel(ctx) // in-flight requests finish after ctx ends
+	// In-flight requests finish after ctx ends, for at most DrainTimeout.
+	exec, cancelExec := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelExec()
+	stopDrain := context.AfterFunc(ctx, func() { time.AfterFunc(c.srv.drainTimeout(), cancelExec) })
+	defer stopDrain()
 	var inflight sync.WaitGroup
 	defer func() {
 		inflight.Wait()

@@ -596,3 +596,46 @@ func TestServeShutdownLetsInFlightFinish(t *testing.T) {
 		t.Fatalf("Serve: %v", err)
 	}
 }
+
+// blockingBackend's writes wait until their context ends, as a write
+// waiting for room in a full journal does while destaging fails.
+type blockingBackend struct {
+	*MemoryBackend
+	started chan struct{}
+}
+
+func (b *blockingBackend) WriteAt(ctx context.Context, p []byte, off int64) error {
+	b.started <- struct{}{}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A shutdown (SIGTERM) with a write stuck in the backend ends within
+// DrainTimeout: the write fails with an error, never acknowledged. Before
+// DrainTimeout, Serve waited for it forever.
+func TestServeShutdownBoundsAStuckWrite(t *testing.T) {
+	mem, _ := NewMemoryBackend(1 << 20)
+	be := &blockingBackend{MemoryBackend: mem, started: make(chan struct{}, 1)}
+	s := &Server{Exports: []Export{{Name: "vol", Backend: be}}, DrainTimeout: 200 * time.Millisecond}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	c := dial(t, l.Addr().String())
+	c.greet(flagCFixedNewstyle | flagCNoZeroes)
+	c.goExport("vol")
+	c.request(CmdWrite, 0, 7, 0, 512, make([]byte, 512))
+	<-be.started
+	cancel()
+	if errno, h := c.readReply(); errno == 0 || h != 7 {
+		t.Fatalf("stuck write at shutdown: errno %d handle %d, want an error", errno, h)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve still waiting for a stuck write 30s after shutdown")
+	}
+}

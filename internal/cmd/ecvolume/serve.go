@@ -85,6 +85,7 @@ func Command(ctx context.Context, args []string) error {
 	nbdBuffers := fs.Int64("nbd-buffer-bytes", nbd.DefaultMaxBufferedBytes, "READ and WRITE payload bytes all NBD connections together may hold in memory (at least 32 MiB, the maximum payload); a request waits for room before its buffer is allocated.")
 	nbdIdle := fs.Duration("nbd-idle-timeout", 0, "Close an NBD connection that sends no request for this long; 0 (the default) never does: the kernel's NBD client sends nothing while its device is idle, and closing its connection fails the device.")
 	nbdIO := fs.Duration("nbd-io-timeout", time.Minute, "Once a request's first byte arrived, the rest of it (and a WRITE's payload) must follow within this, and each reply must be taken by the client within it; else the connection is closed.")
+	nbdDrain := fs.Duration("nbd-drain-timeout", 20*time.Second, "On shutdown (SIGTERM, or the volume's Lease lost or its ECVolume deleted), requests in flight may finish for this long; then they fail (a write waiting for room in a full journal gets EIO, never an acknowledgement) so the export exits.")
 	leaseDuration := fs.Duration("lease-duration", 15*time.Second, "Duration of the volume's writer Lease (whole seconds, at least 1s). The export serves only while it holds the Lease, stops serving Duration/5 before it would expire unrenewed, and a second export waits until it was left unrenewed for the full duration (or released by a clean stop).")
 	metricsAddr := fs.String("metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -95,6 +96,9 @@ func Command(ctx context.Context, args []string) error {
 	}
 	if *knownStripes < 1 {
 		return fmt.Errorf("--known-stripes %d must be at least 1", *knownStripes)
+	}
+	if *nbdDrain <= 0 {
+		return fmt.Errorf("--nbd-drain-timeout %v must be positive", *nbdDrain)
 	}
 	if *nbdConns < 1 || *nbdBuffers < nbd.DefaultMaxPayload || *nbdIdle < 0 || *nbdIO <= 0 {
 		return fmt.Errorf("--nbd-max-connections %d must be at least 1, --nbd-buffer-bytes %d at least %d, --nbd-idle-timeout %v not negative and --nbd-io-timeout %v positive",
@@ -279,7 +283,7 @@ func Command(ctx context.Context, args []string) error {
 	log.Printf("ec-volume %s: serving %d bytes (policy %s, stripe %d bytes, journal %d replicas × %d bytes) over NBD on %s",
 		*volume, vol.Object.Spec.SizeBytes, pol.Name, vol.StripeSize, replicas, jsize, l.Addr())
 	srv := &nbd.Server{Exports: []nbd.Export{{Name: *volume, Description: "ECVolume " + *volume, Backend: fencedBackend{Backend: v, check: holder.Check}}}, Logf: log.Printf,
-		MaxConns: *nbdConns, MaxBufferedBytes: *nbdBuffers, IdleTimeout: *nbdIdle, IOTimeout: *nbdIO}
+		MaxConns: *nbdConns, MaxBufferedBytes: *nbdBuffers, IdleTimeout: *nbdIdle, IOTimeout: *nbdIO, DrainTimeout: *nbdDrain}
 	if err := srv.Serve(serveCtx, l); err != nil {
 		return err
 	}
