@@ -26,7 +26,7 @@ import (
 )
 
 // AnnotationIntent on an ECStripe records a rebuild in progress (JSON Intent).
-const AnnotationIntent = "storage.billyronks.io/rebuild"
+const AnnotationIntent = storagev1.ECStripeAnnotationRebuildIntent
 
 // Intent is the persisted rebuild of some shards of a stripe.
 type Intent struct {

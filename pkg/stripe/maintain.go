@@ -26,6 +26,7 @@ type GCReport struct {
 	Freed      int   // orphaned shards freed
 	FreedBytes int64 // their extents' bytes
 	Young      int   // unreferenced shards younger than the grace period, kept
+	Rebuilding int   // unreferenced shards of stripes with a rebuild intent, kept
 }
 
 // CollectOrphans frees shards of volume on the live shard servers that no
@@ -65,7 +66,14 @@ func (s *Store) CollectOrphans(ctx context.Context, volume string, grace time.Du
 		return rep, err
 	}
 	referenced := map[poolOffset]bool{}
+	rebuilding := map[int64]bool{}
 	for _, es := range stripes {
+		if _, ok := es.Annotations[storagev1.ECStripeAnnotationRebuildIntent]; ok {
+			// A rebuild in progress (or waiting to be resumed by the next
+			// leader) wrote shards it has not recorded yet: they are not
+			// orphans, however long the rebuild has been running.
+			rebuilding[es.Spec.StripeID] = true
+		}
 		for _, l := range es.Spec.ShardLocations {
 			referenced[poolOffset{l.PoolName, l.Offset}] = true
 		}
@@ -76,6 +84,10 @@ func (s *Store) CollectOrphans(ctx context.Context, volume string, grace time.Du
 		for _, sh := range f.shards {
 			h := sh.Header
 			if h == nil || h.Volume != volume || (referenced[poolOffset{f.pool, sh.Offset}] && h.VolumeUID == uid) {
+				continue
+			}
+			if rebuilding[h.StripeID] && h.VolumeUID == uid {
+				rep.Rebuilding++
 				continue
 			}
 			if time.Unix(0, h.WrittenUnixNano).After(cutoff) {

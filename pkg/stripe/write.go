@@ -211,7 +211,7 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 			s.Known.learn(obj.DeepCopy())
 		}
 		obj.Status = stripeStatus(v, writes, s.now())
-		if err := s.Client.Status().Update(ctx, obj); err != nil {
+		if err := s.writeStatus(ctx, obj); err != nil {
 			// The stripe exists and its shards are durable; it stays
 			// Writing (or without status) and the ECStripe controller adopts
 			// it after its grace. Report, do not undo.
@@ -226,6 +226,30 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 		return nil
 	}
 	return fmt.Errorf("stripe %d: gave up after %d attempts lost races with other writers", id, maxStripeAttempts)
+}
+
+// writeStatus writes the status of the stripe version just written. A
+// conflict means someone else (the ECStripe controller, a scrub) wrote the
+// status since our spec write: the data is ours and durable either way, so
+// the status is written again on the fresh object as long as its spec is
+// still the version we wrote. Failing the write instead would fail the
+// whole destage pass and rewrite every stripe of it.
+func (s *Store) writeStatus(ctx context.Context, obj *storagev1.ECStripe) error {
+	err := s.Client.Status().Update(ctx, obj)
+	for attempt := 0; apierrors.IsConflict(err) && attempt < maxStripeAttempts; attempt++ {
+		cur := &storagev1.ECStripe{}
+		if gerr := s.Client.Get(ctx, client.ObjectKeyFromObject(obj), cur); gerr != nil {
+			return fmt.Errorf("%w (re-reading it: %v)", err, gerr)
+		}
+		if cur.Spec.Generation != obj.Spec.Generation || cur.Generation != obj.Generation {
+			return fmt.Errorf("%w (its spec changed since: generation %d, ours %d)", err, cur.Spec.Generation, obj.Spec.Generation)
+		}
+		cur.Status = obj.Status
+		if err = s.Client.Status().Update(ctx, cur); err == nil {
+			*obj = *cur
+		}
+	}
+	return err
 }
 
 func (s *Store) getStripe(ctx context.Context, volume string, id int64) (*storagev1.ECStripe, error) {

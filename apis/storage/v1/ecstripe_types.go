@@ -14,6 +14,12 @@ import (
 // webhook keeps the label immutable once set (ValidateECStripeUpdate).
 const ECStripeVolumeLabel = "storage.billyronks.io/volume"
 
+// ECStripeAnnotationRebuildIntent on an ECStripe records a rebuild in
+// progress (pkg/rebuild's Intent, JSON). Its new shards are unreferenced
+// until the rebuild records them, so orphan collection keeps the shards of
+// such a stripe however old they are.
+const ECStripeAnnotationRebuildIntent = "storage.billyronks.io/rebuild"
+
 // ECStripeVolumeRefField selects the ECStripes of one volume: a field
 // selector the API server answers (the CRD declares it a selectableField)
 // and the name of the field index on spec.volumeRef in caches, so
