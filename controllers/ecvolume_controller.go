@@ -88,11 +88,6 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return fmt.Errorf("ECVolume reconciler: uncached client: %w", err)
 	}
 	r.direct = direct
-	ns := r.RegistryNamespace
-	if ns == "" {
-		ns = registry.DefaultNamespace
-	}
-	r.writers = &fence.WriterWatch{Reader: r.APIReader, Namespace: ns}
 	// Status counts the volume's stripes and follows its policy, so stripe
 	// writes and policy changes must wake the volume up; without these watches
 	// the count would only catch up at the next GC interval.
@@ -125,6 +120,21 @@ func (r *ECVolumeReconciler) volumesOfPolicy(ctx context.Context, o client.Objec
 		}
 	}
 	return out
+}
+
+// writerWatch judges the volumes' writer Leases (in the registry namespace,
+// where exports keep them), read uncached.
+func (r *ECVolumeReconciler) writerWatch() *fence.WriterWatch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.writers == nil {
+		ns := r.RegistryNamespace
+		if ns == "" {
+			ns = registry.DefaultNamespace
+		}
+		r.writers = &fence.WriterWatch{Reader: r.APIReader, Namespace: ns}
+	}
+	return r.writers
 }
 
 // store returns the stripe store, building it from the Secret on first use
@@ -240,7 +250,8 @@ func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolu
 	// An export still writing would destage stripes and journal records
 	// after they were deleted: wait until it stopped (it does at its next
 	// Lease renewal, seeing the deletionTimestamp).
-	w, err := r.writers.WriterGone(ctx, vol.Name)
+	writers := r.writerWatch()
+	w, err := writers.WriterGone(ctx, vol.Name)
 	if err != nil {
 		r.Recorder.Eventf(vol, nil, corev1.EventTypeWarning, "WaitingForExport", "DeleteStripes", "cannot tell whether an export still writes this volume: %v", err)
 		return ctrl.Result{RequeueAfter: exportPoll}, nil
@@ -248,7 +259,7 @@ func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolu
 	if !w.Gone {
 		r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "WaitingForExport", "DeleteStripes",
 			"export %s (writer epoch %d) still holds the volume's writer Lease %s/%s; its stripes and journal are deleted once it stopped (it stops at its next renewal, or its Lease expires within %s)",
-			w.Holder, w.Epoch, r.writers.Namespace, fence.LeaseName(vol.Name), w.Within.Round(time.Second))
+			w.Holder, w.Epoch, writers.Namespace, fence.LeaseName(vol.Name), w.Within.Round(time.Second))
 		return ctrl.Result{RequeueAfter: exportPoll}, nil
 	}
 	st, err := r.store(ctx)
@@ -270,7 +281,7 @@ func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolu
 	if err := r.Client.Update(ctx, vol); err != nil {
 		return ctrl.Result{}, fmt.Errorf("remove finalizer of ECVolume %s: %w", vol.Name, err)
 	}
-	r.writers.Forget(vol.Name)
+	writers.Forget(vol.Name)
 	return ctrl.Result{}, nil
 }
 

@@ -5,14 +5,19 @@ import (
 	"strings"
 	"testing"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/fence"
+	"github.com/billyronks/couchestor/pkg/registry"
 )
 
 // A volume whose ErasureCodingPolicy is Invalid is in phase Error with a
@@ -59,5 +64,40 @@ func TestECVolumePhaseFollowsItsPolicy(t *testing.T) {
 				t.Fatalf("phase %q, Ready %+v; want phase %q, reason %q, message containing %q", v.Status.Phase, ready, tc.phase, tc.reason, tc.msg)
 			}
 		})
+	}
+}
+
+// A deleting ECVolume whose writer Lease an export holds keeps its
+// finalizer and its data: the controller waits (WaitingForExport, naming the
+// holder) instead of deleting stripes and journals under a live writer.
+func TestDeletingVolumeWaitsForItsExport(t *testing.T) {
+	sc := testScheme(t)
+	if err := coordinationv1.AddToScheme(sc); err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.Now()
+	vol := &storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v", Finalizers: []string{storagev1.ECVolumeFinalizer}, DeletionTimestamp: &now},
+		Spec: storagev1.ECVolumeSpec{SizeBytes: 1 << 20, PolicyRef: "ec"}}
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: fence.LeaseName("v")},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("node-a/4242/x"), LeaseDurationSeconds: ptr.To(int32(15))}}
+	fence.SetEpoch(lease, 7)
+	c := fake.NewClientBuilder().WithScheme(sc).WithObjects(vol, lease).WithStatusSubresource(&storagev1.ECVolume{}).Build()
+	rec := events.NewFakeRecorder(10)
+	r := &ECVolumeReconciler{Client: c, APIReader: c, Recorder: rec}
+	res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Name: "v"}})
+	if err != nil || res.RequeueAfter == 0 {
+		t.Fatalf("Reconcile: %+v, %v; want a requeue while the export holds its Lease", res, err)
+	}
+	select {
+	case ev := <-rec.Events:
+		if !strings.Contains(ev, "WaitingForExport") || !strings.Contains(ev, "node-a/4242/x") || !strings.Contains(ev, "epoch 7") {
+			t.Fatalf("event %q; want WaitingForExport naming node-a/4242/x and epoch 7", ev)
+		}
+	default:
+		t.Fatal("no WaitingForExport Event")
+	}
+	var got storagev1.ECVolume
+	if err := c.Get(context.Background(), types.NamespacedName{Name: "v"}, &got); err != nil || len(got.Finalizers) != 1 {
+		t.Fatalf("volume after Reconcile: finalizers %v, %v; want the finalizer kept", got.Finalizers, err)
 	}
 }
