@@ -166,7 +166,9 @@ func (f *serveFlags) openStore(ctx context.Context) (*stripe.Store, error) {
 	// looks shard servers up at most every serverViewTTL instead of asking
 	// the API server before every stripe read and write (stripe.Known).
 	return &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: f.registryNS}, MayastorNamespace: f.mayastorNS,
-		Known: &stripe.Known{MaxStripes: f.knownStripes}, Views: &stripe.ServerViews{TTL: serverViewTTL}}, nil
+		Known: &stripe.Known{MaxStripes: f.knownStripes}, Views: &stripe.ServerViews{TTL: serverViewTTL, OnRefreshError: func(view string, err error) {
+			f.logf("refresh of the %s view failed (the last one keeps serving): %v", view, err)
+		}}}, nil
 }
 
 // lease is the volume's writer Lease while the export holds it.
@@ -339,9 +341,11 @@ func cacheBlock(v *stripe.Volume) int64 {
 	return v.StripeSize
 }
 
-// serverViewTTL is how long the export reuses the list of live shard servers,
-// their DiskPools' state and free space (stripe.ServerViews): a server that
-// died meanwhile costs a retried shard write or a degraded read, never data.
+// serverViewTTL is how long the export uses the list of live shard servers,
+// their DiskPools' state and free space (stripe.ServerViews) before it
+// refreshes them in the background: a server that died meanwhile costs a
+// retried shard write or a degraded read, never data, and a refresh that
+// fails (the API server down) leaves the last view serving.
 const serverViewTTL = 2 * time.Second
 
 // StripeAdapter is the erasure-coded stripe path of one volume as
