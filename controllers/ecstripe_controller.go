@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
@@ -29,7 +28,7 @@ import (
 	"github.com/billyronks/couchestor/pkg/diskpool"
 	"github.com/billyronks/couchestor/pkg/ecstate"
 	"github.com/billyronks/couchestor/pkg/erasure"
-	"github.com/billyronks/couchestor/webhooks"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecstripes,verbs=get;list;watch;update;patch
@@ -75,9 +74,9 @@ type ECStripeReconciler struct {
 	Verifier ShardVerifier
 	// Rebuilder may be nil: stripes stay Degraded.
 	Rebuilder Rebuilder
-	// Neighbours answers overlap questions; SetupWithManager attaches one to
-	// the ECStripe informer when nil.
-	Neighbours *webhooks.StripeIndex
+	// Neighbours answers overlap questions; SetupWithManager uses the
+	// manager's (stripeindex.For, shared with the webhooks) when nil.
+	Neighbours *stripeindex.StripeIndex
 	Now        func() time.Time
 	// WritingGrace is how long a stripe in Writing, or without status, is
 	// left to its writer before the controller adopts it (default
@@ -172,7 +171,7 @@ func (r *ECStripeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Pools == nil {
 		return fmt.Errorf("ECStripe controller: Pools (the pool monitor) must be set")
 	}
-	if err := webhooks.RegisterFieldIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
+	if err := stripeindex.RegisterFieldIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &storagev1.ECStripe{}, IndexECStripeByPool, func(o client.Object) []string {
@@ -190,18 +189,11 @@ func (r *ECStripeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return fmt.Errorf("index ECStripes by pool: %w", err)
 	}
 	if r.Neighbours == nil {
-		r.Neighbours = webhooks.NewStripeIndex()
-		inf, err := mgr.GetCache().GetInformer(ctx, &storagev1.ECStripe{})
+		x, err := stripeindex.For(ctx, mgr.GetCache())
 		if err != nil {
-			return fmt.Errorf("ECStripe informer: %w", err)
+			return err
 		}
-		sii, ok := inf.(toolscache.SharedIndexInformer)
-		if !ok {
-			return fmt.Errorf("ECStripe informer is a %T, not a SharedIndexInformer: cannot attach the overlap index", inf)
-		}
-		if err := r.Neighbours.Attach(sii); err != nil {
-			return fmt.Errorf("attach overlap index: %w", err)
-		}
+		r.Neighbours = x
 	}
 	r.Pools.setOnChange(func(pool string) { r.enqueuePool(context.Background(), pool) })
 	if err := mgr.Add(r.Pools); err != nil {

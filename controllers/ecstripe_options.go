@@ -18,7 +18,7 @@ import (
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/scrub"
 	"github.com/billyronks/couchestor/pkg/shardserver"
-	"github.com/billyronks/couchestor/webhooks"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
@@ -170,6 +170,6 @@ func SetupErasureCoding(mgr ctrl.Manager, o ErasureCodingOptions, mayastorNamesp
 	verifier.Limiter = scrubLimiter
 	return mgr.Add(&scrub.Scrubber{
 		Client: mgr.GetClient(), Verifier: verifier, Sink: stripes.Report,
-		Tick: o.ScrubTick, StripesPerTick: o.ScrubStripesPerTick, PolicyIndex: webhooks.IndexECStripeByPolicyRef,
+		Tick: o.ScrubTick, StripesPerTick: o.ScrubStripesPerTick, PolicyIndex: stripeindex.IndexECStripeByPolicyRef,
 	})
 }

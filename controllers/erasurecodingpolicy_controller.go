@@ -17,6 +17,7 @@ import (
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=erasurecodingpolicies,verbs=get;list;watch
@@ -73,13 +74,11 @@ func (r *ErasureCodingPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error
 		r.Counter = NewStripeCounter(func(policy string, state storagev1.ECStripeState, delta int64) {
 			ecStripesByState.WithLabelValues(policy, string(state)).Add(float64(delta))
 		})
-		inf, err := mgr.GetCache().GetInformer(context.Background(), &storagev1.ECStripe{})
+		x, err := stripeindex.For(context.Background(), mgr.GetCache())
 		if err != nil {
-			return fmt.Errorf("ECStripe informer for the policy roll-up: %w", err)
+			return fmt.Errorf("stripe counts for the policy roll-up: %w", err)
 		}
-		if err := r.Counter.Attach(inf); err != nil {
-			return fmt.Errorf("attach stripe counter: %w", err)
-		}
+		r.Counter.Attach(x)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("erasurecodingpolicy").

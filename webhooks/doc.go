@@ -19,8 +19,9 @@
 //
 // Cross-object checks at scale read the manager's cache, never the API server
 // in bulk: field indexes spec.volumeRef and spec.policyRef (ECStripe) and
-// spec.ecPolicyRef (StoragePolicy), and StripeIndex, an interval treap per
-// volume fed by the ECStripe informer's events, so the overlap and stripeId
+// spec.ecPolicyRef (StoragePolicy), and pkg/stripeindex's StripeIndex (the
+// one the controllers use too), an interval treap per volume fed by the
+// ECStripe informer's events, so the overlap and stripeId
 // checks cost O(log n) in the stripes of that volume (p99 ≈ 10 µs at 100,000
 // stripes, ~130 B of index per stripe; BenchmarkStripeIndex). Until the index
 // has synced, ECStripe admission and ErasureCodingPolicy update/delete answer
@@ -33,7 +34,7 @@
 // reaches the informer). The index keeps both (it never drops a duplicate),
 // so the ECStripe controller (controllers/ecstripe_controller.go,
 // reportCollisions) finds such overlaps and duplicate stripeIds after the
-// fact from the same index (StripeIndex.Overlapping / StripeWithID with the
+// fact from the same index (stripeindex.StripeIndex.Overlapping / StripeWithID with the
 // stripe's own name as self) and reports them with an Event and a metric;
 // neither stripe is deleted. The same window exists for a policy
 // deleted while a stripe naming it is being admitted.

@@ -15,6 +15,7 @@ import (
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // The webhook configurations come from these markers (make manifests →
@@ -133,7 +134,7 @@ func (w *StoragePolicyWebhook) validate(ctx context.Context, p *storagev1.Storag
 // and refuses to delete one that is still referenced.
 type ErasureCodingPolicyWebhook struct {
 	r       readers
-	stripes *StripeIndex
+	stripes *stripeindex.StripeIndex
 	// servers lists the registered shard servers (nil: no capacity warning).
 	servers interface {
 		Servers(ctx context.Context) ([]registry.Entry, error)
@@ -207,8 +208,8 @@ func (w *ErasureCodingPolicyWebhook) ValidateDelete(ctx context.Context, p *stor
 	}
 	var ref storagev1.Referrers
 	var sps storagev1.StoragePolicyList
-	if err := w.r.cache.List(ctx, &sps, client.MatchingFields{IndexStoragePolicyByECPolicyRef: p.Name}); err != nil {
-		return nil, apierrors.NewInternalError(fmt.Errorf("list StoragePolicies by %s: %w", IndexStoragePolicyByECPolicyRef, err))
+	if err := w.r.cache.List(ctx, &sps, client.MatchingFields{stripeindex.IndexStoragePolicyByECPolicyRef: p.Name}); err != nil {
+		return nil, apierrors.NewInternalError(fmt.Errorf("list StoragePolicies by %s: %w", stripeindex.IndexStoragePolicyByECPolicyRef, err))
 	}
 	for _, sp := range sps.Items {
 		ref.StoragePolicies = append(ref.StoragePolicies, sp.Name)
@@ -220,9 +221,9 @@ func (w *ErasureCodingPolicyWebhook) ValidateDelete(ctx context.Context, p *stor
 	}
 	if ref.TotalECStripes = w.stripes.StripesOfPolicy(p.Name); ref.TotalECStripes > 0 {
 		var ss storagev1.ECStripeList
-		if err := w.r.cache.List(ctx, &ss, client.MatchingFields{IndexECStripeByPolicyRef: p.Name},
+		if err := w.r.cache.List(ctx, &ss, client.MatchingFields{stripeindex.IndexECStripeByPolicyRef: p.Name},
 			client.Limit(MaxReferrersNamed), client.UnsafeDisableDeepCopy); err != nil {
-			return nil, apierrors.NewInternalError(fmt.Errorf("list ECStripes by %s: %w", IndexECStripeByPolicyRef, err))
+			return nil, apierrors.NewInternalError(fmt.Errorf("list ECStripes by %s: %w", stripeindex.IndexECStripeByPolicyRef, err))
 		}
 		for _, s := range ss.Items {
 			ref.ECStripes = append(ref.ECStripes, s.Name)
@@ -237,7 +238,7 @@ func (w *ErasureCodingPolicyWebhook) ValidateDelete(ctx context.Context, p *stor
 // ECStripeWebhook defaults and validates ECStripes.
 type ECStripeWebhook struct {
 	r       readers
-	stripes *StripeIndex
+	stripes *stripeindex.StripeIndex
 	// leaseNamespace holds the volumes' writer Leases (checkWriterEpoch).
 	leaseNamespace string
 }

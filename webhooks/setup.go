@@ -26,6 +26,7 @@ import (
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations;validatingwebhookconfigurations,verbs=get;list;watch;update;patch
@@ -133,16 +134,13 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) (healthz.Checker
 		return nil, errors.New("webhook cert dir must not be empty")
 	}
 
-	if err := RegisterFieldIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
+	if err := stripeindex.RegisterFieldIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
 		return nil, err
 	}
-	stripes := NewStripeIndex()
-	inf, err := mgr.GetCache().GetInformer(ctx, &storagev1.ECStripe{})
+	// The same index as the controllers' (one per informer).
+	stripes, err := stripeindex.For(ctx, mgr.GetCache())
 	if err != nil {
-		return nil, fmt.Errorf("get ECStripe informer: %w", err)
-	}
-	if err := stripes.attach(inf.AddEventHandler); err != nil {
-		return nil, fmt.Errorf("attach ECStripe index: %w", err)
+		return nil, err
 	}
 	r := readers{cache: mgr.GetClient(), live: mgr.GetAPIReader()}
 

@@ -12,55 +12,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"syscall"
 	"time"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/internal/clients"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
 	"github.com/billyronks/couchestor/pkg/stripe"
 )
-
-func kubeClient(kubeconfig string) (client.Client, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		kubeconfig = os.Getenv("KUBECONFIG")
-	}
-	if kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		cfg, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig: %w", err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return c, nil
-}
-
-func readToken(path string) (string, error) {
-	if path == "" {
-		return "", errors.New("--token-file is required")
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("--token-file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("--token-file %s is empty", path)
-	}
-	return tok, nil
-}
 
 // ShardServer is `couchestor shard-server`: serve one pool's shard store over
 // HTTPS (HTTP/2) and keep its registry Lease.
@@ -95,7 +54,7 @@ func ShardServer(ctx context.Context, args []string) error {
 			return fmt.Errorf("%s is required", name)
 		}
 	}
-	tok, err := readToken(*tokenFile)
+	tok, err := clients.ReadToken(*tokenFile)
 	if err != nil {
 		return err
 	}
@@ -148,7 +107,7 @@ func ShardServer(ctx context.Context, args []string) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.ServeTLS(srv.LimitListener(ln), "", "") }()
 
-	kc, err := kubeClient(*kubeconfig)
+	kc, err := clients.Kube{Kubeconfig: *kubeconfig}.Client()
 	if err != nil {
 		hs.Close()
 		return err
@@ -194,29 +153,14 @@ func (f *storeFlags) bind(fs *flag.FlagSet) {
 }
 
 func (f *storeFlags) open(ctx context.Context) (*stripe.Store, error) {
-	kc, err := kubeClient(f.kubeconfig)
+	// recover and gc List every ECStripe of a volume in one request.
+	kc, err := clients.Kube{Kubeconfig: f.kubeconfig, RequestTimeout: 2 * time.Minute}.Client()
 	if err != nil {
 		return nil, err
 	}
-	var cc shardserver.ClientConfig
-	switch {
-	case f.secret != "":
-		ns, name, ok := strings.Cut(f.secret, "/")
-		if !ok {
-			return nil, fmt.Errorf("--shard-secret %q must be namespace/name", f.secret)
-		}
-		if cc, err = registry.ClientConfigFromSecret(ctx, kc, ns, name); err != nil {
-			return nil, err
-		}
-	case f.caFile != "":
-		if cc.CAPEM, err = os.ReadFile(f.caFile); err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
-		}
-		if cc.Token, err = readToken(f.tokenFile); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, errors.New("either --shard-secret or --ca-file with --token-file is required")
+	cc, err := clients.ShardClientConfig(ctx, kc, f.secret, f.caFile, f.tokenFile)
+	if err != nil {
+		return nil, err
 	}
 	sc, err := shardserver.NewClient(cc)
 	if err != nil {

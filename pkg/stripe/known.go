@@ -39,9 +39,10 @@ type Known struct {
 	// MaxStripes bounds the entries (0 means 65536).
 	MaxStripes int
 
-	mu      sync.Mutex
-	n       int
-	volumes map[string]*knownVolume
+	mu         sync.Mutex
+	n          int
+	volumes    map[string]*knownVolume
+	relearning map[string]struct{} // stripes being reread in the background
 }
 
 type knownVolume struct {
@@ -202,82 +203,158 @@ func (s *Store) Prime(ctx context.Context, volume string) error {
 	return nil
 }
 
-// ---- short-lived views of the shard servers ----
+// ---- views of the shard servers ----
 
 // ServerViews caches what placement and reads look up about shard servers
-// (Leases, DiskPools, free space) for TTL, so an export does not List Leases
-// and DiskPools and probe every server before each stripe. Within the TTL a
-// server that died is still a candidate: its shard write fails and is
-// retried on another pool, as it would be without the cache; free space is
-// reserved in the cached placement by every write that uses it. A read that
-// finds shards missing drops the views. It is safe for concurrent use.
+// (Leases, DiskPools, free space), so an export does not List Leases and
+// DiskPools and probe every server before each stripe, and so that the API
+// server is off the I/O path (issue 17 item 4):
+//
+//   - A view older than TTL is still served; the first use after TTL starts
+//     one refresh in the background, and the view is replaced when that
+//     succeeds. A refresh that fails (the API server down or paused) leaves
+//     the last view serving and is tried again on a later use after TTL.
+//     Only the very first lookup of each view waits for the API server.
+//   - A stale view cannot return wrong data: a server that died or moved is
+//     still a candidate, so its shard write fails and is retried on another
+//     pool, and a read from it fails and is decoded around (shards are
+//     checked against the recorded volume, stripe, index, generation and
+//     checksum). Free space is reserved in the cached placement by every
+//     write that uses it.
+//   - A read that finds shards missing marks the views stale (refreshed in
+//     the background); a read that cannot decode refreshes them at once
+//     (RefreshNow), as it cannot be served otherwise.
+//
+// It is safe for concurrent use.
 type ServerViews struct {
-	// TTL is how long a view is reused; 0 disables the cache.
+	// TTL is how long a view is used before it is refreshed; 0 disables the
+	// cache (every lookup asks the API server).
 	TTL time.Duration
+	// OnRefreshError, when set, hears every failed refresh (the last view
+	// keeps serving).
+	OnRefreshError func(view string, err error)
 
-	// Two locks: a placement refresh probes every server (seconds when one
-	// hangs) and must not hold up reads, which need only the Lease view.
-	placeMu sync.Mutex
-	placer  *placer
-	placeAt time.Time
-	poolsMu sync.Mutex
-	byPool  map[string]registry.Entry
-	poolsAt time.Time
+	place view[*placer]
+	pools view[map[string]registry.Entry]
+}
+
+// view is one cached lookup, refreshed in the background.
+type view[T any] struct {
+	mu         sync.Mutex
+	val        T
+	have       bool
+	at         time.Time
+	refreshing bool
+	// first serialises the first (blocking) lookup.
+	first sync.Mutex
+}
+
+// get returns the view, fetching it when there is none yet, and starting
+// one background refresh when it is older than ttl.
+func (v *view[T]) get(ctx context.Context, now func() time.Time, ttl time.Duration, fetch func(context.Context) (T, error), onErr func(error)) (T, error) {
+	v.mu.Lock()
+	if v.have {
+		val := v.val
+		if now().Sub(v.at) >= ttl && !v.refreshing {
+			v.refreshing = true
+			go v.refresh(now, fetch, onErr)
+		}
+		v.mu.Unlock()
+		return val, nil
+	}
+	v.mu.Unlock()
+	// No view yet: this lookup must wait for one (one at a time).
+	v.first.Lock()
+	defer v.first.Unlock()
+	v.mu.Lock()
+	if v.have {
+		val := v.val
+		v.mu.Unlock()
+		return val, nil
+	}
+	v.mu.Unlock()
+	return v.fetchNow(ctx, now, fetch)
+}
+
+func (v *view[T]) fetchNow(ctx context.Context, now func() time.Time, fetch func(context.Context) (T, error)) (T, error) {
+	val, err := fetch(ctx)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	v.mu.Lock()
+	v.val, v.have, v.at = val, true, now()
+	v.mu.Unlock()
+	return val, nil
+}
+
+// refresh runs detached from any request: its API requests are bounded by
+// the client's own timeout (internal/clients), and while it runs no other
+// refresh of this view starts.
+func (v *view[T]) refresh(now func() time.Time, fetch func(context.Context) (T, error), onErr func(error)) {
+	_, err := v.fetchNow(context.Background(), now, fetch)
+	v.mu.Lock()
+	v.refreshing = false
+	if err != nil {
+		// Try again on the next use after another TTL, not in a tight loop.
+		v.at = now()
+	}
+	v.mu.Unlock()
+	if err != nil && onErr != nil {
+		onErr(err)
+	}
+}
+
+// stale makes the next use refresh the view (in the background).
+func (v *view[T]) stale() {
+	v.mu.Lock()
+	v.at = time.Time{}
+	v.mu.Unlock()
 }
 
 func (s *Store) viewsOn() bool { return s.Views != nil && s.Views.TTL > 0 }
 
-// cachedCandidates is candidates, reused for Views.TTL.
+func (w *ServerViews) onErr(name string) func(error) {
+	if w.OnRefreshError == nil {
+		return nil
+	}
+	return func(err error) { w.OnRefreshError(name, err) }
+}
+
+// cachedCandidates is candidates, from Views when set.
 func (s *Store) cachedCandidates(ctx context.Context) (*placer, error) {
 	if !s.viewsOn() {
 		return s.candidates(ctx)
 	}
-	w := s.Views
-	w.placeMu.Lock()
-	defer w.placeMu.Unlock()
-	if w.placer != nil && s.now().Sub(w.placeAt) < w.TTL {
-		return w.placer, nil
-	}
-	pl, err := s.candidates(ctx)
-	if err != nil {
-		return nil, err
-	}
-	w.placer, w.placeAt = pl, s.now()
-	return pl, nil
+	return s.Views.place.get(ctx, s.now, s.Views.TTL, s.candidates, s.Views.onErr("placement"))
 }
 
-// serversByPool is Registry.ByPool, reused for Views.TTL.
+// serversByPool is Registry.ByPool, from Views when set.
 func (s *Store) serversByPool(ctx context.Context) (map[string]registry.Entry, error) {
 	if !s.viewsOn() {
 		return s.Registry.ByPool(ctx)
 	}
-	w := s.Views
-	w.poolsMu.Lock()
-	defer w.poolsMu.Unlock()
-	if w.byPool != nil && s.now().Sub(w.poolsAt) < w.TTL {
-		return w.byPool, nil
-	}
-	m, err := s.Registry.ByPool(ctx)
-	if err != nil {
-		return nil, err
-	}
-	w.byPool, w.poolsAt = m, s.now()
-	return m, nil
+	return s.Views.pools.get(ctx, s.now, s.Views.TTL, s.Registry.ByPool, s.Views.onErr("shard servers"))
 }
 
-// dropViews forgets the cached server views (after a read found shards
-// missing: a server may have moved or died).
+// dropViews marks the cached server views stale (after a read found shards
+// missing: a server may have moved or died); they are refreshed in the
+// background while the old ones keep serving.
 func (s *Store) dropViews() {
 	if s.Views == nil {
 		return
 	}
-	s.Views.poolsMu.Lock()
-	s.Views.byPool = nil
-	s.Views.poolsMu.Unlock()
-	// A placement refresh in progress (it may take seconds) yields a fresh
-	// placement anyway: do not wait for it.
-	if s.Views.placeMu.TryLock() {
-		s.Views.placer = nil
-		s.Views.placeMu.Unlock()
+	s.Views.pools.stale()
+	s.Views.place.stale()
+}
+
+// refreshServersNow looks the shard servers up again and waits for it (a
+// read that cannot decode with the cached view); on failure the cached view
+// stays and ok is false.
+func (s *Store) refreshServersNow(ctx context.Context) (map[string]registry.Entry, bool) {
+	if !s.viewsOn() {
+		return nil, false
 	}
+	m, err := s.Views.pools.fetchNow(ctx, s.now, s.Registry.ByPool)
+	return m, err == nil
 }

@@ -83,9 +83,11 @@ func (s *Store) ReadAt(ctx context.Context, v *Volume, p []byte, off int64) (Rea
 				if len(drep.Missing)+len(drep.Corrupt) > 0 && (s.Known != nil || s.viewsOn()) {
 					// Remembered state may be stale (a rebuild moved shards,
 					// a server moved): look again so later reads are whole.
+					// In the background: this read is served, and the API
+					// server must not hold up reads (issue 17 item 4).
 					s.dropViews()
 					if s.Known != nil {
-						_, _ = s.getStripe(ctx, v.Name(), id)
+						s.relearn(v.Name(), id)
 					}
 				}
 				mu.Lock()
@@ -124,12 +126,11 @@ func (s *Store) readStripe(ctx context.Context, v *Volume, es *storagev1.ECStrip
 		}
 		// Too few shards: if the stripe moved to a new version meanwhile
 		// (its old shards freed by a copy-on-write update), read that one.
-		cur, gerr := s.getStripe(ctx, es.Spec.VolumeRef, es.Spec.StripeID)
+		cur, gerr := s.rereadStripe(ctx, es.Spec.VolumeRef, es.Spec.StripeID)
 		// With cached server views, a server may have moved: look again once.
 		fresh := false
 		if s.viewsOn() && attempt == 0 {
-			s.dropViews()
-			if m, lerr := s.serversByPool(ctx); lerr == nil {
+			if m, ok := s.refreshServersNow(ctx); ok {
 				servers, fresh = m, true
 			}
 		}

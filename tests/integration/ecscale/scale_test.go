@@ -27,15 +27,14 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/controllers"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 	"github.com/billyronks/couchestor/tests/testenv"
-	"github.com/billyronks/couchestor/webhooks"
 )
 
 const span = 2048 // LBAs of a 1 MiB stripe
@@ -131,18 +130,14 @@ func BenchmarkECStripeScale(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// One index on the informer serves the webhook's overlap check and the
+	// policy roll-up, as in the operator (stripeindex.For).
+	index := stripeindex.NewStripeIndex()
+	if err := index.Attach(inf); err != nil {
+		b.Fatal(err)
+	}
 	counter := controllers.NewStripeCounter(nil)
-	if err := counter.Attach(inf); err != nil {
-		b.Fatal(err)
-	}
-	index := webhooks.NewStripeIndex()
-	sii, ok := inf.(toolscache.SharedIndexInformer)
-	if !ok {
-		b.Fatalf("informer %T is not a SharedIndexInformer", inf)
-	}
-	if err := index.Attach(sii); err != nil {
-		b.Fatal(err)
-	}
+	counter.Attach(index)
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { _ = ca.Start(cctx) }()

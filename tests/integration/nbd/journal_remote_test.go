@@ -27,6 +27,7 @@ import (
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
 	"github.com/billyronks/couchestor/pkg/stripe"
+	"github.com/billyronks/couchestor/pkg/volumejournal"
 )
 
 // Environment of the "ecvolume" child export (besides envSize and envDir).
@@ -36,9 +37,9 @@ const (
 )
 
 // openRemoteJournalVolume is the export `couchestor ec-volume serve` builds,
-// with the journal replicas on shard servers (openJournalStores), run as the
+// with the journal replicas on shard servers (volumejournal.Placement), run as the
 // test binary's child so the test can SIGKILL it. It mirrors serve.go until
-// the lead wires openJournalStores into it.
+// the lead wires volumejournal.Placement into it.
 func openRemoteJournalVolume(ctx context.Context) (*ecvolume.VolumeBackend, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv(envKubeconfig))
 	if err != nil {
@@ -68,7 +69,7 @@ func openRemoteJournalVolume(ctx context.Context) (*ecvolume.VolumeBackend, erro
 		return nil, err
 	}
 	jc := pol.Spec.JournalConfig
-	stores, err := ecvolumecmd.OpenJournalStores(ctx, kc, st.Registry, sc, vol.Object, int(*jc.ReplicationFactor))
+	stores, err := (&volumejournal.Placement{Kube: kc, Registry: st.Registry, Shards: sc}).OpenStores(ctx, vol.Object, int(*jc.ReplicationFactor))
 	if err != nil {
 		return nil, err
 	}
@@ -138,11 +139,11 @@ func journalPools(t *testing.T, c *ecCluster, volume string) (pools []string, re
 	if err := c.env.Client.Get(context.Background(), client.ObjectKey{Name: volume}, v); err != nil {
 		t.Fatal(err)
 	}
-	p := v.Annotations[ecvolumecmd.AnnotationJournalPools]
+	p := v.Annotations[volumejournal.AnnotationJournalPools]
 	if p == "" {
-		t.Fatalf("ECVolume %s has no %s annotation: the journal placement was not recorded", volume, ecvolumecmd.AnnotationJournalPools)
+		t.Fatalf("ECVolume %s has no %s annotation: the journal placement was not recorded", volume, volumejournal.AnnotationJournalPools)
 	}
-	return strings.Split(p, ","), v.Annotations[ecvolumecmd.AnnotationJournalPoolsRetired]
+	return strings.Split(p, ","), v.Annotations[volumejournal.AnnotationJournalPoolsRetired]
 }
 
 // replicaInfos reads each pool's journal replica of volume directly.
@@ -264,7 +265,7 @@ func TestJournalRemoteShardServerKilled(t *testing.T) {
 	}
 }
 
-// TestJournalRemotePlacement drives openJournalStores directly over three
+// TestJournalRemotePlacement drives volumejournal.Placement directly over three
 // shard-server processes on three nodes: the choice is recorded and reused,
 // a replica whose server is gone counts as failed while no other node can
 // take it (the journal runs on the majority), losing the majority is an
@@ -290,7 +291,7 @@ func TestJournalRemotePlacement(t *testing.T) {
 		if err := kc.Get(ctx, client.ObjectKeyFromObject(v), fresh); err != nil {
 			t.Fatal(err)
 		}
-		return ecvolumecmd.OpenJournalStores(ctx, kc, c.store.Registry, c.store.Shards, fresh, rf)
+		return (&volumejournal.Placement{Kube: kc, Registry: c.store.Registry, Shards: c.store.Shards}).OpenStores(ctx, fresh, rf)
 	}
 
 	if _, err := open(newVolume("too-many"), 4); err == nil ||

@@ -1,11 +1,21 @@
-package webhooks
+// Package stripeindex holds the in-memory views of every ECStripe that the
+// operator's webhooks and controllers share: the per-volume interval index
+// (overlap and stripeId checks) and the per-policy counts, fed by one event
+// handler on the manager's ECStripe informer (For builds it once per
+// informer), and the names of the manager cache's field indexes
+// (RegisterFieldIndexes). It decides nothing; it answers lookups.
+package stripeindex
 
 import (
+	"context"
+	"fmt"
 	"hash/fnv"
 	"strings"
 	"sync"
 
 	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 )
@@ -13,21 +23,38 @@ import (
 // StripeIndex is an in-memory interval index of every ECStripe, per volume:
 // it answers "which other stripe of this volume overlaps [start, end)" and
 // "which other stripe of this volume has this stripeId" in O(log n) of the
-// stripes of that volume, and counts stripes per ErasureCodingPolicy. It is
-// fed by the ECStripe informer of the manager's cache (OnAdd/OnUpdate/OnDelete)
-// and keeps only what those answers need, about 140 bytes per stripe
-// (BenchmarkStripeIndex measures it). It is safe for concurrent use and
-// implements storagev1.StripeNeighbours.
+// stripes of that volume, and counts stripes per ErasureCodingPolicy (in total,
+// per state and their volumes: the one count the webhook's checks and the
+// policy roll-up both read). It is fed by the ECStripe informer of the
+// manager's cache (OnAdd/OnUpdate/OnDelete) and keeps only what those answers
+// need, about 140 bytes per stripe (BenchmarkStripeIndex measures it). It is
+// safe for concurrent use and implements storagev1.StripeNeighbours.
 //
 // The index reflects the informer, not etcd: two stripes admitted at the same
 // moment are each checked against an index that does not hold the other yet.
 // Such a pair can exist; the index holds both (ranges may overlap, ids may
 // repeat) so that it stays exact, and the ECStripe controller reports them.
 type StripeIndex struct {
-	mu       sync.RWMutex
-	volumes  map[string]*volumeStripes
-	policies map[string]int
-	synced   func() bool
+	mu        sync.RWMutex
+	volumes   map[string]*volumeStripes
+	policies  map[string]*policyTally
+	synced    func() bool
+	listeners []func(policy string, state storagev1.ECStripeState, delta int64)
+}
+
+// policyTally counts one policy's stripes.
+type policyTally struct {
+	total   int
+	byState map[storagev1.ECStripeState]int64
+	volumes map[string]int64
+}
+
+// PolicyCounts is the roll-up of one policy's stripes.
+type PolicyCounts struct {
+	Total   int64
+	ByState map[storagev1.ECStripeState]int64
+	// Volumes is the number of distinct volumes with at least one stripe.
+	Volumes int32
 }
 
 // volumeStripes is a treap ordered by (startLba, name), augmented with the
@@ -48,7 +75,85 @@ type stripeNode struct {
 // NewStripeIndex returns an empty index. Until it is attached to an informer
 // with Attach, Synced reports true (a hand-fed index is complete by definition).
 func NewStripeIndex() *StripeIndex {
-	return &StripeIndex{volumes: map[string]*volumeStripes{}, policies: map[string]int{}}
+	return &StripeIndex{volumes: map[string]*volumeStripes{}, policies: map[string]*policyTally{}}
+}
+
+// shared holds the index of each informer (For).
+var shared sync.Map // Informer -> *sharedIndex
+
+type sharedIndex struct {
+	once sync.Once
+	x    *StripeIndex
+	err  error
+}
+
+// Informers is the part of a controller-runtime cache For needs.
+type Informers interface {
+	GetInformer(ctx context.Context, obj client.Object, opts ...cache.InformerGetOption) (cache.Informer, error)
+}
+
+// For returns the index attached to the ECStripe informer of c, building and
+// attaching it on the first call for that informer: every webhook and
+// controller of one manager shares one index and one event handler. (An
+// index lives as long as the process; a process has one manager.)
+func For(ctx context.Context, c Informers) (*StripeIndex, error) {
+	inf, err := c.GetInformer(ctx, &storagev1.ECStripe{})
+	if err != nil {
+		return nil, fmt.Errorf("ECStripe informer: %w", err)
+	}
+	v, _ := shared.LoadOrStore(inf, &sharedIndex{})
+	si := v.(*sharedIndex)
+	si.once.Do(func() {
+		x := NewStripeIndex()
+		if si.err = x.Attach(inf); si.err == nil {
+			si.x = x
+		} else {
+			si.err = fmt.Errorf("attach the ECStripe index: %w", si.err)
+		}
+	})
+	return si.x, si.err
+}
+
+// OnPolicyChange registers fn to hear every change of a policy's per-state
+// counts (after the index changed, outside its lock, in informer order). Call
+// it before the informer starts so that fn sees the initial list too.
+func (x *StripeIndex) OnPolicyChange(fn func(policy string, state storagev1.ECStripeState, delta int64)) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.listeners = append(x.listeners, fn)
+}
+
+// count applies delta to the tally of s's policy; x.mu is held. It returns
+// the listeners to tell.
+func (x *StripeIndex) countLocked(s *storagev1.ECStripe, delta int64) []func(string, storagev1.ECStripeState, int64) {
+	policy := s.Spec.PolicyRef
+	t := x.policies[policy]
+	if t == nil {
+		t = &policyTally{byState: map[storagev1.ECStripeState]int64{}, volumes: map[string]int64{}}
+		x.policies[strings.Clone(policy)] = t
+	}
+	t.total += int(delta)
+	if t.byState[s.Status.State] += delta; t.byState[s.Status.State] == 0 {
+		delete(t.byState, s.Status.State)
+	}
+	vol := s.Spec.VolumeRef
+	if t.volumes[vol] += delta; t.volumes[vol] <= 0 {
+		delete(t.volumes, vol)
+	} else if delta > 0 && t.volumes[vol] == 1 {
+		// A fresh map key: do not pin the informer object's string.
+		delete(t.volumes, vol)
+		t.volumes[strings.Clone(vol)] = 1
+	}
+	if t.total <= 0 && len(t.byState) == 0 {
+		delete(x.policies, policy)
+	}
+	return x.listeners
+}
+
+func tell(ls []func(string, storagev1.ECStripeState, int64), s *storagev1.ECStripe, delta int64) {
+	for _, fn := range ls {
+		fn(s.Spec.PolicyRef, s.Status.State, delta)
+	}
 }
 
 // Synced reports whether the index has received every stripe that existed when
@@ -60,15 +165,16 @@ func (x *StripeIndex) Synced() bool {
 	return s == nil || s()
 }
 
-// Attach registers the index as an event handler of the ECStripe informer.
-func (x *StripeIndex) Attach(inf toolscache.SharedIndexInformer) error {
-	return x.attach(func(h toolscache.ResourceEventHandler) (toolscache.ResourceEventHandlerRegistration, error) {
-		return inf.AddEventHandler(h)
-	})
+// EventSource is the part of an informer the index needs (a
+// controller-runtime cache.Informer or a client-go SharedIndexInformer).
+type EventSource interface {
+	AddEventHandler(handler toolscache.ResourceEventHandler) (toolscache.ResourceEventHandlerRegistration, error)
 }
 
-func (x *StripeIndex) attach(add func(toolscache.ResourceEventHandler) (toolscache.ResourceEventHandlerRegistration, error)) error {
-	reg, err := add(toolscache.ResourceEventHandlerFuncs{
+// Attach registers the index as an event handler of the ECStripe informer.
+// Prefer For, which attaches one index per informer.
+func (x *StripeIndex) Attach(inf EventSource) error {
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if s, ok := obj.(*storagev1.ECStripe); ok {
 				x.Add(s)
@@ -107,7 +213,6 @@ func (x *StripeIndex) Add(s *storagev1.ECStripe) {
 		id: s.Spec.StripeID, name: strings.Clone(s.Name), prio: priority(s.Name),
 	}
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	v := x.volumes[s.Spec.VolumeRef]
 	if v == nil {
 		v = &volumeStripes{byID: map[int64]*stripeNode{}}
@@ -116,13 +221,24 @@ func (x *StripeIndex) Add(s *storagev1.ECStripe) {
 	v.root = insert(v.root, n)
 	n.nextSameID = v.byID[n.id]
 	v.byID[n.id] = n
-	x.policies[s.Spec.PolicyRef]++
+	ls := x.countLocked(s, 1)
+	x.mu.Unlock()
+	tell(ls, s, 1)
 }
 
-// Update replaces old by new; a change of status or metadata alone costs nothing.
+// Update replaces old by new; a change of metadata or of status other than
+// the state costs nothing, a change of state only its counts.
 func (x *StripeIndex) Update(old, new *storagev1.ECStripe) {
 	if old.Name == new.Name && old.Spec.VolumeRef == new.Spec.VolumeRef && old.Spec.PolicyRef == new.Spec.PolicyRef &&
 		old.Spec.StripeID == new.Spec.StripeID && old.Spec.LbaRange == new.Spec.LbaRange {
+		if old.Status.State != new.Status.State {
+			x.mu.Lock()
+			x.countLocked(old, -1)
+			ls := x.countLocked(new, 1)
+			x.mu.Unlock()
+			tell(ls, old, -1)
+			tell(ls, new, 1)
+		}
 		return
 	}
 	x.Delete(old)
@@ -132,15 +248,25 @@ func (x *StripeIndex) Update(old, new *storagev1.ECStripe) {
 // Delete forgets a stripe, as it was last recorded.
 func (x *StripeIndex) Delete(s *storagev1.ECStripe) {
 	x.mu.Lock()
-	defer x.mu.Unlock()
+	gone := x.deleteLocked(s)
+	var ls []func(string, storagev1.ECStripeState, int64)
+	if gone {
+		ls = x.countLocked(s, -1)
+	}
+	x.mu.Unlock()
+	tell(ls, s, -1)
+}
+
+// deleteLocked removes s from its volume's tree; it reports whether s was there.
+func (x *StripeIndex) deleteLocked(s *storagev1.ECStripe) bool {
 	v := x.volumes[s.Spec.VolumeRef]
 	if v == nil {
-		return
+		return false
 	}
 	var gone *stripeNode
 	v.root, gone = remove(v.root, s.Spec.LbaRange.StartLba, s.Name)
 	if gone == nil {
-		return
+		return false
 	}
 	if head := v.byID[gone.id]; head == gone {
 		if gone.nextSameID == nil {
@@ -159,16 +285,34 @@ func (x *StripeIndex) Delete(s *storagev1.ECStripe) {
 	if v.root == nil {
 		delete(x.volumes, s.Spec.VolumeRef)
 	}
-	if x.policies[s.Spec.PolicyRef]--; x.policies[s.Spec.PolicyRef] <= 0 {
-		delete(x.policies, s.Spec.PolicyRef)
-	}
+	return true
 }
 
 // StripesOfPolicy counts the stripes whose policyRef is policy.
 func (x *StripeIndex) StripesOfPolicy(policy string) int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return x.policies[policy]
+	if t := x.policies[policy]; t != nil {
+		return t.total
+	}
+	return 0
+}
+
+// Counts returns the roll-up of policy's stripes.
+func (x *StripeIndex) Counts(policy string) PolicyCounts {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := PolicyCounts{ByState: map[storagev1.ECStripeState]int64{}}
+	t := x.policies[policy]
+	if t == nil {
+		return out
+	}
+	out.Total = int64(t.total)
+	for s, n := range t.byState {
+		out.ByState[s] = n
+	}
+	out.Volumes = int32(len(t.volumes))
+	return out
 }
 
 // Len is the number of stripes of a volume.

@@ -1,4 +1,4 @@
-package ecvolume
+package volumejournal
 
 // Placement of an ECVolume's journal replicas on shard servers (issue 11).
 //
@@ -33,7 +33,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
 	"sort"
 	"strings"
 	"sync"
@@ -58,16 +57,30 @@ const (
 	AnnotationJournalPoolsRetired = storagev1.ECVolumeAnnotationJournalPoolsRetired
 )
 
-// OpenJournalStores is openJournalStores for callers outside this package
-// (the NBD integration test's export, which mirrors serve.go).
-func OpenJournalStores(ctx context.Context, kube client.Client, lookup *registry.Lookup, sc *shardserver.Client, vol *storagev1.ECVolume, replicationFactor int) ([]journal.Store, error) {
-	return openJournalStores(ctx, kube, lookup, sc, vol, replicationFactor)
+// Placement chooses, records and replaces the journal replicas of ECVolumes
+// on shard servers (see the file's decisions).
+type Placement struct {
+	// Kube reads and patches ECVolumes (directly, not through a cache: the
+	// record is an optimistic-lock patch).
+	Kube client.Client
+	// Registry finds the live shard servers; Shards reaches them.
+	Registry *registry.Lookup
+	Shards   *shardserver.Client
+	// Logf hears choices, replacements and unavailable replicas (default: silent).
+	Logf func(format string, args ...any)
 }
 
-// openJournalStores returns the replicationFactor journal replicas of vol on
+func (p *Placement) logf(format string, args ...any) {
+	if p.Logf != nil {
+		p.Logf(format, args...)
+	}
+}
+
+// OpenStores returns the replicationFactor journal replicas of vol on
 // shard servers, choosing and recording them on first use (see the file's
 // decisions). vol is updated in place when the annotation is written.
-func openJournalStores(ctx context.Context, kube client.Client, lookup *registry.Lookup, sc *shardserver.Client, vol *storagev1.ECVolume, replicationFactor int) ([]journal.Store, error) {
+func (pl *Placement) OpenStores(ctx context.Context, vol *storagev1.ECVolume, replicationFactor int) ([]journal.Store, error) {
+	kube, lookup, sc := pl.Kube, pl.Registry, pl.Shards
 	if replicationFactor < 1 {
 		return nil, fmt.Errorf("ErasureCodingPolicy %s spec.journalConfig.replicationFactor %d must be at least 1", vol.Spec.PolicyRef, replicationFactor)
 	}
@@ -91,7 +104,7 @@ func openJournalStores(ctx context.Context, kube client.Client, lookup *registry
 		if pools, err = recordJournalPools(ctx, kube, vol, chosen, ""); err != nil {
 			return nil, err
 		}
-		log.Printf("ec-volume %s: journal replicas placed on pools %s (recorded in %s)", vol.Name, strings.Join(pools, ","), AnnotationJournalPools)
+		pl.logf("ec-volume %s: journal replicas placed on pools %s (recorded in %s)", vol.Name, strings.Join(pools, ","), AnnotationJournalPools)
 	}
 	if len(pools) != replicationFactor {
 		return nil, fmt.Errorf("ECVolume %s records %d journal replicas (%s=%q) but ErasureCodingPolicy %s spec.journalConfig.replicationFactor is %d: changing the replica count of an existing journal is not supported; destage and recreate the volume, or restore the policy's value",
@@ -104,9 +117,9 @@ func openJournalStores(ctx context.Context, kube client.Client, lookup *registry
 		}
 	}
 	if len(missing) > 0 {
-		log.Printf("ec-volume %s: journal replicas on pools %s are unavailable: no live shard-server Lease (counted as failed replicas)", vol.Name, strings.Join(missing, ","))
-		if replaced, err := replaceLostReplicas(ctx, kube, sc, servers, byPool, vol, pools, missing); err != nil {
-			log.Printf("ec-volume %s: journal replicas not replaced (running on the remaining majority if there is one): %v", vol.Name, err)
+		pl.logf("ec-volume %s: journal replicas on pools %s are unavailable: no live shard-server Lease (counted as failed replicas)", vol.Name, strings.Join(missing, ","))
+		if replaced, err := pl.replaceLostReplicas(ctx, kube, sc, servers, byPool, vol, pools, missing); err != nil {
+			pl.logf("ec-volume %s: journal replicas not replaced (running on the remaining majority if there is one): %v", vol.Name, err)
 		} else {
 			pools, missing = replaced, nil
 		}
@@ -269,7 +282,7 @@ func recordJournalPools(ctx context.Context, kube client.Client, vol *storagev1.
 // other nodes, safely (see the file's decisions): it needs every recorded
 // replica but the missing ones to answer, opens the journal once on the old
 // set so all of them hold every acknowledged write, and records the new set.
-func replaceLostReplicas(ctx context.Context, kube client.Client, sc *shardserver.Client, servers []registry.Entry, byPool map[string]registry.Entry, vol *storagev1.ECVolume, pools, missing []string) ([]string, error) {
+func (pl *Placement) replaceLostReplicas(ctx context.Context, kube client.Client, sc *shardserver.Client, servers []registry.Entry, byPool map[string]registry.Entry, vol *storagev1.ECVolume, pools, missing []string) ([]string, error) {
 	usedNodes := map[string]bool{}
 	exclude := map[string]bool{}
 	for _, p := range pools {
@@ -325,7 +338,7 @@ func replaceLostReplicas(ctx context.Context, kube client.Client, sc *shardserve
 	if strings.Join(got, ",") != strings.Join(next, ",") {
 		return nil, errors.New("another export changed the journal replicas at the same time; restart to use its choice")
 	}
-	log.Printf("ec-volume %s: journal replicas on pools %s replaced by %s (caught up on open)", vol.Name, strings.Join(missing, ","), strings.Join(repl, ","))
+	pl.logf("ec-volume %s: journal replicas on pools %s replaced by %s (caught up on open)", vol.Name, strings.Join(missing, ","), strings.Join(repl, ","))
 	return next, nil
 }
 

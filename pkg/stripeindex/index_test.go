@@ -1,7 +1,8 @@
-package webhooks
+package stripeindex
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 )
@@ -136,7 +138,7 @@ func BenchmarkStripeIndex(b *testing.B) {
 
 	rng := rand.New(rand.NewPCG(5, 6))
 	lat := make([]time.Duration, 0, b.N)
-	path := specPath
+	path := field.NewPath("spec")
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// Half are valid appends past the end, half collide with an existing stripe.
@@ -158,4 +160,45 @@ func BenchmarkStripeIndex(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns/check")
 	b.ReportMetric(bytesPerStripe, "index-B/stripe")
 	b.ReportMetric(float64(build.Milliseconds()), "build-ms/100k")
+}
+
+// The per-policy counts (what the ErasureCodingPolicy roll-up and the
+// webhook's "stripes exist" check read) follow adds, state changes, moves
+// between volumes and deletes, and listeners hear every per-state delta.
+func TestStripeIndexPolicyCounts(t *testing.T) {
+	x := NewStripeIndex()
+	heard := map[storagev1.ECStripeState]int64{}
+	x.OnPolicyChange(func(policy string, state storagev1.ECStripeState, delta int64) {
+		if policy == "ec" {
+			heard[state] += delta
+		}
+	})
+	a, b := mkStripe("a", "v1", 0, 0, 128), mkStripe("b", "v1", 1, 128, 256)
+	a.Status.State, b.Status.State = storagev1.StripeHealthy, storagev1.StripeHealthy
+	x.Add(a)
+	x.Add(b)
+	a2 := a.DeepCopy()
+	a2.Status.State = storagev1.StripeDegraded
+	x.Update(a, a2)
+	b2 := b.DeepCopy()
+	b2.Spec.VolumeRef = "v2"
+	x.Update(b, b2)
+	want := PolicyCounts{Total: 2, ByState: map[storagev1.ECStripeState]int64{storagev1.StripeHealthy: 1, storagev1.StripeDegraded: 1}, Volumes: 2}
+	if got := x.Counts("ec"); got.Total != want.Total || got.Volumes != want.Volumes || !maps.Equal(got.ByState, want.ByState) {
+		t.Fatalf("counts %+v, want %+v", got, want)
+	}
+	if !maps.Equal(heard, want.ByState) {
+		t.Fatalf("listener heard %v, want %v", heard, want.ByState)
+	}
+	x.Delete(a2)
+	x.Delete(b2)
+	x.Delete(b2) // twice: counted once
+	if got := x.Counts("ec"); got.Total != 0 || got.Volumes != 0 || len(got.ByState) != 0 || x.StripesOfPolicy("ec") != 0 {
+		t.Fatalf("after deleting every stripe: %+v", got)
+	}
+	for s, n := range heard {
+		if n != 0 {
+			t.Fatalf("listener left with %d stripes in state %q", n, s)
+		}
+	}
 }
