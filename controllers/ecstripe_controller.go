@@ -524,27 +524,12 @@ func (r *ECStripeReconciler) decide(ctx context.Context, s *storagev1.ECStripe, 
 	return res
 }
 
+// writeStatus is the reconcile's one status write, skipped when the computed
+// status equals the stored one.
 func (r *ECStripeReconciler) writeStatus(ctx context.Context, s *storagev1.ECStripe, res stripeResult) error {
 	base := s.DeepCopy()
-	st := &s.Status
-	d := res.decision
-	st.State = d.State
-	st.HealthyShards, st.HealthyDataShards, st.HealthyParityShards = d.HealthyShards, d.HealthyDataShards, d.HealthyParityShards
-	st.ShardHealth = res.shards
-	if res.verifiedAt != nil {
-		t := metav1Time(*res.verifiedAt)
-		st.LastVerificationTime = &t
-	}
-	if res.modifiedAt != nil {
-		t := metav1Time(*res.modifiedAt)
-		st.LastModifiedTime = &t
-	}
-	if d.State == storagev1.StripeRebuilding {
-		st.RebuildProgress = res.progress
-	} else {
-		st.RebuildProgress = nil
-	}
-	if stripeStatusEqual(&base.Status, st) {
+	s.Status = computeStripeStatus(base.Status, res)
+	if stripeStatusEqual(&base.Status, &s.Status) {
 		return nil
 	}
 	if err := r.Client.Status().Patch(ctx, s, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {

@@ -10,8 +10,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -174,42 +172,22 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 
-	before := vol.Status.DeepCopy()
 	res := ctrl.Result{RequeueAfter: r.GCInterval}
-	ready := metav1.Condition{Type: storagev1.ECVolumeConditionReady, ObservedGeneration: vol.Generation}
+	ev := volumeEvidence{vol: vol}
 	pol := &storagev1.ErasureCodingPolicy{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Name: vol.Spec.PolicyRef}, pol); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, err
-		}
-		vol.Status.Phase = storagev1.ECVolumePending
-		ready.Status, ready.Reason = metav1.ConditionFalse, "PolicyNotFound"
-		ready.Message = fmt.Sprintf("spec.policyRef: ErasureCodingPolicy %q does not exist", vol.Spec.PolicyRef)
-	} else if pol.Status.Phase == storagev1.ECPolicyInvalid {
-		// spec.policyRef is immutable: the volume is unusable until the
-		// policy is fixed.
-		vol.Status.Phase = storagev1.ECVolumeError
-		ready.Status, ready.Reason = metav1.ConditionFalse, "PolicyInvalid"
-		ready.Message = fmt.Sprintf("spec.policyRef: ErasureCodingPolicy %q is Invalid: %s", pol.Name, pol.Status.Message)
-	} else {
-		vol.Status.Phase = storagev1.ECVolumeReady
-		ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, "PolicyFound", "stripes can be written under ErasureCodingPolicy "+pol.Name
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: vol.Spec.PolicyRef}, pol); err == nil {
+		ev.policy = pol
+	} else if !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
 	}
 	var list storagev1.ECStripeList
 	if err := r.APIReader.List(ctx, &list, client.MatchingFields{storagev1.ECStripeVolumeRefField: vol.Name}); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list ECStripes of %s: %w", vol.Name, err)
 	}
-	vol.Status.Stripes, vol.Status.BytesWritten = 0, 0
-	for _, es := range list.Items {
-		if es.Spec.VolumeRef != vol.Name {
-			continue
-		}
-		vol.Status.Stripes++
-		vol.Status.BytesWritten += (es.Spec.LbaRange.EndLba - es.Spec.LbaRange.StartLba) * 512
-	}
-	vol.Status.ObservedGeneration = vol.Generation
-	meta.SetStatusCondition(&vol.Status.Conditions, ready)
-	if !statusEqual(before, &vol.Status) {
+	ev.stripes = list.Items
+	// One status write per reconcile, and none when nothing changed.
+	if st := computeVolumeStatus(ev); !volumeStatusEqual(&vol.Status, &st) {
+		vol.Status = st
 		if err := r.Client.Status().Update(ctx, vol); err != nil {
 			return ctrl.Result{}, fmt.Errorf("update ECVolume %s status: %w", vol.Name, err)
 		}
@@ -222,19 +200,6 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 	return res, nil
-}
-
-func statusEqual(a, b *storagev1.ECVolumeStatus) bool {
-	if a.Phase != b.Phase || a.Stripes != b.Stripes || a.BytesWritten != b.BytesWritten || a.ObservedGeneration != b.ObservedGeneration || len(a.Conditions) != len(b.Conditions) {
-		return false
-	}
-	for i := range a.Conditions {
-		x, y := a.Conditions[i], b.Conditions[i]
-		if x.Type != y.Type || x.Status != y.Status || x.Reason != y.Reason || x.Message != y.Message || x.ObservedGeneration != y.ObservedGeneration {
-			return false
-		}
-	}
-	return true
 }
 
 func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolume) (ctrl.Result, error) {

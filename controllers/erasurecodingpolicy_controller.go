@@ -104,7 +104,7 @@ func (r *ErasureCodingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.
 		// Counts before the informer's initial list are partial: never publish them.
 		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
-	ev := policyEvidence{spec: &pol.Spec, counts: r.Counter.Counts(pol.Name), now: r.now()}
+	ev := policyEvidence{spec: &pol.Spec, counts: r.Counter.Counts(pol.Name), now: r.now(), generation: pol.Generation, prev: pol.Status.Conditions}
 	if r.Servers != nil {
 		ev.checked = true
 		ev.servers, ev.serversErr = r.Servers.Servers(ctx)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
@@ -25,14 +27,50 @@ type policyEvidence struct {
 	checked    bool
 	serversErr error
 	now        time.Time
+	// generation is the policy's metadata.generation; prev its stored
+	// conditions (their lastTransitionTime is kept while they hold).
+	generation int64
+	prev       []metav1.Condition
 }
 
-// computePolicyStatus is the whole status of a policy (schema 2.2): phase
+// computePolicyStatus is the whole status of a policy: schema 2.2's fields
+// (computePolicyPhase) and the conditions Ready and Degraded, both stamped
+// with the generation they describe.
+func computePolicyStatus(ev policyEvidence) storagev1.ErasureCodingPolicyStatus {
+	st, reason := computePolicyPhase(ev)
+	st.Conditions = make([]metav1.Condition, 0, 2)
+	for _, c := range ev.prev {
+		if c.Type == storagev1.ConditionReady || c.Type == storagev1.ConditionDegraded {
+			st.Conditions = append(st.Conditions, c)
+		}
+	}
+	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: ev.generation})
+	}
+	if st.Phase == storagev1.ECPolicyReady || st.Phase == storagev1.ECPolicyActive {
+		set(storagev1.ConditionReady, metav1.ConditionTrue, reason, st.Message)
+	} else {
+		set(storagev1.ConditionReady, metav1.ConditionFalse, reason, st.Message)
+	}
+	failed := ev.counts.ByState[storagev1.StripeFailed]
+	switch counts := fmt.Sprintf("%d Degraded, %d Rebuilding, %d Failed of %d stripes", st.DegradedStripes, st.RebuildingStripes, failed, st.TotalStripes); {
+	case failed > 0:
+		set(storagev1.ConditionDegraded, metav1.ConditionTrue, "StripesFailed", counts+": a Failed stripe's data cannot be decoded until shards return")
+	case st.DegradedStripes+st.RebuildingStripes > 0:
+		set(storagev1.ConditionDegraded, metav1.ConditionTrue, "StripesDegraded", counts)
+	default:
+		set(storagev1.ConditionDegraded, metav1.ConditionFalse, "AllStripesHealthy", counts)
+	}
+	return st
+}
+
+// computePolicyPhase is schema 2.2's status of a policy and the reason for
+// its Ready condition: phase
 // Invalid when the spec breaks a rule (message names the rule) or, while no
 // stripe uses it, when fewer shard servers are registered than a stripe needs
 // pools (k+m); Active once stripes use it; Ready otherwise; Pending while the
 // registry cannot be read and nothing uses the policy.
-func computePolicyStatus(ev policyEvidence) storagev1.ErasureCodingPolicyStatus {
+func computePolicyPhase(ev policyEvidence) (storagev1.ErasureCodingPolicyStatus, string) {
 	spec := ev.spec.DeepCopy()
 	storagev1.DefaultErasureCodingPolicySpec(spec)
 	k, m := int(ptr.Deref(spec.DataShards, 0)), int(ptr.Deref(spec.ParityShards, 0))
@@ -56,7 +94,7 @@ func computePolicyStatus(ev policyEvidence) storagev1.ErasureCodingPolicyStatus 
 	if errs, _ := storagev1.ValidateErasureCodingPolicySpec(ev.spec, field.NewPath("spec")); len(errs) > 0 {
 		st.Phase = storagev1.ECPolicyInvalid
 		st.Message = errs.ToAggregate().Error()
-		return st
+		return st, "InvalidSpec"
 	}
 	need := k + m
 	var placement string
@@ -82,22 +120,23 @@ func computePolicyStatus(ev policyEvidence) storagev1.ErasureCodingPolicyStatus 
 			placement = fmt.Sprintf("%d shard servers on %d nodes", len(ev.servers), len(nodes))
 		}
 	}
+	var reason string
 	switch {
 	case ev.counts.Total > 0:
-		st.Phase = storagev1.ECPolicyActive
+		st.Phase, reason = storagev1.ECPolicyActive, "InUse"
 		notes = append([]string{fmt.Sprintf("%d stripes in %d volumes", ev.counts.Total, ev.counts.Volumes)}, notes...)
 		if !placeable {
 			placement = "warning: " + placement + "; new stripes and rebuilds cannot be placed"
 		}
 	case ev.serversErr != nil:
-		st.Phase = storagev1.ECPolicyPending
+		st.Phase, reason = storagev1.ECPolicyPending, "RegistryUnreadable"
 	case !placeable:
-		st.Phase = storagev1.ECPolicyInvalid
+		st.Phase, reason = storagev1.ECPolicyInvalid, "TooFewShardServers"
 	default:
-		st.Phase = storagev1.ECPolicyReady
+		st.Phase, reason = storagev1.ECPolicyReady, "Placeable"
 	}
 	st.Message = strings.Join(append(notes, placement), "; ")
-	return st
+	return st, reason
 }
 
 func poolList(servers []registry.Entry) string {
@@ -112,8 +151,26 @@ func poolList(servers []registry.Entry) string {
 	return strings.Join(p, ", ")
 }
 
-// policyStatusEqual compares everything but lastValidationTime.
+// policyStatusEqual compares everything but lastValidationTime and the
+// conditions' lastTransitionTime (kept by computePolicyStatus while a
+// condition holds).
 func policyStatusEqual(a, b storagev1.ErasureCodingPolicyStatus) bool {
 	a.LastValidationTime, b.LastValidationTime = nil, nil
-	return a == b
+	ac, bc := a.Conditions, b.Conditions
+	a.Conditions, b.Conditions = nil, nil
+	return equality.Semantic.DeepEqual(a, b) && conditionsEqual(ac, bc)
+}
+
+// conditionsEqual compares conditions by everything but lastTransitionTime.
+func conditionsEqual(a, b []metav1.Condition) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Type != y.Type || x.Status != y.Status || x.Reason != y.Reason || x.Message != y.Message || x.ObservedGeneration != y.ObservedGeneration {
+			return false
+		}
+	}
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -90,6 +91,13 @@ func (r *StoragePolicyReconciler) writeStatus(ctx context.Context, pol *storagev
 	return nil
 }
 
+// onlyReady drops every condition but Ready: a policy that evaluates nothing
+// (disabled, or its spec invalid) observes neither Mayastor nor Prometheus,
+// so what those conditions said describes an earlier generation.
+func onlyReady(st *storagev1.StoragePolicyStatus) {
+	st.Conditions = slices.DeleteFunc(st.Conditions, func(c metav1.Condition) bool { return c.Type != ConditionReady })
+}
+
 // applyStatus writes the outcome into st and returns the dry-run entries it added.
 func applyStatus(st *storagev1.StoragePolicyStatus, gen int64, o *outcome, mem *policyMemory) []storagev1.MigrationHistoryEntry {
 	now := metav1.NewTime(o.now)
@@ -101,9 +109,11 @@ func applyStatus(st *storagev1.StoragePolicyStatus, gen int64, o *outcome, mem *
 	switch o.phase {
 	case storagev1.StoragePolicyDisabled:
 		set(ConditionReady, metav1.ConditionFalse, "Disabled", "spec.enabled is false: nothing is evaluated or moved")
+		onlyReady(st)
 		return nil
 	case storagev1.StoragePolicyError:
 		set(ConditionReady, metav1.ConditionFalse, "InvalidSpec", o.invalid)
+		onlyReady(st)
 		return nil
 	}
 	if o.backendErr != nil {

@@ -88,3 +88,21 @@ func TestApplyStatusConditions(t *testing.T) {
 		t.Errorf("cold %d", st.ColdVolumes)
 	}
 }
+
+// Disabled or invalid, a policy observes nothing: the conditions an enabled
+// evaluation set are dropped and Ready carries the new generation.
+func TestApplyStatusDisabledKeepsOnlyReady(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	for _, phase := range []storagev1.StoragePolicyPhase{storagev1.StoragePolicyDisabled, storagev1.StoragePolicyError} {
+		st := storagev1.StoragePolicyStatus{Conditions: []metav1.Condition{
+			{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: "Evaluated", ObservedGeneration: 1},
+			{Type: ConditionMayastorAvailable, Status: metav1.ConditionTrue, Reason: "BackendRead", ObservedGeneration: 1},
+			{Type: ConditionMetricsAvailable, Status: metav1.ConditionTrue, Reason: "AllVolumesMeasured", ObservedGeneration: 1},
+			{Type: ConditionConflict, Status: metav1.ConditionFalse, Reason: "NoConflict", ObservedGeneration: 1},
+		}}
+		applyStatus(&st, 2, &outcome{now: now, phase: phase, invalid: "spec.x: bad"}, &policyMemory{dryRun: map[string]time.Time{}})
+		if len(st.Conditions) != 1 || st.Conditions[0].Type != ConditionReady || st.Conditions[0].Status != metav1.ConditionFalse || st.Conditions[0].ObservedGeneration != 2 {
+			t.Errorf("%s: conditions %+v; want only Ready=False at generation 2", phase, st.Conditions)
+		}
+	}
+}

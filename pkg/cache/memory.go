@@ -3,6 +3,7 @@ package cache
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -21,9 +22,8 @@ type MemoryConfig struct {
 	Compression Compression
 	// Metrics receives the tier="l1" series; nil keeps unregistered counters.
 	Metrics *Metrics
-	// Now is the clock for created/last-accessed times. nil means a coarse
-	// clock that ticks every millisecond: reading the system clock on every Get
-	// cost about a tenth of an L1 hit.
+	// Now is the clock for created/last-accessed times; nil means time.Now.
+	// A hit reads it only when it is sampled (see accessSampleBits).
 	Now func() time.Time
 
 	// onEvict / onReject are Tiered's hooks. They run on ristretto's policy
@@ -40,10 +40,14 @@ type MemoryConfig struct {
 // readable, Set deletes it first, because ristretto refuses (and would keep
 // the older value) a second Set of a key whose first Set is still buffered.
 type MemoryCache struct {
-	c       *ristretto.Cache[uint64, *memItem]
+	c *ristretto.Cache[uint64, *memItem]
+	// reread has one bit per hash slot: set by a hit on an entry that
+	// entered on an L3 read (readFill), cleared when such an entry is
+	// stored. See "Access statistics" in the package doc.
+	reread  []atomic.Uint64
+	mask    uint64 // len(reread)*64 - 1
 	comp    Compression
 	now     func() time.Time
-	coarse  *coarseClock
 	tm      *tierMetrics
 	gen     atomic.Uint64 // generation of values Set directly on this tier
 	metrics *Metrics
@@ -51,33 +55,41 @@ type MemoryCache struct {
 	closing atomic.Bool
 }
 
-// memItem is what L1 stores. Payload and identity are immutable; the access
-// statistics update in place on every hit.
+// memItem is what L1 stores (ristretto's value is a pointer to it).
 //
-// Layout: a hit reads the item's memory right after ristretto's map lookup,
-// and with thousands of items that read is usually a cache miss (it was
-// about a fifth of an L1 hit). Everything a hit reads or writes is in the
-// first 64 bytes, and the struct is exactly 128 bytes, so the allocator's
-// 128-byte size class puts that half on one cache line: one miss per hit,
-// not two. TestMemItemLayout pins this.
+// Layout: a hit reads the item right after ristretto's map lookup, and with
+// thousands of items that read is usually a CPU cache miss. Everything a hit
+// reads is in the first 64 bytes and is never written after the item is
+// built; the access statistics, written only by sampled hits, and the
+// fields of eviction and demotion are in the second half. The struct is
+// exactly 128 bytes, so the allocator's 128-byte size class puts each half
+// on its own cache line: a hit costs one shared read, and hits on other
+// cores never invalidate it. TestMemItemLayout pins this.
+//
+// (Storing the hit's fields inline as ristretto's value type, a 48-byte
+// struct instead of a pointer, was measured 4-5x slower per Get in
+// ristretto v2.4.2: BenchmarkCacheMixed90Read's history in the README.)
 type memItem struct {
-	// hot: read (and the statistics written) by every hit.
+	// hot: read by every hit, written only when the item is built.
 	check        uint64 // high half of key's hash128
-	accessCount  atomic.Uint64
-	lastAccessed atomic.Int64
-	createdAt    int64
 	payload      []byte
+	createdAt    int64
 	originalSize uint32 // at most maxL1ValueSize
 	codec        Codec
-	_            [3]byte
+	readFill     bool // see stored.readFill
+	_            [18]byte
 
-	// cold: Set, eviction and demotion only.
-	key      CacheKey
-	hash     uint64 // low half of key's hash128: ristretto's key
-	gen      uint64
-	readFill bool // see stored.readFill
-	_        [15]byte
+	// cold: sampled hits, Set, eviction and demotion.
+	accessCount  atomic.Uint64
+	lastAccessed atomic.Int64
+	key          CacheKey
+	hash         uint64 // low half of key's hash128: ristretto's key
+	gen          uint64
 }
+
+// accessSampleBits: a hit is recorded on its item with probability
+// 1/2^accessSampleBits and then counts 2^accessSampleBits accesses.
+const accessSampleBits = 4
 
 // maxL1ValueSize is the largest original value L1 holds (originalSize is
 // stored in 32 bits to keep an item's hot half on one cache line). Larger
@@ -132,9 +144,15 @@ func NewMemoryCache(cfg MemoryConfig) (*MemoryCache, error) {
 		}
 	}
 	mc := &MemoryCache{comp: cfg.Compression, now: cfg.Now, tm: m.tier(TierL1), metrics: m}
+	// One bit per admission counter, rounded up to a power of two: for a
+	// full cache of ExpectedItemSize items, about 10 slots per item.
+	words := uint64(1)
+	for words*64 < uint64(counters) {
+		words <<= 1
+	}
+	mc.reread, mc.mask = make([]atomic.Uint64, words), words*64-1
 	if mc.now == nil {
-		mc.coarse = newCoarseClock(time.Millisecond)
-		mc.now = mc.coarse.Now
+		mc.now = time.Now
 	}
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *memItem]{
 		NumCounters:        counters,
@@ -161,9 +179,6 @@ func NewMemoryCache(cfg MemoryConfig) (*MemoryCache, error) {
 		},
 	})
 	if err != nil {
-		if mc.coarse != nil {
-			mc.coarse.stop()
-		}
 		return nil, fmt.Errorf("create ristretto cache (%d bytes): %w", cfg.CapacityBytes, err)
 	}
 	mc.c = rc
@@ -171,24 +186,38 @@ func NewMemoryCache(cfg MemoryConfig) (*MemoryCache, error) {
 	return mc, nil
 }
 
-// Get returns the entry and true on a hit, updating its access statistics.
+// Get returns the entry and true on a hit. The hit path does not read the
+// access statistics: the returned Metadata has LastAccessed and AccessCount
+// zero (Stat reads them, approximate; see the package doc).
 func (c *MemoryCache) Get(key CacheKey) (CacheEntry, bool) {
 	lo, hi := key.hash128()
-	now := c.nowNanos()
+	// One draw decides both samples: the access record (low bits) and the
+	// latency observation (1 in 64, the next bits). Neither the clock nor
+	// the item is read on the other hits.
+	r := rand.Uint64()
 	var start time.Time
-	timed := sampleLatency(lo, now)
+	timed := (r>>accessSampleBits)&63 == 0
 	if timed {
 		start = time.Now()
 	}
-	it, count := c.lookup(lo, hi, now)
-	if it == nil {
+	v, ok := c.c.Get(lo)
+	if !ok || v == nil || v.check != hi {
 		c.tm.misses.add(lo)
 		if timed {
 			c.tm.observeSince(start)
 		}
 		return CacheEntry{}, false
 	}
-	e, err := c.entry(it, count, now)
+	if v.readFill {
+		w, bit := c.rereadBit(lo)
+		if w.Load()&bit == 0 {
+			w.Or(bit)
+		}
+	}
+	if r&(1<<accessSampleBits-1) == 0 {
+		c.record(v)
+	}
+	data, err := decode(v.payload, v.codec, int(v.originalSize))
 	if err != nil {
 		// Only a bug can corrupt RAM-held bytes; still, never return them.
 		c.tm.corrupt.Inc()
@@ -196,54 +225,52 @@ func (c *MemoryCache) Get(key CacheKey) (CacheEntry, bool) {
 		c.tm.misses.add(0)
 		return CacheEntry{}, false
 	}
-	c.tm.hits.add(it.check)
+	c.tm.hits.add(hi)
 	if timed {
 		c.tm.observeSince(start)
 	}
-	return e, true
+	return CacheEntry{Data: data, Metadata: EntryMetadata{
+		Size:                 uint64(len(v.payload)),
+		CreatedAt:            time.Unix(0, v.createdAt),
+		Compressed:           v.codec != CodecNone,
+		CompressionAlgorithm: v.codec,
+		OriginalSize:         uint64(v.originalSize),
+	}}, true
 }
 
-// nowNanos is the clock in unix nanoseconds. The default coarse clock is
-// read straight from its atomic (no indirect call, no time.Time).
-func (c *MemoryCache) nowNanos() int64 {
-	if c.coarse != nil {
-		return c.coarse.nanos.Load()
-	}
-	return c.now().UnixNano()
-}
-
-// lookup finds the item of key and records an access at now on it. It
-// returns the access count this access left on the item.
-func (c *MemoryCache) lookup(lo, hi uint64, now int64) (*memItem, uint64) {
-	it, ok := c.c.Get(lo)
-	if !ok || it == nil || it.check != hi {
-		return nil, 0
-	}
-	count := it.accessCount.Add(1)
-	// Skip the store when the (coarse) time has not moved: fewer dirty lines.
-	// A racing Get may store an older coarse time after ours; the error is
-	// bounded by how far apart the two Gets read the clock.
-	if it.lastAccessed.Load() != now {
+// record is a sampled hit: it counts 2^accessSampleBits accesses and moves
+// lastAccessed to now.
+func (c *MemoryCache) record(it *memItem) {
+	now := c.now().UnixNano()
+	it.accessCount.Add(1 << accessSampleBits)
+	// A racing sampled hit may store an older time after ours; the error is
+	// bounded by how far apart the two read the clock.
+	if it.lastAccessed.Load() < now {
 		it.lastAccessed.Store(now)
 	}
-	return it, count
 }
 
-// entry is the CacheEntry of a hit. It reads only the item's hot half.
-func (c *MemoryCache) entry(it *memItem, count uint64, last int64) (CacheEntry, error) {
-	data, err := decode(it.payload, it.codec, int(it.originalSize))
-	if err != nil {
-		return CacheEntry{}, fmt.Errorf("l1 entry %s/%s: %w", it.key.Bucket, it.key.Key, err)
+func (c *MemoryCache) rereadBit(lo uint64) (*atomic.Uint64, uint64) {
+	slot := lo & c.mask
+	return &c.reread[slot>>6], 1 << (slot & 63)
+}
+
+// rereadSince reports whether an entry of it's hash slot that entered on an L3
+// read was hit since it was stored (or a colliding key's was).
+func (c *MemoryCache) rereadSince(it *memItem) bool {
+	w, bit := c.rereadBit(it.hash)
+	return w.Load()&bit != 0
+}
+
+// Stat returns key's metadata with its access statistics, without counting
+// an access. They are approximate (see the package doc).
+func (c *MemoryCache) Stat(key CacheKey) (EntryMetadata, bool) {
+	lo, hi := key.hash128()
+	v, ok := c.c.Get(lo)
+	if !ok || v == nil || v.check != hi {
+		return EntryMetadata{}, false
 	}
-	return CacheEntry{Data: data, Metadata: EntryMetadata{
-		Size:                 uint64(len(it.payload)),
-		CreatedAt:            time.Unix(0, it.createdAt),
-		LastAccessed:         time.Unix(0, last),
-		AccessCount:          count,
-		Compressed:           it.codec != CodecNone,
-		CompressionAlgorithm: it.codec,
-		OriginalSize:         uint64(it.originalSize),
-	}}, nil
+	return v.stored().metadata(), true
 }
 
 // Set stores data under key (compressed per the configured Compression). It
@@ -269,6 +296,11 @@ func (c *MemoryCache) setItem(it *memItem) bool {
 		return false
 	}
 	h := it.hash
+	if it.readFill {
+		// Not re-read yet: the bit is this entry's from now on.
+		w, bit := c.rereadBit(h)
+		w.And(^bit)
+	}
 	// See the type comment: without this Del, a second Set racing the first
 	// through ristretto's buffer is refused and the older value stays. A key
 	// already readable is replaced in place by Set, so the Del (a blocking
@@ -295,35 +327,4 @@ func (c *MemoryCache) UsedBytes() int64 { return c.c.MaxCost() - c.c.RemainingCo
 func (c *MemoryCache) Close() {
 	c.closing.Store(true)
 	c.c.Close()
-	if c.coarse != nil {
-		c.coarse.stop()
-	}
 }
-
-// coarseClock is a clock read from memory, advanced by a ticker.
-type coarseClock struct {
-	nanos atomic.Int64
-	done  chan struct{}
-}
-
-func newCoarseClock(tick time.Duration) *coarseClock {
-	c := &coarseClock{done: make(chan struct{})}
-	c.nanos.Store(time.Now().UnixNano())
-	go func() {
-		t := time.NewTicker(tick)
-		defer t.Stop()
-		for {
-			select {
-			case now := <-t.C:
-				c.nanos.Store(now.UnixNano())
-			case <-c.done:
-				return
-			}
-		}
-	}()
-	return c
-}
-
-func (c *coarseClock) Now() time.Time { return time.Unix(0, c.nanos.Load()) }
-
-func (c *coarseClock) stop() { close(c.done) }

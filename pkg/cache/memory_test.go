@@ -16,7 +16,10 @@ func newTestMemory(t *testing.T, capacity int64, clock *fakeClock, comp Compress
 	return c
 }
 
-func TestMemoryAccessStatisticsUpdateOnStoredEntry(t *testing.T) {
+// The hit path returns the entry's stored form exactly and no access
+// statistics; Stat reads them: the creation time exactly, the last access
+// and the count as sampled (package doc, "Access statistics").
+func TestMemoryAccessStatisticsOnStat(t *testing.T) {
 	clock := newFakeClock()
 	c := newTestMemory(t, 1<<20, clock, Compression{})
 	k := CacheKey{Bucket: "vol", Key: "blk-1"}
@@ -25,25 +28,42 @@ func TestMemoryAccessStatisticsUpdateOnStoredEntry(t *testing.T) {
 		t.Fatalf("Set = %v, %v", ok, err)
 	}
 	c.Wait()
-	for i := 1; i <= 3; i++ {
+	md, ok := c.Stat(k)
+	if !ok || md.AccessCount != 0 || !md.LastAccessed.Equal(created) || !md.CreatedAt.Equal(created) {
+		t.Fatalf("Stat before any hit = %+v, %v", md, ok)
+	}
+	total := 0
+	for round := 1; round <= 3; round++ {
 		clock.Advance(time.Second)
-		e, ok := c.Get(k)
-		if !ok {
-			t.Fatal("miss after Wait")
+		// 600 hits: all unrecorded with probability (15/16)^600 < 1e-16.
+		for range 600 {
+			e, ok := c.Get(k)
+			if !ok {
+				t.Fatal("miss after Wait")
+			}
+			if md := e.Metadata; md.Size != 5 || md.OriginalSize != 5 || md.Compressed || md.CompressionAlgorithm != CodecNone ||
+				!md.CreatedAt.Equal(created) || md.AccessCount != 0 || !md.LastAccessed.IsZero() {
+				t.Fatalf("hit metadata = %+v", md)
+			}
+			total++
 		}
-		md := e.Metadata
-		if md.AccessCount != uint64(i) {
-			t.Fatalf("AccessCount after %d gets = %d", i, md.AccessCount)
+		md, ok := c.Stat(k)
+		if !ok {
+			t.Fatal("Stat: miss")
 		}
 		if !md.LastAccessed.Equal(clock.Now()) {
-			t.Fatalf("LastAccessed = %v, want %v", md.LastAccessed, clock.Now())
+			t.Fatalf("round %d: LastAccessed = %v, want %v", round, md.LastAccessed, clock.Now())
 		}
-		if !md.CreatedAt.Equal(created) {
-			t.Fatalf("CreatedAt = %v, want %v", md.CreatedAt, created)
+		const per = 1 << accessSampleBits
+		if md.AccessCount == 0 || md.AccessCount%per != 0 || md.AccessCount > uint64(per*total) {
+			t.Fatalf("round %d: AccessCount = %d after %d hits: want a positive multiple of %d, at most %d", round, md.AccessCount, total, per, per*total)
 		}
-		if md.Size != 5 || md.OriginalSize != 5 || md.Compressed || md.CompressionAlgorithm != CodecNone {
-			t.Fatalf("metadata = %+v", md)
+		if !md.CreatedAt.Equal(created) || md.Size != 5 || md.OriginalSize != 5 {
+			t.Fatalf("Stat = %+v", md)
 		}
+	}
+	if _, ok := c.Stat(CacheKey{Bucket: "vol", Key: "absent"}); ok {
+		t.Fatal("Stat of an absent key: ok")
 	}
 }
 

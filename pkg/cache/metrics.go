@@ -85,14 +85,6 @@ func (m *Metrics) tier(t Tier) *tierMetrics {
 	}
 }
 
-// sampleLatency decides whether an L1 Get of the key hashed to keyHash at
-// clock now is timed: 1 in 64 keys, a different 64th each time the clock
-// moves (every millisecond with the default coarse clock). It costs a
-// multiply where a random number cost about 5 % of an L1 hit.
-func sampleLatency(keyHash uint64, now int64) bool {
-	return (keyHash^uint64(now)*0x9e3779b97f4a7c15)>>58 == 0
-}
-
 func (tm *tierMetrics) observeSince(start time.Time) {
 	tm.latency.Observe(time.Since(start).Seconds())
 }

@@ -45,9 +45,12 @@ type EntryMetadata struct {
 	Size uint64
 	// CreatedAt is when the value was first written into the cache.
 	CreatedAt time.Time
-	// LastAccessed is the time of the most recent Get that returned the entry.
+	// LastAccessed is the time of the most recent Get that returned the
+	// entry; in L1, of the most recent sampled one, and zero in the Metadata
+	// an L1 hit returns (MemoryCache.Stat reads it; see the package doc).
 	LastAccessed time.Time
-	// AccessCount counts the Gets that returned the entry.
+	// AccessCount counts the Gets that returned the entry; in L1 it is a
+	// sampled estimate, zero in the Metadata an L1 hit returns.
 	AccessCount uint64
 	// Compressed says whether the stored bytes are compressed.
 	Compressed bool

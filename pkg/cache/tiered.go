@@ -347,7 +347,7 @@ func (t *Tiered) handle(ev l1Event) {
 	if ev.item == nil || t.l2.has(ev.key, ev.gen) {
 		return
 	}
-	if ev.item.readFill && ev.item.accessCount.Load() <= 1 {
+	if ev.item.readFill && !t.l1.rereadSince(ev.item) {
 		// Read once and evicted: scan data, not worth an L2 write (L3 has it).
 		t.scanSkips.Add(1)
 		return

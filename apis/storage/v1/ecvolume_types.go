@@ -56,8 +56,9 @@ const (
 	ECVolumeAnnotationJournalPoolsRetired = "storage.billyronks.io/journal-pools-retired"
 )
 
-// ECVolumeConditionReady is the condition type saying whether the volume is usable.
-const ECVolumeConditionReady = "Ready"
+// ECVolumeConditionReady is the condition type saying whether the volume is
+// usable; ConditionDegraded says whether some of its stripes are not Healthy.
+const ECVolumeConditionReady = ConditionReady
 
 // ECVolumeStatus is observed state.
 type ECVolumeStatus struct {

@@ -98,7 +98,20 @@ const (
 	ECPolicyActive  ErasureCodingPolicyPhase = "Active"
 )
 
-// ErasureCodingPolicyStatus is observed state, schema section 2.2.
+// Condition types of an ErasureCodingPolicy and of an ECVolume. The schema
+// gives conditions only to StoragePolicy (type, status, lastTransitionTime,
+// reason, message: metav1.Condition's fields, which add observedGeneration);
+// issue 22 extends both kinds with the same shape and these two types.
+const (
+	// ConditionReady: the policy can take new stripes (phase Ready or
+	// Active); the volume can be written and read under its policy.
+	ConditionReady = "Ready"
+	// ConditionDegraded: some stripes are Degraded, Rebuilding or Failed.
+	ConditionDegraded = "Degraded"
+)
+
+// ErasureCodingPolicyStatus is observed state, schema section 2.2, plus
+// conditions (a declared extension, see ConditionReady).
 type ErasureCodingPolicyStatus struct {
 	// +optional
 	Phase ErasureCodingPolicyPhase `json:"phase,omitempty"`
@@ -123,6 +136,11 @@ type ErasureCodingPolicyStatus struct {
 	LastValidationTime *metav1.Time `json:"lastValidationTime,omitempty"`
 	// +optional
 	Message string `json:"message,omitempty"`
+	// Conditions are Ready and Degraded, each with the generation it describes.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // ErasureCodingPolicy says how cold data is erasure coded.

@@ -76,16 +76,16 @@ func Command(ctx context.Context, args []string) error {
 
 // serveFlags are the flags of `ec-volume serve`.
 type serveFlags struct {
-	volume, listen, journalDir, cacheDir string
-	cacheMem, cacheDisk, cacheBlockBytes int64
-	kube                                 clients.Kube
-	registryNS, mayastorNS               string
-	secret, caFile, tokenFile            string
-	knownStripes, destageParallel        int
-	nbdConns                             int
-	nbdBuffers                           int64
+	volume, listen, journalDir, cacheDir    string
+	cacheMem, cacheDisk, cacheBlockBytes    int64
+	kube                                    clients.Kube
+	registryNS, mayastorNS                  string
+	secret, caFile, tokenFile               string
+	knownStripes, destageParallel           int
+	nbdConns                                int
+	nbdBuffers                              int64
 	nbdIdle, nbdIO, nbdDrain, leaseDuration time.Duration
-	metricsAddr                          string
+	metricsAddr                             string
 }
 
 func parseServeFlags(args []string) (*serveFlags, error) {

@@ -333,8 +333,9 @@ func TestRESTFaultsStartNoMove(t *testing.T) {
 }
 
 // startOperatorProcess runs the operator binary (default REST backend) against
-// w; the returned command is SIGKILLed when the test ends if still running.
-func startOperatorProcess(t *testing.T, w *restWorld, name string) *exec.Cmd {
+// w, with extra flags appended; the returned command is SIGKILLed when the
+// test ends if still running.
+func startOperatorProcess(t *testing.T, w *restWorld, name string, extra ...string) *exec.Cmd {
 	t.Helper()
 	probe, metrics := testenv.Addr(testenv.FreePort(t)), testenv.Addr(testenv.FreePort(t))
 	port := fmt.Sprint(testenv.FreePort(t))
@@ -343,15 +344,16 @@ func startOperatorProcess(t *testing.T, w *restWorld, name string) *exec.Cmd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(testenv.OperatorBinary(t),
+	args := []string{
 		"--kubeconfig", w.kc, "--metrics-bind-address", metrics, "--health-probe-bind-address", probe,
 		"--leader-election-namespace", "default", "--webhook-namespace", "default", "--mayastor-namespace", "mayastor",
 		"--leader-elect-lease-duration", "6s", "--leader-elect-renew-deadline", "4s", "--leader-elect-retry-period", "1s",
-		"--webhook-cert-mode", "self-signed", "--webhook-port", port, "--webhook-local-url", "https://localhost:"+port,
+		"--webhook-cert-mode", "self-signed", "--webhook-port", port, "--webhook-local-url", "https://localhost:" + port,
 		"--webhook-cert-dir", t.TempDir(), "--prometheus-url", w.prom.URL(), "--prometheus-scrape-interval", "1s",
 		"--evaluation-interval", "2s", "--metrics-cache-ttl", "1s", "--zap-encoder", "console",
 		"--mayastor-api-url", w.sim.REST, "--mayastor-placement-lever", migration.LeverLabel,
-		"--mayastor-placement-lock-duration", "5s")
+		"--mayastor-placement-lock-duration", "5s"}
+	cmd := exec.Command(testenv.OperatorBinary(t), append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -429,4 +431,42 @@ func TestRESTLeverLeftByKilledOperatorIsReleased(t *testing.T) {
 		annotated := getPV(t, w.world, vol.Name).Annotations["storage.billyronks.io/migration"] != ""
 		return synced == 2 && num == 2 && len(pools) == 2 && !annotated, fmt.Sprintf("pools %v synced %d num %d annotated %v", pools, synced, num, annotated)
 	})
+}
+
+// --preservation-mode (main.go -> migration.Options.PreservationMode): a move
+// only adds replicas on the new tier and never removes the old ones. The
+// operator binary with the flag moves a hot volume on two cold pools: it ends
+// with four synced replicas, the two cold ones still there beside two on the
+// hot pools, and the move recorded as a success; evaluations after it remove
+// nothing. Without the flag the same scenario ends on hot-n3,hot-n4 only
+// (TestRESTMoveToHot), so a flag that is not wired through fails here.
+func TestRESTPreservationModeKeepsTheOldReplicas(t *testing.T) {
+	vol := restVolume(8, 6000, "cold-n1", "cold-n2")
+	w := newRESTWorld(t, &sim.Scenario{Pools: restPools(), Volumes: []sim.VolumeSpec{vol}})
+	startOperatorProcess(t, w, "operator", "--preservation-mode")
+	if err := w.env.Client.Create(context.Background(), newPolicy("rest-preserve", "1h", false)); err != nil {
+		t.Fatal(err)
+	}
+	const want = "cold-n1,cold-n2,hot-n3,hot-n4"
+	eventually(t, waitLong, "the move recorded, no migration in flight", func() (bool, string) {
+		p := getPolicy(t, w.env.Client, "rest-preserve")
+		m := movesOf(p, vol.Name)
+		annotated := getPV(t, w.world, vol.Name).Annotations["storage.billyronks.io/migration"] != ""
+		return len(m) == 1 && !annotated, fmt.Sprintf("history %+v annotated %v", p.Status.MigrationHistory, annotated)
+	})
+	if m := movesOf(getPolicy(t, w.env.Client, "rest-preserve"), vol.Name)[0]; !m.Success || m.ToTier != "hot" {
+		t.Fatalf("the move to hot did not succeed: %+v", m)
+	}
+	check := func(when string) {
+		t.Helper()
+		if pools, synced, num := w.restReplicas(t, vol.UUID); strings.Join(pools, ",") != want || synced != 4 || num != 4 {
+			t.Fatalf("%s: pools %v synced %d num_replicas %d; want %s, all 4 synced (the old replicas kept)", when, pools, synced, num, want)
+		}
+	}
+	check("after the move")
+	waitEvaluations(t, w.env.Client, "rest-preserve", 3)
+	check("three evaluations later")
+	if ok, why := w.leverClear(t); !ok {
+		t.Fatalf("the lever was not released: %s", why)
+	}
 }
