@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -60,6 +61,7 @@ type options struct {
 	mayastor          controllers.MayastorOptions
 	migrations        migrationOptions
 	erasure           controllers.ErasureCodingOptions
+	dataPlane         helmhybrid.PolicyFlags
 }
 
 // migrationOptions are the migration engine's flags (tiering part 2).
@@ -115,6 +117,7 @@ Flags:
 	fs.Float64Var(&o.migrations.poolHeadroom, "pool-headroom", migration.DefaultPoolHeadroom, "Highest used fraction (0-1] a target DiskPool may reach after receiving a replica.")
 	fs.BoolVar(&o.migrations.preservation, "preservation-mode", false, "Never remove a volume's old replicas: a migration only adds replicas on the new tier.")
 	o.erasure.BindFlags(fs)
+	o.dataPlane.BindFlags(fs)
 	o.zapOpts.BindFlags(fs)
 	config.RegisterFlags(fs) // --kubeconfig; in-cluster config when absent
 	if err := fs.Parse(args); err != nil {
@@ -160,10 +163,26 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
+	// The operator's own namespaces: where it runs, where the shard servers
+	// register, and every data-plane namespace. Namespaced kinds it keeps
+	// there are cached (listed, watched) there only: its RBAC is a Role per
+	// namespace, not a cluster-wide grant (internal/helmhybrid).
+	dataPlanePolicy, err := o.dataPlane.Policy(o.webhookNamespace, o.erasure.RegistryNamespace)
+	if err != nil {
+		return err
+	}
+	ownNamespaces := append([]string{}, dataPlanePolicy.Namespaces...)
+	shardSecretNamespace, _, _ := strings.Cut(o.erasure.ShardSecret, "/")
+	for _, ns := range []string{o.webhookNamespace, o.erasure.RegistryNamespace, o.leaderElectionNS, shardSecretNamespace} {
+		if ns != "" && !slices.Contains(ownNamespaces, ns) {
+			ownNamespaces = append(ownNamespaces, ns)
+		}
+	}
 	mgrOpts := ctrl.Options{
 		Scheme: scheme.New(),
 		// Managed fields are dead weight in the informers (100,000 ECStripes).
-		Cache:                         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: helmhybrid.NamespacedCache(ownNamespaces)},
 		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
 		LeaderElection:                o.leaderElect,
@@ -185,7 +204,7 @@ func run(ctx context.Context, o *options) error {
 
 	// --- controllers (each reconciler registers itself here) ---
 	// Helm-managed kinds: watches.yaml and the charts it names, embedded (assets.go).
-	if err := helmhybrid.Setup(mgr, assets, helmhybrid.Options{}); err != nil {
+	if err := helmhybrid.Setup(mgr, assets, helmhybrid.Options{Policy: &dataPlanePolicy}); err != nil {
 		return fmt.Errorf("set up Helm reconcilers: %w", err)
 	}
 	meter, err := o.tiering.NewIOPSMeter()
@@ -278,6 +297,7 @@ func run(ctx context.Context, o *options) error {
 			LocalURL:  o.webhookLocalURL,
 			// ErasureCodingPolicies wider than the registered shard servers warn.
 			ShardRegistryNamespace: o.erasure.RegistryNamespace,
+			DataPlanePolicy:        &dataPlanePolicy,
 		})
 		if err != nil {
 			return fmt.Errorf("set up webhooks: %w", err)
@@ -296,7 +316,7 @@ func run(ctx context.Context, o *options) error {
 		return fmt.Errorf("add readyz check: %w", err)
 	}
 
-	log.Info("starting manager", "leaderElection", o.leaderElect, "mayastorNamespace", o.mayastorNamespace, "mayastorBackend", backend.Describe())
+	log.Info("starting manager", "leaderElection", o.leaderElect, "dataPlaneNamespaces", dataPlanePolicy.Namespaces, "mayastorNamespace", o.mayastorNamespace, "mayastorBackend", backend.Describe())
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

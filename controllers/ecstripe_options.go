@@ -21,7 +21,7 @@ import (
 	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",namespace=couchestor-system,resources=secrets,verbs=get
 
 // ErasureCodingOptions are the operator flags of the ErasureCodingPolicy and
 // ECStripe controllers, the rebuild engine and the scrubber.

@@ -31,7 +31,7 @@ import (
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecvolumes/finalizers,verbs=update
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecstripes,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=erasurecodingpolicies,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",namespace=couchestor-system,resources=secrets,verbs=get
 
 // ECVolumeReconciler keeps an ECVolume's finalizer and status, and collects
 // orphaned shards of the volume. Deleting an ECVolume frees every shard of

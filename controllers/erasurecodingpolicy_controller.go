@@ -23,7 +23,7 @@ import (
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=erasurecodingpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=erasurecodingpolicies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecstripes,verbs=get;list;watch
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=couchestor-system,resources=leases,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // ShardServerLister lists the live shard servers (registry.Lookup).

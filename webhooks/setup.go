@@ -24,12 +24,19 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
+	dataplanev1alpha1 "github.com/billyronks/couchestor/apis/dataplane/v1alpha1"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
-// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations;validatingwebhookconfigurations,verbs=get;list;watch;update;patch
+// The self-signed rotator injects the CA into our two webhook configurations
+// only (resourceNames); its informer lists and watches them unfiltered, which
+// RBAC cannot narrow by name, so list/watch stay cluster-wide and read-only.
+//
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=couchestor-mutating-webhook-configuration,verbs=get;update;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,resourceNames=couchestor-validating-webhook-configuration,verbs=get;update;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations;validatingwebhookconfigurations,verbs=list;watch
 // +kubebuilder:rbac:groups="",namespace=couchestor-system,resources=secrets,verbs=get;list;watch;create;update;patch
 
 // CertMode says who provides the webhook server's certificate. A deployment
@@ -94,6 +101,10 @@ type Options struct {
 	// which the ECStripe webhook reads to fence stale exports. Default
 	// registry.DefaultNamespace.
 	ShardRegistryNamespace string
+	// DataPlanePolicy is what a DataPlane may ask for (namespaces, images,
+	// host directories, tolerations). Default: dataplanev1alpha1.DefaultPolicy
+	// over Namespace and ShardRegistryNamespace.
+	DataPlanePolicy *dataplanev1alpha1.Policy
 
 	// rotatorName names the certificate rotator's controller (tests run
 	// several managers in one process; controller names are process-wide).
@@ -112,6 +123,13 @@ func (o *Options) applyDefaults() {
 	def(&o.ServiceName, DefaultServiceName)
 	def(&o.MutatingConfigurationName, DefaultMutatingConfigurationName)
 	def(&o.ValidatingConfigurationName, DefaultValidatingConfigurationName)
+	if o.DataPlanePolicy == nil {
+		p := dataplanev1alpha1.DefaultPolicy(o.Namespace)
+		if o.ShardRegistryNamespace != o.Namespace {
+			p.Namespaces = append(p.Namespaces, o.ShardRegistryNamespace)
+		}
+		o.DataPlanePolicy = &p
+	}
 }
 
 // Setup registers the field indexes and the ECStripe interval index on the
@@ -159,6 +177,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) (healthz.Checker
 		if err := ctrl.NewWebhookManagedBy(mgr, &storagev1.ECStripe{}).
 			WithDefaulter(ecs).WithValidator(ecs).Complete(); err != nil {
 			return fmt.Errorf("register ECStripe webhooks: %w", err)
+		}
+		if err := ctrl.NewWebhookManagedBy(mgr, &dataplanev1alpha1.DataPlane{}).
+			WithValidator(&DataPlaneWebhook{Policy: *opts.DataPlanePolicy}).Complete(); err != nil {
+			return fmt.Errorf("register DataPlane webhook: %w", err)
 		}
 		registered.Store(true)
 		return nil
@@ -414,6 +436,7 @@ var (
 		{"verasurecodingpolicy.storage.billyronks.io", "/validate-storage-billyronks-io-v1-erasurecodingpolicy", "erasurecodingpolicies", false, createUpdateDelete},
 		{"mecstripe.storage.billyronks.io", "/mutate-storage-billyronks-io-v1-ecstripe", "ecstripes", true, createUpdate},
 		{"vecstripe.storage.billyronks.io", "/validate-storage-billyronks-io-v1-ecstripe", "ecstripes", false, createUpdateDelete},
+		{"vdataplane.storage.billyronks.io", "/validate-storage-billyronks-io-v1alpha1-dataplane", "dataplanes", false, createUpdate},
 	}
 )
 
@@ -428,10 +451,14 @@ func localConfigurations(opts Options, baseURL string) (*admissionregistrationv1
 	for _, d := range webhookDefinitions {
 		u := baseURL + d.path
 		cc := admissionregistrationv1.WebhookClientConfig{URL: &u}
+		version := storagev1.GroupVersion.Version
+		if d.resource == "dataplanes" {
+			version = dataplanev1alpha1.GroupVersion.Version
+		}
 		rules := []admissionregistrationv1.RuleWithOperations{{
 			Operations: d.ops,
 			Rule: admissionregistrationv1.Rule{APIGroups: []string{storagev1.GroupVersion.Group},
-				APIVersions: []string{storagev1.GroupVersion.Version}, Resources: []string{d.resource}},
+				APIVersions: []string{version}, Resources: []string{d.resource}},
 		}}
 		if d.mutating {
 			mut.Webhooks = append(mut.Webhooks, admissionregistrationv1.MutatingWebhook{Name: d.name, ClientConfig: cc, Rules: rules,

@@ -5,7 +5,6 @@ package cmd
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,7 +32,8 @@ func ShardServer(ctx context.Context, args []string) error {
 	capacity := fs.Int64("capacity-bytes", 0, "Bytes the store may use (default: the data directory filesystem's size).")
 	certFile := fs.String("tls-cert-file", "", "Serving certificate (PEM). Required.")
 	keyFile := fs.String("tls-key-file", "", "Serving key (PEM). Required.")
-	tokenFile := fs.String("token-file", "", "File holding the bearer token clients must present. Required.")
+	tokenFile := fs.String("token-file", "", "File holding the bearer tokens clients may present, one per line (list the old and the new one while rotating). Required.")
+	reloadEvery := fs.Duration("credentials-reload-interval", 10*time.Second, "How often the TLS certificate, key and token files are re-read; a changed file applies to new handshakes and requests without a restart.")
 	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
 	ns := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
 	leaseDur := fs.Duration("lease-duration", 15*time.Second, "Registry Lease duration; renewed every third of it.")
@@ -54,9 +54,15 @@ func ShardServer(ctx context.Context, args []string) error {
 			return fmt.Errorf("%s is required", name)
 		}
 	}
-	tok, err := clients.ReadToken(*tokenFile)
+	if *tokenFile == "" {
+		return errors.New("--token-file is required")
+	}
+	if *reloadEvery <= 0 {
+		return fmt.Errorf("--credentials-reload-interval=%v: must be positive", *reloadEvery)
+	}
+	toks, err := shardserver.ReadTokenFile(*tokenFile)
 	if err != nil {
-		return err
+		return fmt.Errorf("--token-file: %w", err)
 	}
 	addr := *advertise
 	if addr == "" {
@@ -81,7 +87,7 @@ func ShardServer(ctx context.Context, args []string) error {
 		return err
 	}
 	defer store.Close()
-	srv, err := shardserver.NewServer(store, tok)
+	srv, err := shardserver.NewServer(store, toks[0])
 	if err != nil {
 		return err
 	}
@@ -95,15 +101,19 @@ func ShardServer(ctx context.Context, args []string) error {
 	if err := srv.SetLimits(lim); err != nil {
 		return fmt.Errorf("--max-connections, --max-request-memory-bytes, --read-timeout, --write-timeout, --idle-timeout: %w", err)
 	}
-	kp, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-	if err != nil {
-		return fmt.Errorf("load --tls-cert-file/--tls-key-file: %w", err)
+	creds := &shardserver.CredentialReloader{CertFile: *certFile, KeyFile: *keyFile, TokenFile: *tokenFile, Server: srv,
+		Interval: *reloadEvery, OnError: func(err error) { fmt.Fprintf(os.Stderr, "shard-server: %v\n", err) }}
+	if err := creds.Load(); err != nil {
+		return fmt.Errorf("--tls-cert-file/--tls-key-file/--token-file: %w", err)
 	}
+	credCtx, stopCreds := context.WithCancel(ctx)
+	defer stopCreds()
+	go creds.Run(credCtx)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *listen, err)
 	}
-	hs := srv.HTTPServer(&tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12})
+	hs := srv.HTTPServer(creds.TLSConfig())
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.ServeTLS(srv.LimitListener(ln), "", "") }()
 

@@ -18,13 +18,25 @@ var dataPlaneGVK = dataplanev1alpha1.GroupVersion.WithKind("DataPlane")
 // merges them over the chart's values.yaml, whose defaults equal the CRD's.
 // The object's identity becomes `owner`, so hook objects outside the release
 // manifest (the token Secret) are garbage-collected with the DataPlane.
-func TranslateDataPlane(_ context.Context, u *unstructured.Unstructured) (chartutil.Values, error) {
+func TranslateDataPlane(ctx context.Context, u *unstructured.Unstructured) (chartutil.Values, error) {
+	return translateDataPlane(ctx, u, nil)
+}
+
+// translateDataPlane is TranslateDataPlane under policy p (nil: none). A
+// refusal is the translator's error, which the Helm reconciler reports as
+// condition Irreconcilable (reason ErrorGettingValues) without rendering.
+func translateDataPlane(_ context.Context, u *unstructured.Unstructured, p *dataplanev1alpha1.Policy) (chartutil.Values, error) {
 	if _, ok := u.Object["spec"]; !ok {
 		return nil, fmt.Errorf("DataPlane %s/%s: %w", u.GetNamespace(), u.GetName(), errNoSpec)
 	}
 	var dp dataplanev1alpha1.DataPlane
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, &dp, true); err != nil {
 		return nil, fmt.Errorf("DataPlane %s/%s: decode spec: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	if p != nil {
+		if errs := p.Validate(&dp); len(errs) > 0 {
+			return nil, fmt.Errorf("DataPlane %s/%s refused by the operator's policy: %s", u.GetNamespace(), u.GetName(), errs.ToAggregate().Error())
+		}
 	}
 	return DataPlaneValues(&dp)
 }

@@ -13,6 +13,7 @@
 package helmhybrid
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -25,10 +26,14 @@ import (
 	"github.com/operator-framework/helm-operator-plugins/pkg/watches"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/yaml"
+
+	dataplanev1alpha1 "github.com/billyronks/couchestor/apis/dataplane/v1alpha1"
 )
 
 // WatchesFile is the watches file's path inside the assets file system.
@@ -38,6 +43,12 @@ const WatchesFile = "watches.yaml"
 type Options struct {
 	// ReconcilePeriod overrides every watch's reconcilePeriod when non-zero.
 	ReconcilePeriod time.Duration
+	// Policy, when set, is what a DataPlane may ask for: a DataPlane that
+	// asks for more is refused before anything is rendered (condition
+	// Irreconcilable, reason ErrorGettingValues, naming field, value and
+	// flag), and one in a namespace outside Policy.Namespaces that never got
+	// a release is let go on deletion. The operator always sets it.
+	Policy *dataplanev1alpha1.Policy
 }
 
 // LoadWatches parses the watches file in assets and loads each watch's chart
@@ -124,10 +135,11 @@ func Setup(mgr ctrl.Manager, assets fs.FS, o Options) error {
 		return err
 	}
 	for _, w := range ws {
-		tr, ok := Translators[w.GroupVersionKind]
+		newTranslator, ok := Translators[w.GroupVersionKind]
 		if !ok {
 			return fmt.Errorf("watched kind %s has no value translator in internal/helmhybrid", w.GroupVersionKind)
 		}
+		tr := newTranslator(o.Policy)
 		opts := []reconciler.Option{
 			reconciler.WithGroupVersionKind(w.GroupVersionKind),
 			reconciler.WithChart(*w.Chart),
@@ -158,13 +170,25 @@ func Setup(mgr ctrl.Manager, assets fs.FS, o Options) error {
 			return fmt.Errorf("set up helm reconciler for %s: %w", w.GroupVersionKind, err)
 		}
 	}
+	if o.Policy != nil {
+		if err := ctrl.NewControllerManagedBy(mgr).Named("dataplane-unmanaged-namespace").
+			For(&dataplanev1alpha1.DataPlane{}).
+			Complete(&unmanagedFinalizerRelease{client: mgr.GetClient(), policy: *o.Policy}); err != nil {
+			return fmt.Errorf("set up the DataPlane finalizer release: %w", err)
+		}
+	}
 	return nil
 }
 
 // errNoSpec is returned for objects without a spec.
 var errNoSpec = errors.New("object has no spec")
 
-// Translators maps every Helm-managed kind to its typed value translator.
-var Translators = map[schema.GroupVersionKind]values.Translator{
-	dataPlaneGVK: values.TranslatorFunc(TranslateDataPlane),
+// Translators maps every Helm-managed kind to its typed value translator
+// under a policy (nil: none).
+var Translators = map[schema.GroupVersionKind]func(*dataplanev1alpha1.Policy) values.Translator{
+	dataPlaneGVK: func(p *dataplanev1alpha1.Policy) values.Translator {
+		return values.TranslatorFunc(func(ctx context.Context, u *unstructured.Unstructured) (chartutil.Values, error) {
+			return translateDataPlane(ctx, u, p)
+		})
+	},
 }

@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -44,7 +45,7 @@ const maxShardBytes = 64<<20 + 1
 // Server serves one Store over HTTP.
 type Server struct {
 	store    *Store
-	token    string
+	tokens   atomic.Pointer[[][]byte] // accepted "Bearer <token>" headers (SetTokens)
 	mux      *http.ServeMux
 	journals *journals
 	limits   Limits
@@ -53,10 +54,10 @@ type Server struct {
 
 // NewServer returns the HTTP handler of a pool. token must not be empty.
 func NewServer(store *Store, token string) (*Server, error) {
-	if token == "" {
-		return nil, errors.New("shard server: a bearer token is required")
+	s := &Server{store: store, mux: http.NewServeMux()}
+	if err := s.SetTokens([]string{token}); err != nil {
+		return nil, err
 	}
-	s := &Server{store: store, token: token, mux: http.NewServeMux()}
 	if err := s.SetLimits(DefaultLimits()); err != nil {
 		return nil, err
 	}
@@ -85,11 +86,33 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // Close closes the journal replicas the server opened (not the Store).
 func (s *Server) Close() error { return s.journals.close() }
 
+// SetTokens replaces the bearer tokens the server accepts; every request
+// after it returns is judged against the new set (a rotation accepts the old
+// and the new token side by side until clients have moved). The set must
+// not be empty and no token may be empty.
+func (s *Server) SetTokens(tokens []string) error {
+	if len(tokens) == 0 {
+		return errors.New("shard server: a bearer token is required")
+	}
+	want := make([][]byte, 0, len(tokens))
+	for i, t := range tokens {
+		if t == "" {
+			return fmt.Errorf("shard server: bearer token %d is empty", i)
+		}
+		want = append(want, []byte("Bearer "+t))
+	}
+	s.tokens.Store(&want)
+	return nil
+}
+
 func (s *Server) auth(next http.HandlerFunc) http.HandlerFunc {
-	want := []byte("Bearer " + s.token)
 	return func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		ok := 0
+		for _, want := range *s.tokens.Load() {
+			ok |= subtle.ConstantTimeCompare(got, want)
+		}
+		if ok != 1 {
 			http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
 			return
 		}

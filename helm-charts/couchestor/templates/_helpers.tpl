@@ -26,3 +26,8 @@ control-plane: controller-manager
 {{- define "couchestor.monitoringAvailable" -}}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor" -}}true{{- end -}}
 {{- end -}}
+
+{{/* The data-plane namespaces: the release's own, then dataPlaneNamespaces (comma-separated, no duplicates). */}}
+{{- define "couchestor.dataPlaneNamespaces" -}}
+{{- prepend (without (uniq .Values.dataPlaneNamespaces) .Release.Namespace) .Release.Namespace | join "," -}}
+{{- end -}}
