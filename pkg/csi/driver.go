@@ -37,6 +37,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -138,6 +139,7 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 	}
 	if d.Node {
 		d.recover(ctx)
+		go d.supervise(ctx, 5*time.Second)
 	}
 	srv := grpc.NewServer(grpc.UnaryInterceptor(d.logCalls))
 	csipb.RegisterIdentityServer(srv, &identity{d: d})

@@ -601,3 +601,29 @@ func (d *Driver) recover(ctx context.Context) {
 		d.logf("csi: volume %s recorded at %s (staged=%v): %s", v, st.StagingPath, st.Staged, c.GetMessage())
 	}
 }
+
+// supervise watches the exports of staged volumes and says, once per exit,
+// when one stopped while its volume is staged (it lost its writer Lease, or
+// crashed): I/O to the volume then fails, NodeGetVolumeStats reports it
+// abnormal, and unstaging and staging it again starts a new export. It is
+// not restarted in place: nbdfuse does not reconnect, and an export that
+// lost its Lease must not take it back from the writer that has it now.
+func (d *Driver) supervise(ctx context.Context, every time.Duration) {
+	reported := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		vols, _ := d.state().List()
+		for _, v := range vols {
+			st, _ := d.state().Load(v) // written by rename: whole or absent
+			gone := st != nil && st.Staged && !st.Unstaging && d.exportPID(v) == 0
+			if gone && !reported[v] {
+				d.logf("csi: volume %s: its export exited while the volume is staged; I/O to it fails until it is unstaged and staged again. Export log: %s", v, tail(d.exportLog(v), 1000))
+			}
+			reported[v] = gone
+		}
+	}
+}
