@@ -297,24 +297,26 @@ func check(t *testing.T, err error) {
 	}
 }
 
-// forceClean removes, by force, what leftovers reports.
+// forceClean removes, by force, what leftovers reports: loop devices
+// first (while their backing paths still resolve; a busy one is detached
+// when its filesystem goes), then mounts (lazily), then processes.
 func forceClean(stateDir string, dirs ...string) {
-	for _, l := range leftovers(stateDir, dirs...) {
-		kind, rest, _ := strings.Cut(l, " ")
-		switch kind {
-		case "mount":
-			_ = exec.Command("umount", "-l", rest).Run()
-		}
-	}
-	for _, l := range leftovers(stateDir, dirs...) {
-		kind, rest, _ := strings.Cut(l, " ")
-		switch kind {
-		case "loop":
-			_ = exec.Command("losetup", "--detach", strings.Fields(rest)[0]).Run()
-		case "process":
-			pidStr, _, _ := strings.Cut(rest, ":")
-			if pid, err := strconv.Atoi(pidStr); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, kind := range []string{"loop", "mount", "process"} {
+		for _, l := range leftovers(stateDir, dirs...) {
+			k, rest, _ := strings.Cut(l, " ")
+			if k != kind {
+				continue
+			}
+			switch kind {
+			case "loop":
+				_ = exec.Command("losetup", "--detach", strings.Fields(rest)[0]).Run()
+			case "mount":
+				_ = exec.Command("umount", "-l", rest).Run()
+			case "process":
+				pidStr, _, _ := strings.Cut(rest, ":")
+				if pid, err := strconv.Atoi(pidStr); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
 			}
 		}
 	}
