@@ -6,16 +6,20 @@ import (
 	"crypto/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestLifecycleKeepsData: data written through a published volume — a file
 // on ext4, a file on xfs, raw bytes on a volumeMode Block device — reads
 // back, byte for byte, after unpublish, unstage (export stopped, nothing
 // left behind) and a new stage with a fresh export and a cold cache; the
-// second stage finds the filesystem and does not format it again.
+// second stage finds the filesystem and does not format it again; while
+// staged, DeleteVolume is refused naming the export that holds the Lease.
 func TestLifecycleKeepsData(t *testing.T) {
 	requireRoot(t)
 	c := newCluster(t, 3)
@@ -66,6 +70,14 @@ func TestLifecycleKeepsData(t *testing.T) {
 					check(t, err)
 					if !bytes.Equal(got, data) {
 						t.Fatal("the data read back after unstage and a new stage differs from what was written")
+					}
+				}
+				if round == 0 {
+					// In use: the export holds the writer Lease, so the
+					// volume is not deleted under it.
+					_, err := ctl.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: vol.VolumeId})
+					if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "holds the writer Lease") {
+						t.Fatalf("DeleteVolume of a staged volume: %v, want FailedPrecondition naming the Lease holder", err)
 					}
 				}
 				st, err := nd.NodeGetVolumeStats(ctx, &csipb.NodeGetVolumeStatsRequest{VolumeId: vol.VolumeId, VolumePath: target})
