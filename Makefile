@@ -116,6 +116,11 @@ bench-rest: build ## one StoragePolicy evaluation over 10,000 volumes through th
 	  KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN=$(LOCALBIN)/couchestor \
 	  go test -run '^$$' -bench RESTEvaluation -benchtime 1x -timeout 60m -v ./tests/integration/restscale/
 
+.PHONY: bench-csi
+bench-csi: build ## fio on ext4 through the CSI driver (3 shard servers, 2+1, nbdfuse+loop) vs ext4 on a loop device of a local file, one run (root; minutes)
+	@assets="$$(hack/envtest.sh)"; hack/nbd-clients.sh; COUCHESTOR_CSI_FIO=1 KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_BIN=$(LOCALBIN)/couchestor \
+	  go test -run '^$$' -bench FioDriverVsLoop -benchtime 1x -timeout 60m -v ./tests/integration/csi/
+
 ##@ Run
 
 .PHONY: run-local

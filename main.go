@@ -30,6 +30,7 @@ import (
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/controllers"
 	datacmd "github.com/billyronks/couchestor/internal/cmd"
+	csicmd "github.com/billyronks/couchestor/internal/cmd/csi"
 	ecvolumecmd "github.com/billyronks/couchestor/internal/cmd/ecvolume"
 	"github.com/billyronks/couchestor/internal/helmhybrid"
 	"github.com/billyronks/couchestor/internal/scheme"
@@ -77,6 +78,7 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"shard-server": datacmd.ShardServer,
 	"ec":           datacmd.EC,
 	"ec-volume":    ecvolumecmd.Command,
+	"csi":          csicmd.Command,
 }
 
 func parseFlags(args []string) (*options, error) {

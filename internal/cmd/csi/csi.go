@@ -1,0 +1,128 @@
+// Package csi is `couchestor csi`: it wires flags, the Kubernetes client and
+// the shard-server client into pkg/csi's Driver and serves it. main.go
+// dispatches to Command by name.
+package csi
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/billyronks/couchestor/internal/scheme"
+	pkgcsi "github.com/billyronks/couchestor/pkg/csi"
+	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/shardserver"
+)
+
+// Version is reported by GetPluginInfo (set by main).
+var Version = "dev"
+
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, " ") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
+
+// Command is `couchestor csi [flags]`.
+func Command(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("csi", flag.ContinueOnError)
+	endpoint := fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket (or tcp://host:port for tests).")
+	controller := fs.Bool("controller", false, "Serve the Controller service (the controller Deployment).")
+	node := fs.Bool("node", false, "Serve the Node service (the node DaemonSet; runs exports, attaches and mounts: needs root, /dev and the kubelet directory).")
+	nodeID := fs.String("node-id", os.Getenv("NODE_NAME"), "Node name (default $NODE_NAME). Required with --node.")
+	stateDir := fs.String("state-dir", "/var/lib/couchestor-csi", "Directory of the node plugin's per-volume state, export caches and logs (a hostPath: it must outlive the plugin).")
+	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
+	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases and the volumes' writer Leases.")
+	mayastorNS := fs.String("mayastor-namespace", "mayastor", "Namespace of the DiskPools (passed to the exports).")
+	secret := fs.String("shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
+	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
+	tokenFile := fs.String("token-file", "", "Bearer token file of the shard servers.")
+	attach := fs.String("attach", "", "How the node attaches an export: kernel (nbd-client on /dev/nbd*), nbdfuse (nbdfuse and a loop device), or empty to pick kernel when /dev/nbd0 and nbd-client exist.")
+	var exportArgs repeated
+	fs.Var(&exportArgs, "export-arg", "Extra argument for each `couchestor ec-volume serve` the node runs (repeatable), e.g. --export-arg=--cache-memory-bytes=67108864.")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if !*controller && !*node {
+		return errors.New("name the service to serve: --controller, --node or both")
+	}
+	if *node && *nodeID == "" {
+		return errors.New("--node-id (or $NODE_NAME) is required with --node")
+	}
+	kc, err := kubeClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	var cc shardserver.ClientConfig
+	var shardFlags []string
+	switch {
+	case *secret != "":
+		ns, name, ok := strings.Cut(*secret, "/")
+		if !ok {
+			return fmt.Errorf("--shard-secret %q must be namespace/name", *secret)
+		}
+		if cc, err = registry.ClientConfigFromSecret(ctx, kc, ns, name); err != nil {
+			return err
+		}
+		shardFlags = []string{"--shard-secret", *secret}
+	case *caFile != "":
+		if cc.CAPEM, err = os.ReadFile(*caFile); err != nil {
+			return fmt.Errorf("--ca-file: %w", err)
+		}
+		tok, err := os.ReadFile(*tokenFile)
+		if err != nil || strings.TrimSpace(string(tok)) == "" {
+			return fmt.Errorf("--token-file %q must name a non-empty file: %v", *tokenFile, err)
+		}
+		cc.Token = strings.TrimSpace(string(tok))
+		shardFlags = []string{"--ca-file", *caFile, "--token-file", *tokenFile}
+	default:
+		return errors.New("either --shard-secret or --ca-file with --token-file is required")
+	}
+	sc, err := shardserver.NewClient(cc)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the couchestor binary for the exports: %w", err)
+	}
+	xargs := []string{"--registry-namespace", *registryNS, "--mayastor-namespace", *mayastorNS}
+	if *kubeconfig != "" {
+		xargs = append(xargs, "--kubeconfig", *kubeconfig)
+	}
+	xargs = append(append(xargs, shardFlags...), exportArgs...)
+	d := &pkgcsi.Driver{Version: Version, Controller: *controller, Node: *node, Client: kc,
+		RegistryNamespace: *registryNS, Shards: sc, NodeID: *nodeID, StateDir: *stateDir,
+		ExportCommand: []string{self, "ec-volume", "serve"}, ExportArgs: xargs, Attach: *attach}
+	return d.Serve(ctx, *endpoint)
+}
+
+func kubeClient(kubeconfig string) (client.Client, error) {
+	if kubeconfig == "" {
+		kubeconfig = os.Getenv("KUBECONFIG")
+	}
+	var cfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return c, nil
+}
