@@ -72,9 +72,10 @@ type migrationOptions struct {
 // subcommands run instead of the operator when named as the first argument,
 // e.g. `couchestor shard-server --help`.
 var subcommands = map[string]func(ctx context.Context, args []string) error{
-	"shard-server": datacmd.ShardServer,
-	"ec":           datacmd.EC,
-	"ec-volume":    ecvolumecmd.Command,
+	"shard-server":      datacmd.ShardServer,
+	"shard-server-init": datacmd.ShardServerInit,
+	"ec":                datacmd.EC,
+	"ec-volume":         ecvolumecmd.Command,
 }
 
 func parseFlags(args []string) (*options, error) {
