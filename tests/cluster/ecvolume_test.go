@@ -332,6 +332,7 @@ func testECVolumeThroughExportPod(t *testing.T) {
 		}
 		return err == nil && n == 4, out
 	})
+	logFigures(t, "idle (operator installed, 4 shard servers, no volume)")
 	mustKubectl(t, exportRBAC, "apply", "-f", "-")
 	mustKubectl(t, `apiVersion: storage.billyronks.io/v1
 kind: ErasureCodingPolicy
@@ -424,12 +425,19 @@ func testShardServerPodLostAndRebuilt(t *testing.T) {
 		}
 	}
 	start := time.Now()
+	logged := false
 	eventually(t, "no ECStripe keeps a shard on the lost pool, all Healthy", 6*time.Minute, func() (bool, string) {
 		l, err := stripes(t)
 		if err != nil {
 			return false, err.Error()
 		}
 		var bad []string
+		for _, s := range l.Items {
+			if s.Status.State == "Rebuilding" && !logged {
+				logFigures(t, "during a rebuild")
+				logged = true
+			}
+		}
 		for _, s := range l.Items {
 			on := false
 			for _, loc := range s.Spec.ShardLocations {
