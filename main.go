@@ -75,10 +75,11 @@ type migrationOptions struct {
 // subcommands run instead of the operator when named as the first argument,
 // e.g. `couchestor shard-server --help`.
 var subcommands = map[string]func(ctx context.Context, args []string) error{
-	"shard-server": datacmd.ShardServer,
-	"ec":           datacmd.EC,
-	"ec-volume":    ecvolumecmd.Command,
-	"csi":          csicmd.Command,
+	"shard-server":      datacmd.ShardServer,
+	"shard-server-init": datacmd.ShardServerInit,
+	"ec":                datacmd.EC,
+	"ec-volume":         ecvolumecmd.Command,
+	"csi":               csicmd.Command,
 }
 
 func parseFlags(args []string) (*options, error) {

@@ -79,6 +79,7 @@ cmd_bins() {
   done
   build_one "$BINDIR/crictl" "$ROOT/hack/cluster/crictl" sigs.k8s.io/cri-tools/cmd/crictl "-s -w"
   build_one "$BINDIR/pause" "$ROOT" ./hack/cluster/pause "-s -w"
+  build_one "$BINDIR/cluster-dns" "$ROOT/hack/cluster/dns" . "-s -w"
   local envtest; envtest=$("$ROOT/hack/envtest.sh")
   for c in kube-apiserver etcd kubectl; do ln -sfn "$envtest/$c" "$BINDIR/$c"; done
   echo "$BINDIR"
@@ -219,6 +220,7 @@ pki() {
   cert kubelet "system:node:${NODE}" system:nodes ""
   cert kubelet-serving "system:node:${NODE}" system:nodes "IP:${NODE_IP},DNS:${NODE}"
   cert kube-proxy system:kube-proxy "" ""
+  cert dns couchestor:cluster-dns "" ""
   openssl ecparam -name prime256v1 -genkey -noout -out "$RUN/pki/sa.key" 2>/dev/null
   openssl ec -in "$RUN/pki/sa.key" -pubout -out "$RUN/pki/sa.pub" 2>/dev/null
   kubeconfig admin admin
@@ -340,6 +342,7 @@ control_plane_up() {
     --enable-admission-plugins NodeRestriction --allow-privileged=true --profiling=false \
     --cert-dir "$RUN/pki/apiserver-certs"
   wait_for kube-apiserver 120 kubectl --kubeconfig "$RUN/admin.kubeconfig" get --raw /readyz
+  dns_up
 
   start kube-controller-manager kube-controller-manager --kubeconfig "$RUN/kcm.kubeconfig" \
     --authentication-kubeconfig "$RUN/kcm.kubeconfig" --authorization-kubeconfig "$RUN/kcm.kubeconfig" \
@@ -353,6 +356,29 @@ control_plane_up() {
     --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false --profiling=false \
     --cert-dir "$RUN/pki/scheduler-certs"
 
+}
+
+# The cluster DNS (hack/cluster/dns, a CoreDNS stand-in): Services and
+# StatefulSet pod hostnames under cluster.local, read with its own identity
+# that may only list Services and EndpointSlices; never forwards.
+dns_up() {
+  kubectl --kubeconfig "$RUN/admin.kubeconfig" apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "couchestor:cluster-dns"}
+rules:
+- {apiGroups: [""], resources: [services], verbs: [list]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "couchestor:cluster-dns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "couchestor:cluster-dns"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "couchestor:cluster-dns"}
+EOF
+  start cluster-dns cluster-dns -listen "${NODE_IP}:53" -api "https://${NODE_IP}:${API_PORT}" \
+    -ca "$RUN/pki/ca.crt" -cert "$RUN/pki/dns.crt" -key "$RUN/pki/dns.key" -domain cluster.local
 }
 
 node_untainted() {
@@ -457,6 +483,8 @@ oomScoreAdj: 0
 registerNode: true
 resolvConf: $RUN/resolv.conf
 clusterDomain: cluster.local
+# Pods resolve through the cluster DNS stand-in on the bridge.
+clusterDNS: [${NODE_IP}]
 # Imported images can't be pulled again: never collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -515,6 +543,7 @@ cmd_down() {
     timeout 90 "$bins/crictl" --runtime-endpoint "unix://$sock" rmp -fa >/dev/null 2>&1 || true
   fi
   # 4. Control plane.
+  stop cluster-dns
   stop kube-apiserver
   stop etcd
   # 5. containerd, then its shims and anything still in the pods' cgroups

@@ -20,6 +20,39 @@ import (
 	"github.com/billyronks/couchestor/pkg/stripe"
 )
 
+// ShardServerInit is `couchestor shard-server-init`: hand an empty
+// root-owned data directory (a hostPath the kubelet just created) to the
+// shard server's uid:gid. The data-plane chart runs it as an init container
+// with only CAP_CHOWN, so the long-running server keeps no privilege at all.
+func ShardServerInit(_ context.Context, args []string) error {
+	fs := flag.NewFlagSet("shard-server-init", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "", "The shard server's data directory. Required.")
+	uid := fs.Uint("uid", 65532, "uid the shard server runs as (not 0).")
+	gid := fs.Uint("gid", 65532, "gid the shard server runs as.")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if *dataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	if *uid > 1<<31-1 || *gid > 1<<31-1 {
+		return fmt.Errorf("--uid %d / --gid %d: must be below 2^31", *uid, *gid)
+	}
+	act, err := shardserver.PrepareDataDir(*dataDir, uint32(*uid), uint32(*gid))
+	if err != nil {
+		return err
+	}
+	if act == shardserver.DataDirHandOver {
+		fmt.Fprintf(os.Stderr, "shard-server-init: %s handed to %d:%d (mode 0700)\n", *dataDir, *uid, *gid)
+	} else {
+		fmt.Fprintf(os.Stderr, "shard-server-init: %s already owned by %d:%d\n", *dataDir, *uid, *gid)
+	}
+	return nil
+}
+
 // ShardServer is `couchestor shard-server`: serve one pool's shard store over
 // HTTPS (HTTP/2) and keep its registry Lease.
 func ShardServer(ctx context.Context, args []string) error {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -29,6 +31,11 @@ func TestCluster(t *testing.T) {
 		{"LeaderElection", testLeaderElection},
 		{"WebhookThroughService", testWebhookThroughService},
 		{"MetricsNeedAuthentication", testMetricsNeedAuthentication},
+		{"DataPlaneShardServers", testDataPlaneShardServers},
+		{"ECVolumeThroughExportPod", testECVolumeThroughExportPod},
+		{"ShardServerPodLostAndRebuilt", testShardServerPodLostAndRebuilt},
+		{"LeaderFailover", testLeaderFailover},
+		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
 	}
 	for _, s := range steps {
 		if !t.Run(s.name, s.fn) {
@@ -53,6 +60,9 @@ func testHelmInstall(t *testing.T) {
 		"--set", "image.pullPolicy=Never",
 		// No Prometheus in this cluster; the operator must start regardless.
 		"--set", "prometheusURL=http://127.0.0.1:9",
+		// The data plane of this story lives in couchestor-data; a lost
+		// pool is rebuilt after 20 s (default 10 min).
+		"--set-json", `extraArgs=["--shard-registry-namespace=`+dpns+`","--shard-client-secret=`+dpns+`/cold-shard-token","--ec-down-out-delay=20s"]`,
 		"--wait", "--timeout", "5m")
 	if err != nil {
 		t.Fatalf("helm install: %v\n%s\n%s", err, out, diagnose(t))
@@ -178,18 +188,14 @@ func testMetricsNeedAuthentication(t *testing.T) {
 	}
 }
 
-// testDataPlaneShardServers is not in the story yet (WIP, issue 18): the
-// operator installs the data-plane release (Deployed), but the shard-server
-// pod crash-loops in this cluster and the cause is not diagnosed yet (first
-// suspect: the hostPath directory the kubelet creates is root's 0755 while the
-// pod runs as 65532, and fsGroup does not apply to hostPath).
-//
 // testDataPlaneShardServers: a DataPlane makes the operator's Helm reconciler
 // install the data-plane chart; its shard-server StatefulSet runs as a pod on
-// hostPath storage and registers (its Lease in the registry namespace).
+// hostPath storage (the kubelet creates the directory as root 0755; the
+// chart's init container hands it to uid 65532 with only CAP_CHOWN) and
+// registers (its Lease in the registry namespace), and the server resolves
+// and answers under the DNS name it advertises.
 func testDataPlaneShardServers(t *testing.T) {
-	const dpns = "couchestor-data"
-	hostPath := filepath.Join(runDir, "shards")
+	hostPath := shardHostPath()
 	mustKubectl(t, "", "create", "namespace", dpns)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -237,7 +243,7 @@ spec:
 		return false, fmt.Sprintf("%+v", dp.Status.Conditions)
 	})
 	eventually(t, "the shard-server pod is Ready", podsBound, func() (bool, string) {
-		out, err := kubectl(t, "", "-n", dpns, "get", "pods", "-l", "app.kubernetes.io/component=shard-server",
+		out, err := kubectl(t, "", "-n", dpns, "get", "pods", "-l", dataPlanePods,
 			"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
 		return err == nil && strings.Count(out, "=True") == 1, out
 	})
@@ -245,6 +251,101 @@ spec:
 		out, err := kubectl(t, "", "-n", dpns, "get", "leases", "-o", "jsonpath={.items[*].metadata.name}")
 		return err == nil && strings.Contains(out, "pool-cold-1"), out
 	})
+	// The store's files are on the host, owned by the server's uid, in the
+	// directory the init container handed over.
+	dir := filepath.Join(hostPath, "pool-cold-1")
+	eventually(t, "the shard store's files are in the hostPath directory", time.Minute, func() (bool, string) {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return false, err.Error()
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		ents, _ := os.ReadDir(dir)
+		return st.Uid == 65532 && fi.Mode().Perm() == 0o700 && len(ents) > 0, fmt.Sprintf("%d:%d %v %d entries", st.Uid, st.Gid, fi.Mode().Perm(), len(ents))
+	})
+}
+
+const dpns = "couchestor-data"
+
+// dataPlanePods selects the DataPlane's own shard-server pods (not the
+// extra ones of the ECVolume steps).
+const dataPlanePods = "app.kubernetes.io/component=shard-server,couchestor.billyronks.io/node=" + node
+
+func shardHostPath() string { return filepath.Join(runDir, "shards") }
+
+// leader returns the operator pod holding the leader Lease ("" if none).
+func leader(t *testing.T) (string, []string) {
+	t.Helper()
+	pods := strings.Fields(mustKubectl(t, "", "-n", ns, "get", "pods", "-l", "control-plane=controller-manager",
+		"--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].metadata.name}"))
+	out, err := kubectl(t, "", "-n", ns, "get", "lease", "couchestor.storage.billyronks.io", "-o", "jsonpath={.spec.holderIdentity}")
+	if err != nil {
+		return "", pods
+	}
+	for _, p := range pods {
+		if strings.HasPrefix(out, p+"_") || out == p {
+			return p, pods
+		}
+	}
+	return "", pods
+}
+
+// testLeaderFailover deletes the leader pod: the other replica takes the
+// Lease, and the controllers run on the new leader (a DataPlane change is
+// reconciled: its release is upgraded with the new value).
+func testLeaderFailover(t *testing.T) {
+	old, _ := leader(t)
+	if old == "" {
+		t.Fatal("no leader before the failover")
+	}
+	start := time.Now()
+	mustKubectl(t, "", "-n", ns, "delete", "pod", old, "--wait=false")
+	eventually(t, "another operator pod takes the leader Lease", 3*time.Minute, func() (bool, string) {
+		l, pods := leader(t)
+		return l != "" && l != old, fmt.Sprintf("leader %q, pods %v", l, pods)
+	})
+	t.Logf("leader %s deleted → new leader in %s", old, time.Since(start).Round(time.Second))
+	// The new leader reconciles: a changed DataPlane reaches its release.
+	mustKubectl(t, "", "-n", dpns, "patch", "dataplane", "cold", "--type=merge", "-p", `{"spec":{"resources":{"requests":{"cpu":"50m","memory":"64Mi"},"limits":{"memory":"256Mi"}}}}`)
+	eventually(t, "the new leader upgrades the DataPlane's release", podsBound, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", dpns, "get", "statefulsets", "-l", dataPlanePods,
+			"-o", "jsonpath={.items[*].spec.template.spec.containers[0].resources.limits.memory}")
+		return err == nil && strings.TrimSpace(out) == "256Mi", out
+	})
+	eventually(t, "the shard server is Ready again after the rollout", podsBound, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", dpns, "get", "pods", "-l", dataPlanePods,
+			"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}/{.spec.containers[0].resources.limits.memory}{"\n"}{end}`)
+		return err == nil && strings.Count(out, "=True/256Mi") == 1 && strings.Count(out, "=") == 1, out
+	})
+}
+
+// testUninstallKeepsCRDsAndData: helm uninstall removes the operator but
+// keeps the CRDs (helm.sh/resource-policy: keep), the custom resources, and
+// the shard bytes on the node.
+func testUninstallKeepsCRDsAndData(t *testing.T) {
+	store := filepath.Join(shardHostPath(), "pool-cold-1")
+	before, err := os.ReadDir(store)
+	if err != nil || len(before) == 0 {
+		t.Fatalf("shard store before uninstall: %v %v", before, err)
+	}
+	if out, err := helm(t, "uninstall", "couchestor", "--namespace", ns, "--wait", "--timeout", "5m"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	eventually(t, "the operator pods are gone", podsBound, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", ns, "get", "pods", "-l", "control-plane=controller-manager", "-o", "name")
+		return err == nil && strings.TrimSpace(out) == "", out
+	})
+	crds := mustKubectl(t, "", "get", "crds", "-o", "name")
+	for _, c := range []string{"dataplanes.storage.billyronks.io", "ecvolumes.storage.billyronks.io", "storagepolicies.storage.billyronks.io", "erasurecodingpolicies.storage.billyronks.io"} {
+		if !strings.Contains(crds, c) {
+			t.Errorf("CRD %s removed by helm uninstall:\n%s", c, crds)
+		}
+	}
+	mustKubectl(t, "", "-n", dpns, "get", "dataplane", "cold")
+	after, err := os.ReadDir(store)
+	if err != nil || len(after) < len(before) {
+		t.Errorf("shard store after uninstall: %d entries (%v), before %d", len(after), err, len(before))
+	}
 }
 
 // diagnose prints what a failed install needs to be understood.

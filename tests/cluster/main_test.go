@@ -58,9 +58,11 @@ func run(m *testing.M) (code int) {
 		return 1
 	}
 	kubectlBin = filepath.Join(bins, "kubectl")
-	if helmBin, err = script("helm"); err != nil {
-		fmt.Fprintf(os.Stderr, "tests/cluster: build helm: %v\n", err)
-		return 1
+	if os.Getenv("COUCHESTOR_CLUSTER_NO_HELM") == "" { // steps without helm only (debugging)
+		if helmBin, err = script("helm"); err != nil {
+			fmt.Fprintf(os.Stderr, "tests/cluster: build helm: %v\n", err)
+			return 1
+		}
 	}
 
 	// Whatever happens from here on, the cluster goes down (a signal too).
@@ -78,6 +80,12 @@ func run(m *testing.M) (code int) {
 		}
 	}()
 
+	// A cluster already up (make cluster-up): use it, leave it running.
+	if kc := os.Getenv("COUCHESTOR_CLUSTER_KUBECONFIG"); kc != "" {
+		kubeconfig = kc
+		fmt.Fprintf(os.Stderr, "tests/cluster: using the running cluster of %s (not taken down)\n", kc)
+		return m.Run()
+	}
 	start := time.Now()
 	kc, err := script("up")
 	if err != nil {

@@ -208,6 +208,7 @@ func renderMatrix(t *testing.T) []renderCase {
 				if k["StatefulSet"] != 2 || k["StorageClass"] != 2 || k["ServiceMonitor"] != 1 || k["PrometheusRule"] != 1 || k["ConfigMap"] != 1 || k["Service"] != 1 {
 					t.Errorf("kinds %v", k)
 				}
+				checkShardServerPrivileges(t, objs, false)
 			}},
 		{name: "dataplane/hostpath-no-monitoring", chart: dataPlaneChart,
 			values: dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: two,
@@ -218,6 +219,7 @@ func renderMatrix(t *testing.T) []renderCase {
 				if k["StatefulSet"] != 2 || k["StorageClass"] != 0 || k["ServiceMonitor"] != 0 || k["PrometheusRule"] != 0 || k["ConfigMap"] != 0 {
 					t.Errorf("kinds %v", k)
 				}
+				checkShardServerPrivileges(t, objs, true)
 			}},
 		{name: "dataplane/monitoring-api-but-toggled-off", chart: dataPlaneChart, apis: monitoringAPIs,
 			values: dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: two,
@@ -227,6 +229,47 @@ func renderMatrix(t *testing.T) []renderCase {
 					t.Errorf("kinds %v", k)
 				}
 			}},
+	}
+}
+
+// checkShardServerPrivileges: the shard server runs as 65532 with no
+// capability; on HostPath storage (the kubelet makes the directory root's
+// 0755, and fsGroup does not apply to hostPath) one init container hands it
+// over as root with CAP_CHOWN only; on MayastorVolume storage there is none.
+func checkShardServerPrivileges(t *testing.T, objs []*unstructured.Unstructured, hostPath bool) {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() != "StatefulSet" {
+			continue
+		}
+		sts := &appsv1.StatefulSet{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, sts); err != nil {
+			t.Fatal(err)
+		}
+		ps := sts.Spec.Template.Spec
+		if ps.SecurityContext == nil || !*ps.SecurityContext.RunAsNonRoot || *ps.SecurityContext.RunAsUser != 65532 {
+			t.Errorf("%s: pod securityContext %+v", sts.Name, ps.SecurityContext)
+		}
+		for _, c := range ps.Containers {
+			if sc := c.SecurityContext; sc == nil || len(sc.Capabilities.Add) != 0 || *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem {
+				t.Errorf("%s: container %s securityContext %+v", sts.Name, c.Name, sc)
+			}
+		}
+		if !hostPath {
+			if len(ps.InitContainers) != 0 {
+				t.Errorf("%s: init containers %v on MayastorVolume storage", sts.Name, ps.InitContainers)
+			}
+			continue
+		}
+		if len(ps.InitContainers) != 1 {
+			t.Fatalf("%s: want the data-dir-owner init container, have %d", sts.Name, len(ps.InitContainers))
+		}
+		ic := ps.InitContainers[0]
+		sc := ic.SecurityContext
+		if ic.Args[0] != "shard-server-init" || sc == nil || *sc.RunAsUser != 0 || *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem ||
+			len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 1 || sc.Capabilities.Add[0] != "CHOWN" {
+			t.Errorf("%s: init container %v securityContext %+v", sts.Name, ic.Args, sc)
+		}
 	}
 }
 
