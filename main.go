@@ -17,6 +17,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
@@ -185,7 +187,7 @@ func run(ctx context.Context, o *options) error {
 		Scheme: scheme.New(),
 		// Managed fields are dead weight in the informers (100,000 ECStripes).
 		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields(),
-			ByObject: helmhybrid.NamespacedCache(ownNamespaces)},
+			ByObject: helmhybrid.NamespacedCache(ownNamespaces, servedBy(cfg))},
 		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
 		LeaderElection:                o.leaderElect,
@@ -356,4 +358,26 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// servedBy asks the API server's discovery whether it serves a kind; an
+// unreadable discovery answers "not served" (the kind's informer is then
+// not scoped, which only matters for optional kinds).
+func servedBy(cfg *rest.Config) func(groupVersion, kind string) bool {
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil
+	}
+	return func(groupVersion, kind string) bool {
+		rl, err := dc.ServerResourcesForGroupVersion(groupVersion)
+		if err != nil {
+			return false
+		}
+		for _, r := range rl.APIResources {
+			if r.Kind == kind {
+				return true
+			}
+		}
+		return false
+	}
 }

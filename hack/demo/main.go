@@ -264,6 +264,7 @@ scrape_configs:
 	opExited := make(chan struct{})
 	go func() { _, _ = op.Process.Wait(); close(opExited) }()
 	if err := waitHTTP(ctx, "http://"+probeAddr+"/readyz", 120*time.Second); err != nil {
+		tail(opLog) // the log is removed with the demo's directory
 		return 1, fmt.Errorf("operator never became ready: %w (log: %s)", err, opLog)
 	}
 

@@ -75,7 +75,12 @@ func splitList(s string) []string {
 // to those namespaces. Without it, the Helm reconciler's Secret watch and
 // its dependent watches would list and watch those kinds cluster-wide,
 // which the operator's RBAC (Roles per namespace) no longer allows.
-func NamespacedCache(namespaces []string) map[client.Object]cache.ByObject {
+//
+// prometheus-operator's kinds are included only when served reports that
+// the API server serves them (nil: never): a cache entry for a kind the
+// cluster does not have makes the manager fail to start ("no matches for
+// kind ServiceMonitor"), and most clusters have no prometheus-operator.
+func NamespacedCache(namespaces []string, served func(groupVersion, kind string) bool) map[client.Object]cache.ByObject {
 	nss := map[string]cache.Config{}
 	for _, ns := range namespaces {
 		nss[ns] = cache.Config{}
@@ -94,6 +99,9 @@ func NamespacedCache(namespaces []string) map[client.Object]cache.ByObject {
 	}
 	// prometheus-operator kinds, by GVK: the operator does not import them.
 	for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+		if served == nil || !served("monitoring.coreos.com/v1", kind) {
+			continue
+		}
 		u := &unstructured.Unstructured{}
 		u.SetAPIVersion("monitoring.coreos.com/v1")
 		u.SetKind(kind)

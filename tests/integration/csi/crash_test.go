@@ -12,6 +12,8 @@ import (
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestPluginKilledAtEachStepIsRepaired SIGKILLs the node plugin at each step
@@ -121,7 +123,29 @@ func TestPluginKilledAtEachStepIsRepaired(t *testing.T) {
 	check(t, stage())
 	writeOrVerify()
 	check(t, unstage())
-	_, err = ctl.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: id})
+	// DeleteVolume is refused while the writer Lease is live. An export
+	// normally releases it when it stops; when it did not (seen once under
+	// CI load, cause not yet found), the Lease expires after its duration
+	// (15 s) and a retry succeeds, as external-provisioner retries. Bounded
+	// by four lease durations; the export's log is printed if it still fails.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err = ctl.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: id})
+		if status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline) {
+			break
+		}
+		t.Logf("DeleteVolume refused, retrying: %v", err)
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		filepath.WalkDir(p.stateDir, func(path string, de os.DirEntry, _ error) error {
+			if de != nil && de.Name() == "export.log" {
+				b, _ := os.ReadFile(path)
+				t.Logf("%s:\n%s", path, b)
+			}
+			return nil
+		})
+	}
 	check(t, err)
 }
 

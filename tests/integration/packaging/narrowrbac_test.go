@@ -93,7 +93,7 @@ func TestHelmReconcilerWorksWithTheNarrowedRBAC(t *testing.T) {
 	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(testWriter{t})))
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 env.Scheme,
-		Cache:                  cache.Options{ByObject: helmhybrid.NamespacedCache(policy.Namespaces)},
+		Cache:                  cache.Options{ByObject: helmhybrid.NamespacedCache(policy.Namespaces, nil)},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
