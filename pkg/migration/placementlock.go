@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -48,6 +49,17 @@ type PlacementLock struct {
 	// Poll is how often Acquire retries a lock held by another.
 	Poll time.Duration
 	Now  func() time.Time
+
+	// local serializes holders within this process: they share Identity,
+	// so the Lease alone cannot tell them apart (a second move would take
+	// "its own" lock from the first and release the first's lever).
+	localOnce sync.Once
+	local     chan struct{}
+}
+
+func (l *PlacementLock) token() chan struct{} {
+	l.localOnce.Do(func() { l.local = make(chan struct{}, 1) })
+	return l.local
 }
 
 func (l *PlacementLock) now() time.Time {
@@ -61,7 +73,11 @@ func (l *PlacementLock) now() time.Time {
 type Held struct {
 	l     *PlacementLock
 	lease *coordinationv1.Lease
+	once  sync.Once
 }
+
+// done hands the in-process token back (once).
+func (h *Held) done() { h.once.Do(func() { <-h.l.token() }) }
 
 // Acquire waits for the lock and takes it. A lever recorded by an earlier
 // holder (expired or this identity, e.g. before a restart) is released with
@@ -71,13 +87,22 @@ func (l *PlacementLock) Acquire(ctx context.Context, release func(context.Contex
 	if poll <= 0 {
 		poll = time.Second
 	}
+	select {
+	case l.token() <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for the placement lock %s/%s (held by another move of this operator): %w", l.Namespace, l.Name, ctx.Err())
+	}
 	for {
 		h, wait, err := l.try(ctx, release)
 		if err != nil || h != nil {
+			if h == nil {
+				<-l.token()
+			}
 			return h, err
 		}
 		select {
 		case <-ctx.Done():
+			<-l.token()
 			return nil, fmt.Errorf("wait for the placement lock %s/%s (held by %s): %w", l.Namespace, l.Name, wait, ctx.Err())
 		case <-time.After(poll):
 		}
@@ -181,8 +206,16 @@ func (h *Held) Record(ctx context.Context, rec *SteerRecord) error {
 	return nil
 }
 
-// Release clears the record and the holder.
+// Leave stops holding the lock in this process but leaves the Lease as it
+// is (naming this identity, with its record): the next Acquire here, or any
+// holder once it expired, takes it over and releases the recorded lever.
+func (h *Held) Leave() { h.done() }
+
+// Release clears the record and the holder. The in-process token is handed
+// back whatever the outcome: a Lease left naming this identity (the update
+// failed) is taken over, and its record released, by the next Acquire.
 func (h *Held) Release(ctx context.Context) error {
+	defer h.done()
 	delete(h.lease.Annotations, AnnotationSteer)
 	h.lease.Spec.HolderIdentity = nil
 	if err := h.l.Client.Update(ctx, h.lease); err != nil {

@@ -283,6 +283,7 @@ func (b *RESTBackend) scaleUpSteered(ctx context.Context, v mayastorrest.Volume,
 	defer cancel()
 	if rerr := b.undo(rctx, applied); rerr != nil {
 		// The record stays on the lock: the next Acquire or Recover releases it.
+		release.Leave()
 		return errors.Join(err, fmt.Errorf("release the placement lever: %w", rerr))
 	}
 	if rerr := release.Release(rctx); rerr != nil {
