@@ -32,7 +32,8 @@ func needEnvtest(t *testing.T) {
 func startAPIServer(t *testing.T, webhooks bool) (*envtest.Environment, *rest.Config) {
 	t.Helper()
 	needEnvtest(t)
-	env := &envtest.Environment{CRDDirectoryPaths: []string{"../config/crd/bases"}, ErrorIfCRDPathMissing: true}
+	env := &envtest.Environment{CRDDirectoryPaths: []string{"../config/crd/bases"}, ErrorIfCRDPathMissing: true,
+		ControlPlaneStartTimeout: 2 * time.Minute, ControlPlaneStopTimeout: 2 * time.Minute}
 	if webhooks {
 		env.WebhookInstallOptions = envtest.WebhookInstallOptions{Paths: []string{"../config/webhook/manifests.yaml"}}
 	}

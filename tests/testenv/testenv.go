@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -47,6 +48,9 @@ type Env struct {
 	Client client.Client
 }
 
+// StartTimeout bounds the start (and stop) of a test control plane.
+const StartTimeout = 2 * time.Minute
+
 // Start starts kube-apiserver and etcd with every CRD installed and stops them
 // when the test ends. Options may adjust the environment before it starts.
 func Start(t testing.TB, opts ...func(*envtest.Environment)) *Env {
@@ -56,6 +60,11 @@ func Start(t testing.TB, opts ...func(*envtest.Environment)) *Env {
 		CRDDirectoryPaths:     CRDPaths(),
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme.New(),
+		// envtest's default (20 s) is missed on a loaded 2-core machine
+		// (seen: kube-apiserver "timeout waiting … to start", 5 retries):
+		// a generous bound, never a skip.
+		ControlPlaneStartTimeout: StartTimeout,
+		ControlPlaneStopTimeout:  StartTimeout,
 	}
 	for _, o := range opts {
 		o(env)
