@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"sync"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/apis/storage/v1/geometry"
 	"github.com/billyronks/couchestor/pkg/erasure"
@@ -343,4 +346,48 @@ func (s *Store) readWithinShard(ctx context.Context, v *Volume, es *storagev1.EC
 		copy(dst, b[rel:])
 	}
 	return true
+}
+
+// rereadStripe is getStripe for readers: a failed request (the API server
+// unreachable) leaves what Known knows as it was, since a stale entry cannot
+// return wrong data and forgetting it would send every later read of the
+// stripe to the unreachable API server.
+func (s *Store) rereadStripe(ctx context.Context, volume string, id int64) (*storagev1.ECStripe, error) {
+	es := &storagev1.ECStripe{}
+	err := s.Client.Get(ctx, client.ObjectKey{Name: StripeName(volume, id)}, es)
+	switch {
+	case err == nil:
+		if s.Known != nil {
+			s.Known.learn(es)
+		}
+		return es, nil
+	case apierrors.IsNotFound(err) && s.Known != nil:
+		s.Known.learnAbsent(volume, id)
+	}
+	return nil, fmt.Errorf("get ECStripe %s: %w", StripeName(volume, id), err)
+}
+
+// relearn rereads stripe id of volume in the background (at most one
+// request per stripe at a time), for a read that was served degraded from
+// what Known remembered.
+func (s *Store) relearn(volume string, id int64) {
+	k := s.Known
+	key := StripeName(volume, id)
+	k.mu.Lock()
+	if _, busy := k.relearning[key]; busy {
+		k.mu.Unlock()
+		return
+	}
+	if k.relearning == nil {
+		k.relearning = map[string]struct{}{}
+	}
+	k.relearning[key] = struct{}{}
+	k.mu.Unlock()
+	go func() {
+		// Bounded by the client's request timeout (internal/clients).
+		_, _ = s.rereadStripe(context.Background(), volume, id)
+		k.mu.Lock()
+		delete(k.relearning, key)
+		k.mu.Unlock()
+	}()
 }
