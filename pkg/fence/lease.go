@@ -360,12 +360,16 @@ func (h *Holder) Run(ctx context.Context) error {
 			return nil
 		case <-h.Clock.After(h.RenewEvery):
 		}
-		err := h.checkVolume(ctx)
+		// Renew first: on a loaded API server each round trip may take a
+		// while, and only the renewal keeps the Lease valid. The ECVolume is
+		// read right after; a deletion is seen a round trip later at most.
+		err := h.renew(ctx)
 		if err == nil || !errors.Is(err, ErrLost) {
-			if err != nil && ctx.Err() == nil {
-				h.Logf("%v (renewing anyway: the finalizer waits while the Lease is held)", err)
+			if verr := h.checkVolume(ctx); errors.Is(verr, ErrLost) {
+				err = verr
+			} else if verr != nil && ctx.Err() == nil {
+				h.Logf("%v (the Lease stays held: the finalizer waits while it is)", verr)
 			}
-			err = h.renew(ctx)
 		}
 		if err != nil {
 			if ctx.Err() != nil {

@@ -423,3 +423,81 @@ func TestSupersededWriterFailsInsteadOfWaiting(t *testing.T) {
 		t.Fatalf("the newer writer: %v", err)
 	}
 }
+
+// leaseStore refuses every mutation once fenced, as the export's fencedStore
+// does after its writer Lease is lost; reads still answer. It counts calls.
+type leaseStore struct {
+	Store
+	fenced *atomic.Bool
+	calls  *atomic.Int64
+}
+
+func (s leaseStore) refuse(op string) error {
+	s.calls.Add(1)
+	if s.fenced.Load() {
+		return fmt.Errorf("test: %s refused: %w: the Lease is lost", op, ErrFenced)
+	}
+	return nil
+}
+
+func (s leaseStore) Info(ctx context.Context) (StoreInfo, error) {
+	s.calls.Add(1)
+	return s.Store.Info(ctx)
+}
+
+func (s leaseStore) Append(ctx context.Context, recs []Record) error {
+	if err := s.refuse("append"); err != nil {
+		return err
+	}
+	return s.Store.Append(ctx, recs)
+}
+
+func (s leaseStore) Trim(ctx context.Context, through uint64) error {
+	if err := s.refuse("trim"); err != nil {
+		return err
+	}
+	return s.Store.Trim(ctx, through)
+}
+
+// TestFencedStoresEndTheJournal: once the stores refuse mutations for good
+// (ErrFenced), trims and appends fail at once and the replica workers stop.
+// Before, a refused trim dropped the replica, heal re-admitted it without a
+// mutation (nothing to catch up), the trim was refused again, and so on: a
+// hot loop (TestCrashOfTheExportOverShardServers logged it thousands of
+// times a second after its export lost the Lease under load).
+func TestFencedStoresEndTheJournal(t *testing.T) {
+	ctx := context.Background()
+	var fenced atomic.Bool
+	var calls atomic.Int64
+	var stores []Store
+	for _, s := range openStores(t, t.TempDir(), 3) {
+		stores = append(stores, leaseStore{Store: s, fenced: &fenced, calls: &calls})
+	}
+	j, err := Open(ctx, stores, Options{SizeBytes: 1 << 20, RetryInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	seq, err := j.Append(ctx, 0, block(0, 1, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fenced.Store(true)
+	bounded, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := j.trim(bounded, seq); !errors.Is(err, ErrFenced) {
+		t.Fatalf("trim with fenced stores: %v, want ErrFenced", err)
+	}
+	if _, err := j.Append(bounded, 8, block(8, 1, 1)); !errors.Is(err, ErrFenced) {
+		t.Fatalf("append after the fence: %v, want ErrFenced", err)
+	}
+	// The replica workers stop on their own (before, they healed and
+	// re-trimmed until Close).
+	stopped := make(chan struct{})
+	go func() { j.workers.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-bounded.Done():
+		t.Fatalf("the replica workers still run after the journal ended (%d store calls so far)", calls.Load())
+	}
+}

@@ -165,6 +165,12 @@ func (j *Journal) runReplica(r *replica) {
 	defer j.workers.Done()
 	wait := j.opts.RetryInterval
 	for j.ctx.Err() == nil {
+		select {
+		case <-j.fenced:
+			// Nothing this writer sends would be accepted: stop (Close still waits for us).
+			return
+		default:
+		}
 		if j.trimBehind(r) {
 			continue
 		}
@@ -190,13 +196,16 @@ func (j *Journal) runReplica(r *replica) {
 			}
 		case admitted:
 			if err := j.appendTo(r, work); err != nil {
+				if final(err) {
+					j.supersede(err)
+				}
 				j.mu.Lock()
 				j.dropLocked(r, err)
 				j.mu.Unlock()
 			}
 		default:
 			err := j.heal(r)
-			if errors.Is(err, errFenced) {
+			if final(err) {
 				j.supersede(err)
 			}
 			j.mu.Lock()
@@ -231,6 +240,9 @@ func (j *Journal) trimBehind(r *replica) bool {
 	r.busy = true
 	j.mu.Unlock()
 	err := r.store.Trim(j.ctx, through)
+	if final(err) {
+		j.supersede(err)
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	r.busy = false
@@ -287,6 +299,16 @@ var ErrSuperseded = errors.New("journal: a newer writer owns the journal")
 
 var errFenced = ErrSuperseded
 
+// ErrFenced: the writer was fenced off outside the journal (its stores
+// refuse every mutation for good, e.g. because the export lost its writer
+// Lease). A store error wrapping it ends the journal as ErrSuperseded does:
+// every waiting and later append and trim fails at once, and the replica
+// workers stop instead of catching the store up again and again.
+var ErrFenced = errors.New("journal: this writer is fenced off")
+
+// final reports whether a store's error means this writer may never write again.
+func final(err error) bool { return errors.Is(err, ErrSuperseded) || errors.Is(err, ErrFenced) }
+
 // supersede ends this writer's journal: waiting and later appends fail with err.
 func (j *Journal) supersede(err error) {
 	j.fenceOnce.Do(func() {
@@ -295,7 +317,7 @@ func (j *Journal) supersede(err error) {
 		j.mu.Unlock()
 		close(j.fenced)
 		if j.opts.Logf != nil {
-			j.opts.Logf("journal superseded: %v", err)
+			j.opts.Logf("journal ends (this writer may not write again): %v", err)
 		}
 	})
 }
@@ -475,6 +497,8 @@ func (j *Journal) trim(ctx context.Context, through uint64) error {
 		case <-changed:
 		case <-j.done:
 			return ErrClosed
+		case <-j.fenced:
+			return fmt.Errorf("journal: trim through %d: %w", through, j.superseded())
 		case <-ctx.Done():
 			return fmt.Errorf("journal: trim through %d: waiting for a quorum of stores to trim: %w", through, ctx.Err())
 		}

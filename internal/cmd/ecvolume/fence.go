@@ -67,7 +67,8 @@ type fencedStore struct {
 
 func (s fencedStore) guard(op string) error {
 	if err := s.check(); err != nil {
-		return fmt.Errorf("journal %s refused: %w", op, err)
+		// Check fails for good once it fails: the journal ends (ErrFenced).
+		return fmt.Errorf("journal %s refused: %w: %w", op, journal.ErrFenced, err)
 	}
 	return nil
 }

@@ -51,8 +51,9 @@ func TestCrashOfTheExportOverShardServers(t *testing.T) {
 		cmd := exec.Command(c.bin, "ec-volume", "serve", "--volume", exportNm, "--listen", addr,
 			"--cache-dir", filepath.Join(c.dir, "crash-cache-"+strconv.Itoa(starts)),
 			"--cache-memory-bytes", strconv.Itoa(4<<20), "--cache-disk-bytes", strconv.Itoa(8<<20),
-			// A SIGKILLed export leaves its writer Lease to expire: keep the wait short.
-			"--lease-duration", "3s",
+			// A SIGKILLed export leaves its writer Lease to expire (10 s: a 3 s Lease
+			// was lost under the load of a CI run, which ended the burst early).
+			"--lease-duration", "10s",
 			"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Start(); err != nil {
