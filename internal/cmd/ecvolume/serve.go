@@ -202,10 +202,16 @@ func (f *serveFlags) acquireLease(ctx context.Context, st *stripe.Store, vol *st
 	}
 	f.logf("holds Lease %s/%s with writer epoch %d", f.registryNS, fence.LeaseName(f.volume), holder.Epoch())
 	st.WriterEpoch, st.Fence = holder.Epoch(), holder.Check
+	// Serving ends with ctx (SIGTERM) or the Lease; renewing goes on until
+	// stop, i.e. through the drain and the close of the journal after
+	// SIGTERM, so that a shutdown longer than the Lease still ends with a
+	// valid Lease to release (before, renewals stopped at SIGTERM and a
+	// slow shutdown left the next export waiting out the whole Lease).
 	serveCtx, stopServing := context.WithCancel(ctx)
+	renewCtx, stopRenewing := context.WithCancel(context.WithoutCancel(ctx))
 	leaseDone := make(chan error, 1)
 	go func() {
-		err := holder.Run(serveCtx)
+		err := holder.Run(renewCtx)
 		if err != nil {
 			f.logf("stops serving: %v", err)
 		}
@@ -213,7 +219,7 @@ func (f *serveFlags) acquireLease(ctx context.Context, st *stripe.Store, vol *st
 		stopServing()
 	}()
 	var once sync.Once
-	return &lease{holder: holder, ctx: serveCtx, stop: func() { once.Do(func() { stopServing(); <-leaseDone }) }}, nil
+	return &lease{holder: holder, ctx: serveCtx, stop: func() { once.Do(func() { stopServing(); stopRenewing(); <-leaseDone }) }}, nil
 }
 
 // journalStores opens the journal replicas: on shard servers (placed and

@@ -10,10 +10,13 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/fence"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/tests/testenv"
 )
@@ -22,7 +25,10 @@ import (
 // destager cannot free the journal, so once it is full qemu-io's next write
 // waits for room. SIGTERM must still end the export within its drain
 // timeout (the waiting write fails, it was never acknowledged). On the old
-// code the export waited for that write forever.
+// code the export waited for that write forever. The drain (10 s) outlasts
+// the writer Lease (5 s): the export keeps renewing it while it shuts down
+// and releases it at the end, so the next export need not wait (on the old
+// code renewals stopped at SIGTERM and the Lease was left to expire).
 func TestSIGTERMWithAFullJournalExits(t *testing.T) {
 	need(t, "qemu-io")
 	c := newECCluster(t, 3)
@@ -44,7 +50,7 @@ func TestSIGTERMWithAFullJournalExits(t *testing.T) {
 	e := &fenceExport{addr: testenv.Addr(testenv.FreePort(t)), metricsAddr: testenv.Addr(testenv.FreePort(t)), out: &lockedBuffer{}, done: make(chan struct{})}
 	e.cmd = exec.Command(c.bin, "ec-volume", "serve", "--volume", vol, "--listen", e.addr, "--metrics-bind-address", e.metricsAddr,
 		"--cache-dir", filepath.Join(c.dir, "full-cache"), "--journal-dir", filepath.Join(c.dir, "full-journal"),
-		"--cache-memory-bytes", strconv.Itoa(4<<20), "--cache-disk-bytes", strconv.Itoa(8<<20), "--nbd-drain-timeout", "5s",
+		"--cache-memory-bytes", strconv.Itoa(4<<20), "--cache-disk-bytes", strconv.Itoa(8<<20), "--nbd-drain-timeout", "10s", "--lease-duration", "5s",
 		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
 	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
 	if err := e.cmd.Start(); err != nil {
@@ -81,8 +87,15 @@ func TestSIGTERMWithAFullJournalExits(t *testing.T) {
 	sent := time.Now()
 	select {
 	case <-e.done:
-		t.Logf("the export exited %s after SIGTERM with a full journal (drain timeout 5s): %v", time.Since(sent).Round(time.Millisecond), e.exitErr)
+		t.Logf("the export exited %s after SIGTERM with a full journal (drain timeout 10s): %v", time.Since(sent).Round(time.Millisecond), e.exitErr)
 	case <-time.After(60 * time.Second):
-		t.Fatalf("the export still running 60s after SIGTERM with a full journal (drain timeout 5s); output:\n%s", e.out.String())
+		t.Fatalf("the export still running 60s after SIGTERM with a full journal (drain timeout 10s); output:\n%s", e.out.String())
+	}
+	l := &coordinationv1.Lease{}
+	if err := c.env.Client.Get(ctx, client.ObjectKey{Namespace: registry.DefaultNamespace, Name: fence.LeaseName(vol)}, l); err != nil {
+		t.Fatal(err)
+	}
+	if h := ptr.Deref(l.Spec.HolderIdentity, ""); h != "" {
+		t.Fatalf("after a shutdown longer than its Lease the export left the Lease held by %q (not released); output:\n%s", h, e.out.String())
 	}
 }
