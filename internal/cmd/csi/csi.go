@@ -11,11 +11,7 @@ import (
 	"os"
 	"strings"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/internal/clients"
 	pkgcsi "github.com/billyronks/couchestor/pkg/csi"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
@@ -38,6 +34,7 @@ func Command(ctx context.Context, args []string) error {
 	nodeID := fs.String("node-id", os.Getenv("NODE_NAME"), "Node name (default $NODE_NAME). Required with --node.")
 	stateDir := fs.String("state-dir", "/var/lib/couchestor-csi", "Directory of the node plugin's per-volume state, export caches and logs (a hostPath: it must outlive the plugin).")
 	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
+	kubeTimeout := fs.Duration("kube-request-timeout", clients.DefaultRequestTimeout, "Longest an API-server request of the driver may take before it fails (the CSI call then fails and the sidecar retries it). Passed on to the exports the node runs.")
 	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases and the volumes' writer Leases.")
 	mayastorNS := fs.String("mayastor-namespace", "mayastor", "Namespace of the DiskPools (passed to the exports).")
 	secret := fs.String("shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
@@ -58,34 +55,21 @@ func Command(ctx context.Context, args []string) error {
 	if *node && *nodeID == "" {
 		return errors.New("--node-id (or $NODE_NAME) is required with --node")
 	}
-	kc, err := kubeClient(*kubeconfig)
+	if *kubeTimeout <= 0 {
+		return fmt.Errorf("--kube-request-timeout %v must be positive", *kubeTimeout)
+	}
+	kc, err := clients.Kube{Kubeconfig: *kubeconfig, RequestTimeout: *kubeTimeout}.Client()
 	if err != nil {
 		return err
 	}
-	var cc shardserver.ClientConfig
-	var shardFlags []string
-	switch {
-	case *secret != "":
-		ns, name, ok := strings.Cut(*secret, "/")
-		if !ok {
-			return fmt.Errorf("--shard-secret %q must be namespace/name", *secret)
-		}
-		if cc, err = registry.ClientConfigFromSecret(ctx, kc, ns, name); err != nil {
-			return err
-		}
-		shardFlags = []string{"--shard-secret", *secret}
-	case *caFile != "":
-		if cc.CAPEM, err = os.ReadFile(*caFile); err != nil {
-			return fmt.Errorf("--ca-file: %w", err)
-		}
-		tok, err := os.ReadFile(*tokenFile)
-		if err != nil || strings.TrimSpace(string(tok)) == "" {
-			return fmt.Errorf("--token-file %q must name a non-empty file: %v", *tokenFile, err)
-		}
-		cc.Token = strings.TrimSpace(string(tok))
+	cc, err := clients.ShardClientConfig(ctx, kc, *secret, *caFile, *tokenFile)
+	if err != nil {
+		return err
+	}
+	// The exports read the same credentials the same way.
+	shardFlags := []string{"--shard-secret", *secret}
+	if *secret == "" {
 		shardFlags = []string{"--ca-file", *caFile, "--token-file", *tokenFile}
-	default:
-		return errors.New("either --shard-secret or --ca-file with --token-file is required")
 	}
 	sc, err := shardserver.NewClient(cc)
 	if err != nil {
@@ -95,7 +79,7 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("find the couchestor binary for the exports: %w", err)
 	}
-	xargs := []string{"--registry-namespace", *registryNS, "--mayastor-namespace", *mayastorNS}
+	xargs := []string{"--registry-namespace", *registryNS, "--mayastor-namespace", *mayastorNS, "--kube-request-timeout", kubeTimeout.String()}
 	if *kubeconfig != "" {
 		xargs = append(xargs, "--kubeconfig", *kubeconfig)
 	}
@@ -104,25 +88,4 @@ func Command(ctx context.Context, args []string) error {
 		RegistryNamespace: *registryNS, Shards: sc, NodeID: *nodeID, StateDir: *stateDir,
 		ExportCommand: []string{self, "ec-volume", "serve"}, ExportArgs: xargs, Attach: *attach}
 	return d.Serve(ctx, *endpoint)
-}
-
-func kubeClient(kubeconfig string) (client.Client, error) {
-	if kubeconfig == "" {
-		kubeconfig = os.Getenv("KUBECONFIG")
-	}
-	var cfg *rest.Config
-	var err error
-	if kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		cfg, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig: %w", err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return c, nil
 }
