@@ -285,6 +285,7 @@ func run(ctx context.Context, o *options) error {
 		// registry namespace or client Secret must reach the finalizer too.
 		RegistryNamespace: o.erasure.RegistryNamespace,
 		ShardSecret:       types.NamespacedName{Namespace: shardSecretNS, Name: shardSecretName},
+		CredentialsReload: o.erasure.ShardCredentialsReload,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up ECVolume controller: %w", err)
 	}

@@ -26,18 +26,21 @@ import (
 // ErasureCodingOptions are the operator flags of the ErasureCodingPolicy and
 // ECStripe controllers, the rebuild engine and the scrubber.
 type ErasureCodingOptions struct {
-	DownOutDelay            time.Duration
-	PoolProbeInterval       time.Duration
-	RebuildConcurrency      int
-	RebuildBandwidth        int64
-	ScrubBandwidth          int64
-	ScrubTick               time.Duration
-	ScrubStripesPerTick     int
-	PolicyValidationPeriod  time.Duration
-	RegistryNamespace       string
-	ShardSecret             string
-	StripeReconcileWorkers  int
-	ShardClientTimeout      time.Duration
+	DownOutDelay           time.Duration
+	PoolProbeInterval      time.Duration
+	RebuildConcurrency     int
+	RebuildBandwidth       int64
+	ScrubBandwidth         int64
+	ScrubTick              time.Duration
+	ScrubStripesPerTick    int
+	PolicyValidationPeriod time.Duration
+	RegistryNamespace      string
+	ShardSecret            string
+	StripeReconcileWorkers int
+	ShardClientTimeout     time.Duration
+	// ShardCredentialsReload is how often the Secret is re-read after the
+	// client exists, so a rotation needs no operator restart.
+	ShardCredentialsReload  time.Duration
 	DisableShardServerProbe bool
 }
 
@@ -55,17 +58,22 @@ func (o *ErasureCodingOptions) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ShardSecret, "shard-client-secret", registry.DefaultNamespace+"/couchestor-shard-client", "namespace/name of the Secret with the shard servers' ca.crt and token (read when first needed).")
 	fs.IntVar(&o.StripeReconcileWorkers, "ec-stripe-workers", 2, "Concurrent ECStripe reconciles.")
 	fs.DurationVar(&o.ShardClientTimeout, "shard-client-timeout", 30*time.Second, "Timeout of one shard-server request attempt.")
+	fs.DurationVar(&o.ShardCredentialsReload, "shard-credentials-reload-interval", 30*time.Second, "How often the shard-client Secret is re-read (in the background, when the client is next used) so that a rotated CA bundle or token is picked up without a restart.")
 	fs.BoolVar(&o.DisableShardServerProbe, "ec-disable-shard-probe", false, "Judge pools by DiskPool state and registry Lease only, without probing shard servers.")
 }
 
 // lazyShardClient builds the shard-server client from the Secret on first use
-// (the Secret may appear after the operator starts) and retries until it works.
+// (the Secret may appear after the operator starts) and retries until it
+// works; later uses re-read the Secret in the background every reload
+// interval (shardserver.ClientReloader), so a rotation needs no restart.
 type lazyShardClient struct {
 	reader    client.Reader
 	ns, name  string
 	timeout   time.Duration
+	reload    time.Duration
 	mu        sync.Mutex
 	c         *shardserver.Client
+	reloader  *shardserver.ClientReloader
 	lastError error
 }
 
@@ -73,6 +81,7 @@ func (l *lazyShardClient) get(ctx context.Context) (*shardserver.Client, error) 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.c != nil {
+		l.reloader.Poke(ctx, l.timeout)
 		return l.c, nil
 	}
 	cc, err := registry.ClientConfigFromSecret(ctx, l.reader, l.ns, l.name)
@@ -85,8 +94,19 @@ func (l *lazyShardClient) get(ctx context.Context) (*shardserver.Client, error) 
 	if err != nil {
 		return nil, err
 	}
-	l.c = c
+	l.c, l.reloader = c, newSecretReloader(c, l.reader, l.ns, l.name, l.reload)
 	return c, nil
+}
+
+// newSecretReloader re-reads the shard-client Secret into c.
+func newSecretReloader(c *shardserver.Client, reader client.Reader, ns, name string, every time.Duration) *shardserver.ClientReloader {
+	logger := ctrl.Log.WithName("shard-client")
+	return &shardserver.ClientReloader{Client: c, Interval: every,
+		Load: func(ctx context.Context) (shardserver.ClientConfig, error) {
+			return registry.ClientConfigFromSecret(ctx, reader, ns, name)
+		},
+		OnChange: func() { logger.Info("new shard-client credentials in use", "secret", ns+"/"+name) },
+		OnError:  func(err error) { logger.Error(err, "shard-client credentials", "secret", ns+"/"+name) }}
 }
 
 // Probe implements ShardServerProber with the /v1/space call.
@@ -115,7 +135,10 @@ func SetupErasureCoding(mgr ctrl.Manager, o ErasureCodingOptions, mayastorNamesp
 	if o.RebuildBandwidth < 0 || o.ScrubBandwidth < 0 {
 		return errors.New("--ec-rebuild-bandwidth-bytes and --ec-scrub-bandwidth-bytes must not be negative")
 	}
-	shards := &lazyShardClient{reader: mgr.GetAPIReader(), ns: ns, name: name, timeout: o.ShardClientTimeout}
+	if o.ShardCredentialsReload <= 0 {
+		return fmt.Errorf("--shard-credentials-reload-interval=%v: must be positive", o.ShardCredentialsReload)
+	}
+	shards := &lazyShardClient{reader: mgr.GetAPIReader(), ns: ns, name: name, timeout: o.ShardClientTimeout, reload: o.ShardCredentialsReload}
 	lookup := &registry.Lookup{Client: mgr.GetClient(), Namespace: o.RegistryNamespace}
 
 	if err := (&ErasureCodingPolicyReconciler{

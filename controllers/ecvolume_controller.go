@@ -57,10 +57,14 @@ type ECVolumeReconciler struct {
 	GCInterval  time.Duration
 	// Store, when set, is used instead of one built from ShardSecret.
 	Store *stripe.Store
+	// CredentialsReload: how often ShardSecret is re-read once the store
+	// exists (default 30s), so a rotation needs no restart.
+	CredentialsReload time.Duration
 
-	mu      sync.Mutex
-	direct  client.Client // uncached: stripe writes use resourceVersion preconditions
-	writers *fence.WriterWatch
+	mu       sync.Mutex
+	reloader *shardserver.ClientReloader
+	direct   client.Client // uncached: stripe writes use resourceVersion preconditions
+	writers  *fence.WriterWatch
 }
 
 // exportPoll is how often a deleting volume's writer Lease is read while an
@@ -141,6 +145,9 @@ func (r *ECVolumeReconciler) store(ctx context.Context) (*stripe.Store, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.Store != nil {
+		if r.reloader != nil {
+			r.reloader.Poke(ctx, time.Minute)
+		}
 		return r.Store, nil
 	}
 	cc, err := registry.ClientConfigFromSecret(ctx, r.APIReader, r.ShardSecret.Namespace, r.ShardSecret.Name)
@@ -151,6 +158,7 @@ func (r *ECVolumeReconciler) store(ctx context.Context) (*stripe.Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.reloader = newSecretReloader(sc, r.APIReader, r.ShardSecret.Namespace, r.ShardSecret.Name, r.CredentialsReload)
 	r.Store = &stripe.Store{Client: r.direct, Shards: sc, Registry: &registry.Lookup{Client: r.APIReader, Namespace: r.RegistryNamespace}, MayastorNamespace: r.MayastorNamespace, Events: r.Recorder}
 	return r.Store, nil
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/billyronks/couchestor/pkg/retry"
@@ -37,18 +38,81 @@ type ClientConfig struct {
 // Client talks to any number of shard servers over one HTTP/2 transport.
 type Client struct {
 	http *http.Client
-	cfg  ClientConfig
+	cfg  ClientConfig // Timeout, Retries, Backoff; the credentials are in creds
+	// creds are the CA bundle and token of every new TLS handshake and
+	// request; SetCredentials swaps them (a rotation needs no restart).
+	creds  atomic.Pointer[clientCreds]
+	dialer *net.Dialer
 }
 
-// NewClient checks cfg and returns a client.
-func NewClient(cfg ClientConfig) (*Client, error) {
-	if cfg.Token == "" {
+type clientCreds struct {
+	caPEM []byte
+	pool  *x509.CertPool
+	token string
+}
+
+func newClientCreds(caPEM []byte, token string) (*clientCreds, error) {
+	if token == "" {
 		return nil, errors.New("shard client: token must not be empty")
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(cfg.CAPEM) {
+	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, errors.New("shard client: the CA bundle holds no PEM certificate")
 	}
+	return &clientCreds{caPEM: bytes.Clone(caPEM), pool: pool, token: token}, nil
+}
+
+// SetCredentials makes caPEM and token the credentials of every later TLS
+// handshake and request; it reports whether they changed. Connections
+// already open stay up (their server was verified when they were opened).
+// Bad credentials are refused and the current ones kept.
+func (c *Client) SetCredentials(caPEM []byte, token string) (bool, error) {
+	cur := c.creds.Load()
+	if cur != nil && cur.token == token && bytes.Equal(cur.caPEM, caPEM) {
+		return false, nil
+	}
+	n, err := newClientCreds(caPEM, token)
+	if err != nil {
+		return false, err
+	}
+	c.creds.Store(n)
+	return true, nil
+}
+
+func (c *Client) token() string { return c.creds.Load().token }
+
+// dialTLS opens a connection and runs crypto/tls's own handshake and
+// verification (chain and host name, IP addresses included) against the CA
+// bundle of the moment.
+func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := c.dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, &tls.Config{RootCAs: c.creds.Load().pool, ServerName: host, MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"h2", "http/1.1"}})
+	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+const tlsHandshakeTimeout = 5 * time.Second
+
+// NewClient checks cfg and returns a client.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	creds, err := newClientCreds(cfg.CAPEM, cfg.Token)
+	if err != nil {
+		return nil, err
+	}
+	cfg.CAPEM, cfg.Token = nil, ""
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
 	}
@@ -61,16 +125,18 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.Backoff <= 0 {
 		cfg.Backoff = 100 * time.Millisecond
 	}
+	c := &Client{cfg: cfg, dialer: &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}}
+	c.creds.Store(creds)
 	tr := &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		// Every connection is TLS; dialTLS verifies against the current bundle.
+		DialTLSContext:      c.dialTLS,
 		ForceAttemptHTTP2:   true,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
 		HTTP2:               HTTP2Config(),
 	}
-	return &Client{http: &http.Client{Transport: tr}, cfg: cfg}, nil
+	c.http = &http.Client{Transport: tr}
+	return c, nil
 }
 
 // HTTP2Config is the HTTP/2 tuning of shard clients and servers alike: they
@@ -147,7 +213,7 @@ func (c *Client) once(ctx context.Context, method, u string, hdr http.Header, bo
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	req.Header.Set("Authorization", "Bearer "+c.token())
 	if body != nil {
 		req.ContentLength = int64(len(body))
 		req.Header.Set("Content-Type", "application/octet-stream")

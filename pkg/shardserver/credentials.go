@@ -148,3 +148,85 @@ func (c *CredentialReloader) reloadTokens() (bool, error) {
 	c.mu.Unlock()
 	return true, nil
 }
+
+// ClientReloader keeps a Client's CA bundle and token equal to their source
+// (the shard-client Secret, or the --ca-file and --token-file files), so
+// rotating them needs no restart of the operator, an export or the CSI
+// driver. With the servers accepting the old and the new token during a
+// rotation (ReadTokenFile), a client picks the new credentials up within
+// Interval. A source that cannot be read or holds unusable credentials keeps
+// the current ones and is reported through OnError.
+type ClientReloader struct {
+	Client *Client
+	// Load reads the source; only CAPEM and Token of its answer are used.
+	Load     func(context.Context) (ClientConfig, error)
+	Interval time.Duration // default 30s
+	OnError  func(error)
+	OnChange func() // after new credentials were applied (optional)
+
+	mu      sync.Mutex
+	last    time.Time
+	running bool
+}
+
+func (r *ClientReloader) interval() time.Duration {
+	if r.Interval <= 0 {
+		return 30 * time.Second
+	}
+	return r.Interval
+}
+
+// Reload reads the source once and applies what it holds.
+func (r *ClientReloader) Reload(ctx context.Context) error {
+	cc, err := r.Load(ctx)
+	if err == nil {
+		var changed bool
+		if changed, err = r.Client.SetCredentials(cc.CAPEM, cc.Token); err == nil && changed && r.OnChange != nil {
+			r.OnChange()
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("reload the shard client's credentials (the current ones stay in use): %w", err)
+		if r.OnError != nil {
+			r.OnError(err)
+		}
+	}
+	return err
+}
+
+// Run reloads every Interval until ctx ends.
+func (r *ClientReloader) Run(ctx context.Context) {
+	t := time.NewTicker(r.interval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = r.Reload(ctx)
+		}
+	}
+}
+
+// Poke starts one reload in the background when the last started more than
+// Interval ago; it never blocks its caller (for callers on a request path
+// that own no long-lived goroutine). The reload may take timeout at most.
+func (r *ClientReloader) Poke(ctx context.Context, timeout time.Duration) {
+	r.mu.Lock()
+	if r.running || time.Since(r.last) < r.interval() {
+		r.mu.Unlock()
+		return
+	}
+	r.running, r.last = true, time.Now()
+	r.mu.Unlock()
+	go func() {
+		defer func() {
+			r.mu.Lock()
+			r.running = false
+			r.mu.Unlock()
+		}()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		defer cancel()
+		_ = r.Reload(rctx)
+	}()
+}

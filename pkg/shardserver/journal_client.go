@@ -207,7 +207,7 @@ func (r *remoteJournal) scanOnce(ctx context.Context, delivered *uint64, progres
 	if err != nil {
 		return err, true
 	}
-	req.Header.Set("Authorization", "Bearer "+r.c.cfg.Token)
+	req.Header.Set("Authorization", "Bearer "+r.c.token())
 	resp, err := r.c.http.Do(req)
 	if err != nil {
 		return err, false

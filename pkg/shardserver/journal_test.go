@@ -540,7 +540,7 @@ func TestJournalRemoteRefusals(t *testing.T) {
 		t.Errorf("a refused name created a directory: %v", err)
 	}
 
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.http.Transport.(*http.Transport).TLSClientConfig.RootCAs}}}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.creds.Load().pool}}}
 	do := func(method, path, token string, body []byte) (int, string) {
 		req, _ := http.NewRequest(method, "https://"+srv.addr+path, bytes.NewReader(body))
 		if token != "" {

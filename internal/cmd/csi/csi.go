@@ -8,8 +8,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/billyronks/couchestor/internal/clients"
 	pkgcsi "github.com/billyronks/couchestor/pkg/csi"
@@ -34,6 +36,7 @@ func Command(ctx context.Context, args []string) error {
 	nodeID := fs.String("node-id", os.Getenv("NODE_NAME"), "Node name (default $NODE_NAME). Required with --node.")
 	stateDir := fs.String("state-dir", "/var/lib/couchestor-csi", "Directory of the node plugin's per-volume state, export caches and logs (a hostPath: it must outlive the plugin).")
 	kubeconfig := fs.String("kubeconfig", "", "Kubeconfig (default $KUBECONFIG, else in-cluster).")
+	credsReload := fs.Duration("shard-credentials-reload-interval", 30*time.Second, "How often the shard servers' CA bundle and token are re-read (by the driver and the exports it runs), so that a rotation is picked up without a restart.")
 	kubeTimeout := fs.Duration("kube-request-timeout", clients.DefaultRequestTimeout, "Longest an API-server request of the driver may take before it fails (the CSI call then fails and the sidecar retries it). Passed on to the exports the node runs.")
 	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases and the volumes' writer Leases.")
 	mayastorNS := fs.String("mayastor-namespace", "mayastor", "Namespace of the DiskPools (passed to the exports).")
@@ -58,6 +61,9 @@ func Command(ctx context.Context, args []string) error {
 	if *kubeTimeout <= 0 {
 		return fmt.Errorf("--kube-request-timeout %v must be positive", *kubeTimeout)
 	}
+	if *credsReload <= 0 {
+		return fmt.Errorf("--shard-credentials-reload-interval %v must be positive", *credsReload)
+	}
 	kc, err := clients.Kube{Kubeconfig: *kubeconfig, RequestTimeout: *kubeTimeout}.Client()
 	if err != nil {
 		return err
@@ -75,11 +81,19 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// A rotated CA bundle or token is picked up without a restart.
+	go (&shardserver.ClientReloader{Client: sc, Interval: *credsReload,
+		Load: func(ctx context.Context) (shardserver.ClientConfig, error) {
+			return clients.ShardClientConfig(ctx, kc, *secret, *caFile, *tokenFile)
+		},
+		OnChange: func() { log.Printf("csi: new shard-client credentials in use") },
+		OnError:  func(err error) { log.Printf("csi: %v", err) }}).Run(ctx)
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find the couchestor binary for the exports: %w", err)
 	}
-	xargs := []string{"--registry-namespace", *registryNS, "--mayastor-namespace", *mayastorNS, "--kube-request-timeout", kubeTimeout.String()}
+	xargs := []string{"--registry-namespace", *registryNS, "--mayastor-namespace", *mayastorNS, "--kube-request-timeout", kubeTimeout.String(),
+		"--shard-credentials-reload-interval", credsReload.String()}
 	if *kubeconfig != "" {
 		xargs = append(xargs, "--kubeconfig", *kubeconfig)
 	}

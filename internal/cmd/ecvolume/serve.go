@@ -76,16 +76,16 @@ func Command(ctx context.Context, args []string) error {
 
 // serveFlags are the flags of `ec-volume serve`.
 type serveFlags struct {
-	volume, listen, journalDir, cacheDir    string
-	cacheMem, cacheDisk, cacheBlockBytes    int64
-	kube                                    clients.Kube
-	registryNS, mayastorNS                  string
-	secret, caFile, tokenFile               string
-	knownStripes, destageParallel           int
-	nbdConns                                int
-	nbdBuffers                              int64
-	nbdIdle, nbdIO, nbdDrain, leaseDuration time.Duration
-	metricsAddr                             string
+	volume, listen, journalDir, cacheDir                 string
+	cacheMem, cacheDisk, cacheBlockBytes                 int64
+	kube                                                 clients.Kube
+	registryNS, mayastorNS                               string
+	secret, caFile, tokenFile                            string
+	knownStripes, destageParallel                        int
+	nbdConns                                             int
+	nbdBuffers                                           int64
+	nbdIdle, nbdIO, nbdDrain, leaseDuration, credsReload time.Duration
+	metricsAddr                                          string
 }
 
 func parseServeFlags(args []string) (*serveFlags, error) {
@@ -112,6 +112,7 @@ func parseServeFlags(args []string) (*serveFlags, error) {
 	fs.DurationVar(&f.nbdIdle, "nbd-idle-timeout", 0, "Close an NBD connection that sends no request for this long; 0 (the default) never does: the kernel's NBD client sends nothing while its device is idle, and closing its connection fails the device.")
 	fs.DurationVar(&f.nbdIO, "nbd-io-timeout", time.Minute, "Once a request's first byte arrived, the rest of it (and a WRITE's payload) must follow within this, and each reply must be taken by the client within it; else the connection is closed.")
 	fs.DurationVar(&f.nbdDrain, "nbd-drain-timeout", 20*time.Second, "On shutdown (SIGTERM, or the volume's Lease lost or its ECVolume deleted), requests in flight may finish for this long; then they fail (a write waiting for room in a full journal gets EIO, never an acknowledgement) so the export exits.")
+	fs.DurationVar(&f.credsReload, "shard-credentials-reload-interval", 30*time.Second, "How often the shard servers' CA bundle and token are re-read from --shard-secret or --ca-file/--token-file, so that a rotation is picked up without a restart.")
 	fs.DurationVar(&f.leaseDuration, "lease-duration", 15*time.Second, "Duration of the volume's writer Lease (whole seconds, at least 1s). The export serves only while it holds the Lease, stops serving Duration/5 before it would expire unrenewed, and a second export waits until it was left unrenewed for the full duration (or released by a clean stop).")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "0", "Address of the export's /metrics and /healthz (e.g. :9810); \"0\" disables them. Scrape it: the CoucheStorECVolumeDestageFailing alert reads it.")
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +137,9 @@ func (f *serveFlags) validate() error {
 	}
 	if f.kube.RequestTimeout <= 0 {
 		return fmt.Errorf("--kube-request-timeout %v must be positive", f.kube.RequestTimeout)
+	}
+	if f.credsReload <= 0 {
+		return fmt.Errorf("--shard-credentials-reload-interval %v must be positive", f.credsReload)
 	}
 	// One writer per volume (issue 17 item 1): see acquireLease.
 	if f.leaseDuration < time.Second {
@@ -171,6 +175,13 @@ func (f *serveFlags) openStore(ctx context.Context) (*stripe.Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A rotated CA bundle or token is picked up without a restart.
+	go (&shardserver.ClientReloader{Client: sc, Interval: f.credsReload,
+		Load: func(ctx context.Context) (shardserver.ClientConfig, error) {
+			return clients.ShardClientConfig(ctx, kc, f.secret, f.caFile, f.tokenFile)
+		},
+		OnChange: func() { f.logf("new shard-client credentials in use") },
+		OnError:  func(err error) { f.logf("%v", err) }}).Run(ctx)
 	// The export is its volume's only stripe writer (it holds the volume's
 	// writer Lease, below, and its epoch fences an older export), so it remembers the volume's ECStripes and
 	// looks shard servers up at most every serverViewTTL instead of asking
