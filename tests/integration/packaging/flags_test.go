@@ -42,7 +42,7 @@ func TestShippedArgsAreFlagsOfTheBinary(t *testing.T) {
 			}
 		}
 	}
-	for _, dir := range []string{"default", "manifests"} {
+	for _, dir := range []string{"default", "manifests", "csi"} {
 		collect(decodeObjects(t, kustomizeBuild(t, dir)))
 	}
 	for _, values := range []map[string]any{{}, {"webhook": map[string]any{"certMode": "cert-manager"}},
