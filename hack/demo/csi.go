@@ -53,7 +53,7 @@ func csiStepLines(canErr error, why string, images []string) []string {
 		"  1. make cluster-up (kubelet + containerd, no image registry: images are imported, never pulled);",
 		"  2. the CSI sidecar images imported into its containerd: " + strings.Join(images, ", ") + ";",
 		"  3. a node-plugin image with nbdfuse, fusermount3, losetup, blkid, mkfs.ext4 (csi.node.image; make image builds the binary alone);",
-		"  4. the operator chart with --set csi.enabled=true, a DataPlane (shard servers and the couchestor-shard-client Secret) and the ErasureCodingPolicy cold-4-2;",
+		"  4. the operator chart with --set csi.enabled=true, a DataPlane (shard servers; csi.shardSecret set to its <release>-shard-token Secret) and the ErasureCodingPolicy cold-4-2;",
 		"  5. a PVC of StorageClass couchestor-ec and a pod mounting it.",
 	}
 }
