@@ -32,7 +32,7 @@ manifests: $(CONTROLLER_GEN) ## CRDs, RBAC and webhook manifests from the code's
 	$(CONTROLLER_GEN) webhook paths=./webhooks/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: bundle
-bundle: manifests ## OLM bundle (bundle/) and the install chart's generated files, from config/ (hack/bundlegen)
+bundle: manifests ## OLM bundle (bundle/), the install chart's generated files (from config/) and config/csi (from the chart's CSI templates) (hack/bundlegen)
 	go run ./hack/bundlegen
 
 GO_MODULES := . hack/image hack/tools/etcd hack/tools/controlplane

@@ -8,6 +8,10 @@
 // operator as its own process with its webhooks in self-signed mode; applies a
 // sample ErasureCodingPolicy and StoragePolicy; and shows live what happens.
 //
+// A pod on an erasure-coded PVC (the CSI driver) needs a kubelet: csi.go says
+// in one line that the step is skipped and why, and, where this machine
+// can run the real cluster, what the pod would need.
+//
 // Two things run side by side: tiering (volumes move between hot, warm and
 // cold pools as their IOPS change) and erasure coding (ec.go: an ECVolume is
 // written through NBD, destaged into ECStripes, a shard server is killed, the
@@ -305,6 +309,10 @@ Erasure coding ("ec" lines), meanwhile: 8 MiB written through NBD into ECVolume 
 4+2 ECStripes on 7 shard servers; one shard server is then killed, and after the %[8]s down-out
 delay the operator rebuilds its shards on the spare pool; the data is read back and checksummed.
 `, kubeconfig, kubectl, policyName, promAddr, metricsAddr, probeAddr, ecVolumeName, ecDownOutDelay)
+	for _, l := range csiStep(root) {
+		fmt.Println(l)
+	}
+	fmt.Println()
 	if *duration > 0 {
 		fmt.Printf("Running unattended for %s (expecting at least %d migrations).\n\n", *duration, *minMigrations)
 	} else {

@@ -35,8 +35,9 @@ type Release struct {
 // PackageName is the OLM package.
 const PackageName = "couchestor"
 
-// Generate reads inputs below root and writes bundle/ and
-// helm-charts/couchestor/files/ below out (which may equal root).
+// Generate reads inputs below root and writes bundle/,
+// helm-charts/couchestor/files/ and config/csi/ (the chart's CSI templates
+// as kustomize resources) below out (which may equal root).
 func Generate(root, out string) error {
 	rel, err := LoadRelease(root)
 	if err != nil {
@@ -67,7 +68,14 @@ func Generate(root, out string) error {
 	if err != nil {
 		return err
 	}
-	return writeTree(filepath.Join(out, "helm-charts", "couchestor", "files"), chartFiles)
+	if err := writeTree(filepath.Join(out, "helm-charts", "couchestor", "files"), chartFiles); err != nil {
+		return err
+	}
+	csiFiles, err := CSIFiles(root)
+	if err != nil {
+		return err
+	}
+	return writeTree(filepath.Join(out, "config", "csi"), csiFiles)
 }
 
 // LoadRelease reads hack/bundlegen/release.yaml.

@@ -31,3 +31,41 @@ control-plane: controller-manager
 {{- define "couchestor.dataPlaneNamespaces" -}}
 {{- prepend (without (uniq .Values.dataPlaneNamespaces) .Release.Namespace) .Release.Namespace | join "," -}}
 {{- end -}}
+
+{{- /* CSI driver (csi.enabled): the name is pkg/csi.DriverName. */ -}}
+{{- define "couchestor.csi.driverName" -}}ec.csi.storage.billyronks.io{{- end -}}
+
+{{- /* Where the shard-server Leases, the volumes' writer Leases and the shard client Secret live. */ -}}
+{{- define "couchestor.csi.registryNamespace" -}}
+{{- .Values.csi.registryNamespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{- /* The node plugin's namespace: pod security "privileged", apart from the operator's (restricted). */ -}}
+{{- define "couchestor.csi.nodeNamespace" -}}
+{{- .Values.csi.node.namespace | default "couchestor-csi" -}}
+{{- end -}}
+
+{{- /* The plugin's socket directory on the node, as the kubelet sees it. */ -}}
+{{- define "couchestor.csi.pluginDir" -}}
+{{- printf "%s/plugins/%s" (trimSuffix "/" .Values.csi.kubeletDir) (include "couchestor.csi.driverName" .) -}}
+{{- end -}}
+
+{{- define "couchestor.csi.nodeImage" -}}
+{{- .Values.csi.node.image | default (include "couchestor.image" .) -}}
+{{- end -}}
+
+{{- /* Flags both CSI services share. */ -}}
+{{- define "couchestor.csi.commonArgs" -}}
+- --endpoint=unix:///csi/csi.sock
+- --registry-namespace={{ include "couchestor.csi.registryNamespace" . }}
+- --mayastor-namespace={{ .Values.mayastorNamespace }}
+- --shard-secret={{ include "couchestor.csi.registryNamespace" . }}/{{ .Values.csi.shardSecret }}
+{{- end -}}
+
+{{- define "couchestor.csi.restricted" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}

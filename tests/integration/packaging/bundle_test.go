@@ -40,7 +40,7 @@ func TestBundleIsFresh(t *testing.T) {
 	if err := gen.Generate(testenv.Root(), out); err != nil {
 		t.Fatalf("generate: %v", err)
 	}
-	for _, sub := range []string{"bundle", filepath.Join("helm-charts", "couchestor", "files")} {
+	for _, sub := range []string{"bundle", filepath.Join("helm-charts", "couchestor", "files"), filepath.Join("config", "csi")} {
 		want := readTree(t, filepath.Join(out, sub))
 		got := readTree(t, filepath.Join(testenv.Root(), sub))
 		for name, w := range want {

@@ -77,6 +77,7 @@ func TestChartsLint(t *testing.T) {
 	}{
 		{installChart, map[string]any{}},
 		{installChart, map[string]any{"webhook": map[string]any{"certMode": "cert-manager"}}},
+		{installChart, csiValues(nil)},
 		{dataPlaneChart, map[string]any{}}, // values.yaml alone: no shard servers yet
 		{dataPlaneChart, dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: []dataplanev1alpha1.ShardServer{{Node: "n1", DiskPool: "p1"}}})},
 	}
@@ -192,6 +193,18 @@ func renderMatrix(t *testing.T) []renderCase {
 					}
 				}
 			}},
+		{name: "install/csi", chart: installChart, values: csiValues(nil), check: func(t *testing.T, objs []*unstructured.Unstructured) {
+			k := kinds(objs)
+			if k["CSIDriver"] != 1 || k["StorageClass"] != 1 || k["DaemonSet"] != 1 || k["Deployment"] != 2 || k["Namespace"] != 1 {
+				t.Errorf("kinds %v", k)
+			}
+			checkChartRBACIsGenerated(t, objs)
+		}},
+		{name: "install/defaults-without-csi", chart: installChart, values: map[string]any{}, check: func(t *testing.T, objs []*unstructured.Unstructured) {
+			if k := kinds(objs); k["CSIDriver"] != 0 || k["DaemonSet"] != 0 || k["StorageClass"] != 0 {
+				t.Errorf("csi.enabled defaults to false, yet kinds %v", k)
+			}
+		}},
 		{name: "install/minimal", chart: installChart,
 			values: map[string]any{"replicaCount": 1, "webhook": map[string]any{"enabled": false}, "metrics": map[string]any{"enabled": false},
 				"networkPolicy": map[string]any{"enabled": false}, "crds": map[string]any{"install": false}, "leaderElection": map[string]any{"enabled": false}},
@@ -273,10 +286,12 @@ func checkShardServerPrivileges(t *testing.T, objs []*unstructured.Unstructured,
 	}
 }
 
+// deployment is the operator's Deployment (the CSI controller, with
+// csi.enabled, is another).
 func deployment(t *testing.T, objs []*unstructured.Unstructured) *appsv1.Deployment {
 	t.Helper()
 	for _, o := range objs {
-		if o.GetKind() == "Deployment" {
+		if o.GetKind() == "Deployment" && o.GetName() == "couchestor-controller-manager" {
 			d := &appsv1.Deployment{}
 			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, d); err != nil {
 				t.Fatal(err)
@@ -331,6 +346,11 @@ func TestChartsRejectBadValues(t *testing.T) {
 		{installChart, map[string]any{"mayastor": map[string]any{"placementLever": "drain"}}, "placementLever"},
 		{installChart, map[string]any{"mayastor": map[string]any{"apiUrl": "mayastor-api-rest:8081"}}, "apiUrl"},
 		{installChart, map[string]any{"extraArgs": []any{"leader-elect=false"}}, "extraArgs"},
+		{installChart, csiValues(map[string]any{"node": map[string]any{"attach": "loop"}}), "attach"},
+		{installChart, csiValues(map[string]any{"storageClass": map[string]any{"fsType": "btrfs"}}), "fsType"},
+		{installChart, csiValues(map[string]any{"kubeletDir": "var/lib/kubelet"}), "kubeletDir"},
+		{installChart, csiValues(map[string]any{"sidecars": map[string]any{"provisioner": map[string]any{"image": ""}}}), "image"},
+		{installChart, csiValues(map[string]any{"controller": map[string]any{"replicas": 0}}), "replicas"},
 		{dataPlaneChart, map[string]any{"shardServers": []any{map[string]any{"node": "Bad_Node", "diskPool": "p"}}}, "node"},
 		{dataPlaneChart, map[string]any{"shardServers": okServers, "port": 80}, "port"},
 		{dataPlaneChart, map[string]any{"shardServers": okServers, "storage": map[string]any{"type": "NFS"}}, "type"},

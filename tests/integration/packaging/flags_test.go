@@ -21,15 +21,19 @@ var flagName = regexp.MustCompile(`^--([a-z0-9-]+)`)
 func TestShippedArgsAreFlagsOfTheBinary(t *testing.T) {
 	operator := map[string]bool{}
 	shard := map[string]bool{}
+	csiFlags := map[string]bool{}
 	collect := func(objs []*unstructured.Unstructured) {
 		for _, o := range objs {
-			if o.GetKind() != "Deployment" && o.GetKind() != "StatefulSet" {
+			if o.GetKind() != "Deployment" && o.GetKind() != "StatefulSet" && o.GetKind() != "DaemonSet" {
 				continue
 			}
 			args := containerArgs(o)
 			into := operator
 			if len(args) > 0 && args[0] == "shard-server" {
 				into, args = shard, args[1:]
+			}
+			if len(args) > 0 && args[0] == "csi" {
+				into, args = csiFlags, args[1:]
 			}
 			for _, a := range args {
 				if m := flagName.FindStringSubmatch(a); m != nil {
@@ -38,10 +42,11 @@ func TestShippedArgsAreFlagsOfTheBinary(t *testing.T) {
 			}
 		}
 	}
-	for _, dir := range []string{"default", "manifests"} {
+	for _, dir := range []string{"default", "manifests", "csi"} {
 		collect(decodeObjects(t, kustomizeBuild(t, dir)))
 	}
-	for _, values := range []map[string]any{{}, {"webhook": map[string]any{"certMode": "cert-manager"}}} {
+	for _, values := range []map[string]any{{}, {"webhook": map[string]any{"certMode": "cert-manager"}},
+		csiValues(map[string]any{"node": map[string]any{"attach": "nbdfuse", "exportArgs": []any{"--cache-memory-bytes=1"}}})} {
 		m, err := render(loadChart(t, installChart), "couchestor-system", values)
 		if err != nil {
 			t.Fatal(err)
@@ -54,8 +59,8 @@ func TestShippedArgsAreFlagsOfTheBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	collect(decodeObjects(t, []byte(m)))
-	if len(shard) == 0 || len(operator) == 0 {
-		t.Fatalf("no args collected: operator %v shard %v", operator, shard)
+	if len(shard) == 0 || len(operator) == 0 || len(csiFlags) == 0 {
+		t.Fatalf("no args collected: operator %v shard %v csi %v", operator, shard, csiFlags)
 	}
 
 	bin := testenv.OperatorBinary(t)
@@ -74,4 +79,5 @@ func TestShippedArgsAreFlagsOfTheBinary(t *testing.T) {
 	}
 	check("operator", operator, "--help")
 	check("shard server", shard, "shard-server", "--help")
+	check("CSI driver", csiFlags, "csi", "--help")
 }

@@ -28,7 +28,7 @@ func kustomizeBuild(t *testing.T, dir string) []byte {
 
 func TestKustomizeBuildsAreAcceptedByTheAPIServer(t *testing.T) {
 	builds := map[string][]byte{}
-	for _, dir := range []string{"default", "manifests", "olm", "samples", "prometheus", "scorecard", "crd", "rbac", "manager"} {
+	for _, dir := range []string{"default", "manifests", "olm", "samples", "prometheus", "scorecard", "crd", "rbac", "manager", "csi"} {
 		builds[dir] = kustomizeBuild(t, dir)
 	}
 
@@ -77,12 +77,37 @@ func TestKustomizeBuildsAreAcceptedByTheAPIServer(t *testing.T) {
 			t.Errorf("config/manifests contains a cert-manager %s; OLM provides the certificates", o.GetKind())
 		}
 	}
+	// config/csi: the chart's CSI objects, for `kubectl apply -k` after
+	// config/default; the controller in the operator's namespace, the node
+	// plugin in its privileged one.
+	csiObjs := decodeObjects(t, builds["csi"])
+	if k := kinds(csiObjs); k["CSIDriver"] != 1 || k["StorageClass"] != 1 || k["Deployment"] != 1 || k["DaemonSet"] != 1 || k["Namespace"] != 1 {
+		t.Errorf("config/csi kinds %v", k)
+	}
+	for _, o := range csiObjs {
+		switch o.GetKind() {
+		case "Deployment":
+			if o.GetNamespace() != "couchestor-system" || o.GetName() != "couchestor-csi-controller" {
+				t.Errorf("config/csi Deployment %s/%s", o.GetNamespace(), o.GetName())
+			}
+		case "DaemonSet":
+			if o.GetNamespace() != "couchestor-csi" {
+				t.Errorf("config/csi DaemonSet in %s, not the privileged couchestor-csi", o.GetNamespace())
+			}
+		}
+		if o.GetLabels()["app.kubernetes.io/managed-by"] == "Helm" {
+			t.Errorf("config/csi %s %s says it is managed by Helm", o.GetKind(), o.GetName())
+		}
+	}
+	for _, v := range rbacViolations(csiObjs) {
+		t.Error("config/csi: " + v)
+	}
 	if !strings.Contains(string(builds["scorecard"]), "olm-status-descriptors") {
 		t.Error("config/scorecard lacks the olm-status-descriptors test")
 	}
 
 	env := testenv.Start(t, withMonitoringCRDs, withCertManagerCRDs)
-	for _, dir := range []string{"default", "manifests", "prometheus"} {
+	for _, dir := range []string{"default", "manifests", "prometheus", "csi"} {
 		objs := decodeObjects(t, builds[dir])
 		for _, err := range dryRunApply(t, env.Client, objs) {
 			t.Errorf("config/%s: API server rejects %v", dir, err)

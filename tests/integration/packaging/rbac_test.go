@@ -51,6 +51,65 @@ var clusterWideAllowList = map[string]struct {
 	"storage.billyronks.io/*own*": {verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}, why: "CoucheStor's own API"},
 }
 
+// csiAllowList is every grant of the CSI driver's roles (the install chart
+// with csi.enabled), per role, each with why. A CSI role is judged only
+// against its own entry — not against clusterWideAllowList, and without the
+// operator's own-kinds shortcut — so nothing the operator may do leaks to
+// the driver and nothing a sidecar needs leaks to the operator. Key as in
+// clusterWideAllowList ("apiGroup/resource", "#named" when the rule names
+// resources).
+var csiAllowList = map[string]map[string]struct {
+	verbs         []string
+	resourceNames []string
+	why           string
+}{
+	// external-provisioner v5: upstream's documented rules minus those of
+	// features the driver does not have (attach, topology, capacity,
+	// secrets in parameters); events narrowed to the recorder's calls.
+	"couchestor-csi-provisioner": {
+		"/persistentvolumes":                             {verbs: []string{"get", "list", "watch", "create", "patch", "delete"}, why: "the provisioner creates and deletes the PVs of the driver's claims (cluster-scoped)"},
+		"/persistentvolumeclaims":                        {verbs: []string{"get", "list", "watch", "update"}, why: "claims in any namespace; update for the provisioner's annotations"},
+		"storage.k8s.io/storageclasses":                  {verbs: []string{"get", "list", "watch"}, why: "a claim's parameters"},
+		"storage.k8s.io/volumeattributesclasses":         {verbs: []string{"get", "list", "watch"}, why: "upstream v5 watches them (VolumeAttributesClass is GA); read-only"},
+		"snapshot.storage.k8s.io/volumesnapshots":        {verbs: []string{"get", "list"}, why: "upstream; a claim naming a snapshot data source is read (and the driver refuses it); read-only"},
+		"snapshot.storage.k8s.io/volumesnapshotcontents": {verbs: []string{"get", "list"}, why: "as above"},
+		"/events": {verbs: []string{"create", "patch"}, why: "provisioning Events on claims in any namespace"},
+	},
+	"couchestor-csi-resizer": {
+		"/persistentvolumes":                     {verbs: []string{"get", "list", "watch", "patch"}, why: "the resizer records the new size on the PV"},
+		"/persistentvolumeclaims":                {verbs: []string{"get", "list", "watch"}, why: "claims asking for more"},
+		"/persistentvolumeclaims/status":         {verbs: []string{"patch"}, why: "the claim's resize conditions"},
+		"/pods":                                  {verbs: []string{"get", "list", "watch"}, why: "expansion is OFFLINE: a volume in use by a pod is not expanded"},
+		"storage.k8s.io/volumeattributesclasses": {verbs: []string{"get", "list", "watch"}, why: "upstream v1.14 watches them; read-only"},
+		"/events":                                {verbs: []string{"create", "patch"}, why: "resize Events on claims"},
+	},
+	"couchestor-csi-controller-plugin": {
+		"storage.billyronks.io/ecvolumes":             {verbs: []string{"get", "list", "create", "update", "delete"}, why: "pkg/csi controller: CreateVolume, ListVolumes, ControllerExpandVolume, DeleteVolume"},
+		"storage.billyronks.io/erasurecodingpolicies": {verbs: []string{"get"}, why: "CreateVolume and GetCapacity read the policy"},
+	},
+	"couchestor-csi-leader-election": {
+		"coordination.k8s.io/leases": {verbs: []string{"get", "create", "update"}, why: "the sidecars' leader election (client-go's Lease lock), in the release namespace"},
+	},
+	"couchestor-csi-controller-registry": {
+		"coordination.k8s.io/leases": {verbs: []string{"get", "list"}, why: "shard-server Leases (Probe, GetCapacity) and a volume's writer Lease (DeleteVolume refuses a volume in use)"},
+		"/secrets#named":             {verbs: []string{"get"}, resourceNames: []string{"couchestor-shard-client"}, why: "the shard client Secret, by name"},
+	},
+	"couchestor-csi-node-plugin": {
+		"storage.billyronks.io/ecvolumes":             {verbs: []string{"get", "patch"}, why: "stage, the export's open and its Lease holder's check; the journal placement annotation"},
+		"storage.billyronks.io/ecvolumes/status":      {verbs: []string{"update"}, why: "the export's Exported and Destaging conditions"},
+		"storage.billyronks.io/ecstripes":             {verbs: []string{"get", "list", "create", "update"}, why: "the export reads and destages stripes"},
+		"storage.billyronks.io/ecstripes/status":      {verbs: []string{"update"}, why: "the export records the shards it wrote"},
+		"storage.billyronks.io/erasurecodingpolicies": {verbs: []string{"get"}, why: "the export reads its policy"},
+	},
+	"couchestor-csi-node-registry": {
+		"coordination.k8s.io/leases": {verbs: []string{"get", "list", "create", "update"}, why: "shard-server lookup and the volume's writer Lease (acquire, renew, release)"},
+		"/secrets#named":             {verbs: []string{"get"}, resourceNames: []string{"couchestor-shard-client"}, why: "the shard client Secret, by name"},
+	},
+	"couchestor-csi-node-diskpools": {
+		"openebs.io/diskpools": {verbs: []string{"get", "list"}, why: "stripe placement reads the pools' state (Mayastor's namespace)"},
+	},
+}
+
 var ownResources = regexp.MustCompile(`^(dataplanes|ecvolumes|ecstripes|erasurecodingpolicies|storagepolicies)(/status|/finalizers)?$`).MatchString
 
 // rbacViolations judges every ClusterRole rule and every Role in objs:
@@ -80,6 +139,10 @@ func rbacViolations(objs []*unstructured.Unstructured) []string {
 			rules = append(rules, pr)
 		}
 		where := fmt.Sprintf("%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
+		if strings.HasPrefix(o.GetName(), "couchestor-csi-") {
+			out = append(out, csiViolations(where, o.GetName(), rules)...)
+			continue
+		}
 		for _, r := range rules {
 			for _, s := range slices.Concat(r.APIGroups, r.Resources, r.Verbs, r.ResourceNames, r.NonResourceURLs) {
 				if strings.Contains(s, "*") {
@@ -102,6 +165,50 @@ func rbacViolations(objs []*unstructured.Unstructured) []string {
 						key += "#named"
 					}
 					out = append(out, allowed(where, key, r.Verbs, r.ResourceNames)...)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// csiViolations judges one CSI role, Role or ClusterRole, against its
+// entry of csiAllowList: every rule, namespaced or not.
+func csiViolations(where, name string, rules []rbacv1.PolicyRule) []string {
+	list, ok := csiAllowList[name]
+	if !ok {
+		return []string{fmt.Sprintf("%s: a CSI role without an entry in csiAllowList", where)}
+	}
+	var out []string
+	for _, r := range rules {
+		for _, s := range slices.Concat(r.APIGroups, r.Resources, r.Verbs, r.ResourceNames) {
+			if strings.Contains(s, "*") {
+				out = append(out, fmt.Sprintf("%s: wildcard %q in rule %v", where, s, r))
+			}
+		}
+		if len(r.NonResourceURLs) > 0 {
+			out = append(out, fmt.Sprintf("%s: non-resource URLs %v", where, r.NonResourceURLs))
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				key := g + "/" + res
+				if len(r.ResourceNames) > 0 {
+					key += "#named"
+				}
+				a, ok := list[key]
+				if !ok {
+					out = append(out, fmt.Sprintf("%s: %v on %s is not in its allow-list", where, r.Verbs, key))
+					continue
+				}
+				for _, v := range r.Verbs {
+					if !slices.Contains(a.verbs, v) {
+						out = append(out, fmt.Sprintf("%s: verb %q on %s is not in its allow-list (%v: %s)", where, v, key, a.verbs, a.why))
+					}
+				}
+				for _, n := range r.ResourceNames {
+					if !slices.Contains(a.resourceNames, n) {
+						out = append(out, fmt.Sprintf("%s: resourceName %q on %s is not in its allow-list", where, n, key))
+					}
 				}
 			}
 		}
@@ -135,13 +242,25 @@ func allowed(where, key string, verbs, names []string) []string {
 // entry, and the data-plane chart ships its shard servers' NetworkPolicy.
 func TestRenderedRBACIsLeastPrivilege(t *testing.T) {
 	c := loadChart(t, installChart)
-	m, err := render(c, "couchestor-system", map[string]any{"dataPlaneNamespaces": []any{"storage-a", "storage-b", "couchestor-system"}}, monitoringAPIs...)
+	m, err := render(c, "couchestor-system", map[string]any{"dataPlaneNamespaces": []any{"storage-a", "storage-b", "couchestor-system"},
+		"csi": map[string]any{"enabled": true}}, monitoringAPIs...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	objs := decodeObjects(t, []byte(m))
 	for _, v := range rbacViolations(objs) {
 		t.Error("install chart: " + v)
+	}
+	csiRoles := map[string]bool{}
+	for _, o := range objs {
+		if strings.HasPrefix(o.GetName(), "couchestor-csi-") && (o.GetKind() == "ClusterRole" || o.GetKind() == "Role") {
+			csiRoles[o.GetName()] = true
+		}
+	}
+	for name := range csiAllowList {
+		if !csiRoles[name] {
+			t.Errorf("the install chart with csi.enabled renders no role %s: the CSI driver's RBAC is missing", name)
+		}
 	}
 	var roleNS []string
 	for _, o := range objs {
@@ -213,6 +332,18 @@ func TestRBACCheckCatchesBroadGrants(t *testing.T) {
 		"webhooks":  "- apiGroups: [admissionregistration.k8s.io]\n  resources: [validatingwebhookconfigurations]\n  verbs: [update]",
 		"own named": "- apiGroups: [admissionregistration.k8s.io]\n  resources: [validatingwebhookconfigurations]\n  resourceNames: [someone-elses]\n  verbs: [update]",
 		"leases":    "- apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get]",
+	}
+	for name, rules := range map[string]string{
+		"couchestor-csi-node-plugin":       "- apiGroups: [storage.billyronks.io]\n  resources: [ecvolumes]\n  verbs: [delete]",
+		"couchestor-csi-controller-plugin": "- apiGroups: [storage.billyronks.io]\n  resources: [ecstripes]\n  verbs: [get]",
+		"couchestor-csi-node-registry":     "- apiGroups: ['']\n  resources: [secrets]\n  verbs: [get]",
+		"couchestor-csi-provisioner":       "- apiGroups: [storage.k8s.io]\n  resources: [volumeattachments]\n  verbs: [get]",
+		"couchestor-csi-unknown":           "- apiGroups: ['']\n  resources: [configmaps]\n  verbs: [get]",
+	} {
+		objs := decodeObjects(t, []byte("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: "+name+", namespace: x}\nrules:\n"+rules+"\n"))
+		if v := rbacViolations(objs); len(v) == 0 {
+			t.Errorf("CSI role %s: %s not caught", name, rules)
+		}
 	}
 	for name, rules := range cases {
 		objs := decodeObjects(t, []byte("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: x}\nrules:\n"+rules+"\n"))
