@@ -13,8 +13,11 @@
 // (its own metrics), then reads VmRSS and VmHWM from /proc/<pid>/status and
 // stops it. A run with no stripe comes first: the idle operator. Reported:
 // create rate (ECStripe create + status, 16 clients, no webhook), time from
-// exec to settled, VmRSS, VmHWM, Go heap in use, and bytes of RSS per stripe
-// over the idle operator and between the last two counts.
+// exec to settled, VmRSS (and its RssAnon part), VmHWM, Go heap in use and
+// the GC's next goal (go_memstats_next_gc_bytes: twice the heap live after
+// the last collection at GOGC=100, so less dependent on when the collector
+// last ran than RSS), and bytes of RSS per stripe over the idle operator and
+// between the last two counts.
 //
 // It is a benchmark behind its own switch (minutes of API-server load):
 //
@@ -94,11 +97,11 @@ func healthy(now time.Time) storagev1.ECStripeStatus {
 	return st
 }
 
-// procStatus reads VmRSS and VmHWM (bytes) of a process.
-func procStatus(pid int) (rss, hwm int64, err error) {
+// procStatus reads VmRSS, VmHWM and RssAnon (bytes) of a process.
+func procStatus(pid int) (rss, hwm, anon int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
@@ -111,12 +114,14 @@ func procStatus(pid int) (rss, hwm int64, err error) {
 			rss = kb * 1024
 		case "VmHWM:":
 			hwm = kb * 1024
+		case "RssAnon:":
+			anon = kb * 1024
 		}
 	}
-	if rss == 0 || hwm == 0 {
-		return 0, 0, fmt.Errorf("no VmRSS/VmHWM in /proc/%d/status", pid)
+	if rss == 0 || hwm == 0 || anon == 0 {
+		return 0, 0, 0, fmt.Errorf("no VmRSS/VmHWM/RssAnon in /proc/%d/status", pid)
 	}
-	return rss, hwm, nil
+	return rss, hwm, anon, nil
 }
 
 func get(url string) (string, error) {
@@ -201,15 +206,16 @@ type bench struct {
 }
 
 type sample struct {
-	stripes          int
-	createRate       float64 // stripes per second (create + status), 0 when none were created
-	ready, settled   time.Duration
-	rss, hwm, heapIn int64
+	stripes        int
+	createRate     float64 // stripes per second (create + status), 0 when none were created
+	ready, settled time.Duration
+	rss, hwm, anon int64
+	heapIn, gcGoal int64 // Go heap in use; the GC's next goal (2× the heap live after the last GC at GOGC=100)
 }
 
 func (s sample) line(idle sample) string {
-	line := fmt.Sprintf("%7d stripes: operator ready %5.1fs, settled %6.1fs after exec; VmRSS %4d MiB, VmHWM %4d MiB, Go heap in use %4d MiB",
-		s.stripes, s.ready.Seconds(), s.settled.Seconds(), s.rss>>20, s.hwm>>20, s.heapIn>>20)
+	line := fmt.Sprintf("%7d stripes: operator ready %5.1fs, settled %6.1fs after exec; VmRSS %4d MiB (RssAnon %4d MiB), VmHWM %4d MiB, Go heap in use %4d MiB, GC goal %4d MiB",
+		s.stripes, s.ready.Seconds(), s.settled.Seconds(), s.rss>>20, s.anon>>20, s.hwm>>20, s.heapIn>>20, s.gcGoal>>20)
 	if s.stripes > 0 {
 		line += fmt.Sprintf("; RSS over idle %.0f B/stripe; created at %.0f stripes/s", float64(s.rss-idle.rss)/float64(s.stripes), s.createRate)
 	}
@@ -445,13 +451,13 @@ func (x *bench) operator(n int, rate float64) sample {
 		return nil
 	})
 	settled := time.Since(start)
-	rss, hwm, err := procStatus(op.Process.Pid)
+	rss, hwm, anon, err := procStatus(op.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
 	if w := metric(exposition, "couchestor_ecstripe_transitions_total"); w != 0 {
 		b.Logf("note: %v stripe state transitions over %d Healthy stripes", w, n)
 	}
-	return sample{stripes: n, createRate: rate, ready: ready, settled: settled, rss: rss, hwm: hwm,
-		heapIn: int64(metric(exposition, "go_memstats_heap_inuse_bytes"))}
+	return sample{stripes: n, createRate: rate, ready: ready, settled: settled, rss: rss, hwm: hwm, anon: anon,
+		heapIn: int64(metric(exposition, "go_memstats_heap_inuse_bytes")), gcGoal: int64(metric(exposition, "go_memstats_next_gc_bytes"))}
 }
