@@ -106,9 +106,9 @@ bench: ## benchmarks (not timed tests; compare ratios within one run)
 	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" go test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.txt
 
 .PHONY: bench-scale
-bench-scale: ## 100,000 ECStripes in a real API server: roll-up time, RSS, overlap p99 (minutes)
-	@assets="$$(hack/envtest.sh)"; COUCHESTOR_SCALE_STRIPES=$${COUCHESTOR_SCALE_STRIPES:-100000} KUBEBUILDER_ASSETS="$$assets" \
-	  go test -run '^$$' -bench ECStripeScale -benchtime 1x -timeout 60m ./tests/integration/ecscale/
+bench-scale: build ## the operator binary cold-started over N ECStripes in a real API server (COUCHESTOR_SCALE_STRIPES, counts ascending; default 50000,100000): time to settle, VmRSS/VmHWM, bytes per stripe (tens of minutes)
+	@assets="$$(hack/envtest.sh)"; COUCHESTOR_SCALE_STRIPES=$${COUCHESTOR_SCALE_STRIPES:-50000,100000} KUBEBUILDER_ASSETS="$$assets" \
+	  COUCHESTOR_BIN=$(LOCALBIN)/couchestor go test -run '^$$' -bench ECStripeScale -benchtime 1x -timeout 120m -v ./tests/integration/ecscale/
 
 .PHONY: bench-rest
 bench-rest: build ## one StoragePolicy evaluation over 10,000 volumes through the REST backend (operator binary + REST double + Prometheus): REST requests, time, operator RSS (minutes)

@@ -22,8 +22,8 @@
 // spec.ecPolicyRef (StoragePolicy), and pkg/stripeindex's StripeIndex (the
 // one the controllers use too), an interval treap per volume fed by the
 // ECStripe informer's events, so the overlap and stripeId
-// checks cost O(log n) in the stripes of that volume (p99 ≈ 10 µs at 100,000
-// stripes, ~130 B of index per stripe; BenchmarkStripeIndex). Until the index
+// checks cost O(log n) in the stripes of that volume (p99 10–13 µs at 100,000
+// stripes, 128 B of index per stripe; BenchmarkStripeIndex). Until the index
 // has synced, ECStripe admission and ErasureCodingPolicy update/delete answer
 // 503 rather than judge against a partial view. A NotFound from the cache is
 // confirmed against the API server, so a policy applied a moment before the

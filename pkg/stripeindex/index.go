@@ -27,7 +27,7 @@ import (
 // per state and their volumes: the one count the webhook's checks and the
 // policy roll-up both read). It is fed by the ECStripe informer of the
 // manager's cache (OnAdd/OnUpdate/OnDelete) and keeps only what those answers
-// need, about 140 bytes per stripe (BenchmarkStripeIndex measures it). It is
+// need, 128 bytes per stripe (index-B/stripe of BenchmarkStripeIndex). It is
 // safe for concurrent use and implements storagev1.StripeNeighbours.
 //
 // The index reflects the informer, not etcd: two stripes admitted at the same
