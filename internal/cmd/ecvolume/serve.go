@@ -104,7 +104,7 @@ func parseServeFlags(args []string) (*serveFlags, error) {
 	fs.StringVar(&f.secret, "shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
 	fs.StringVar(&f.caFile, "ca-file", "", "CA bundle of the shard servers (PEM).")
 	fs.StringVar(&f.tokenFile, "token-file", "", "Bearer token file of the shard servers.")
-	fs.IntVar(&f.knownStripes, "known-stripes", 65536, "How many ECStripe objects the export keeps in memory (about 3 KiB each) so reads and writes need not GET them; past it, misses are read from the API server.")
+	fs.IntVar(&f.knownStripes, "known-stripes", 65536, "How many ECStripe objects the export keeps in memory so reads and writes need not GET them; past it, misses are read from the API server.")
 	fs.Int64Var(&f.cacheBlockBytes, "cache-block-bytes", 0, "Unit of the read cache. 0 picks one data shard (stripeSizeBytes/k) when the stripe splits evenly, else the stripe: a miss then fetches one shard, so random small reads move a k-th of a stripe. The stripe size suits purely sequential readers (a tenth or so faster there). Must be a multiple of 512 dividing stripeSizeBytes.")
 	fs.IntVar(&f.destageParallel, "destage-parallel", 8, "How many stripes the destager writes at once. A stripe write waits mostly on shard servers and two API requests (create or update, then status), so several in flight keep both busy.")
 	fs.IntVar(&f.nbdConns, "nbd-max-connections", nbd.DefaultMaxConns, "Connections the NBD listener serves at once; the next one is refused during negotiation with a message naming this limit.")
