@@ -58,7 +58,10 @@ func PrepareDataDir(dir string, uid, gid uint32) (DataDirAction, error) {
 		return 0, fmt.Errorf("data directory %s: no owner information", dir)
 	}
 	empty := false
-	if fi.IsDir() {
+	// Only a root-owned directory's content matters. The server's own
+	// directory is 0700: root with CAP_CHOWN alone (no CAP_DAC_READ_SEARCH)
+	// may not open it, and a pod restart must find it Ready, not fail.
+	if fi.IsDir() && st.Uid == 0 {
 		if empty, err = isEmptyDir(dir); err != nil {
 			return 0, fmt.Errorf("data directory %s: %w", dir, err)
 		}

@@ -3,9 +3,11 @@ package shardserver
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 )
 
 func TestDataDirDecision(t *testing.T) {
@@ -82,4 +84,72 @@ func TestPrepareDataDir(t *testing.T) {
 	if _, err := PrepareDataDir(link, 65532, 65532); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Fatalf("symlink: %v", err)
 	}
+}
+
+// TestPrepareDataDirRestartWithOnlyChown is the init container's second run
+// (a shard-server pod restarted): root with CAP_CHOWN as its only effective
+// capability finds the directory it handed over (65532:65532, 0700, with
+// content) and must leave it Ready. Opening it to see whether it is empty
+// fails there with EACCES (no CAP_DAC_READ_SEARCH); tests/cluster's
+// LeaderFailover step found the pod crash-looping on that.
+func TestPrepareDataDirRestartWithOnlyChown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	dir := filepath.Join(t.TempDir(), "pool")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if act, err := PrepareDataDir(dir, 65532, 65532); err != nil || act != DataDirHandOver {
+		t.Fatalf("first run: %v %v", act, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "x"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		act DataDirAction
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// Capabilities are per thread: this one keeps only CAP_CHOWN
+		// effective and is never unlocked, so it ends with the goroutine.
+		runtime.LockOSThread()
+		if err := onlyChownEffective(); err != nil {
+			done <- result{err: err}
+			return
+		}
+		if f, err := os.Open(dir); err == nil {
+			f.Close()
+			done <- result{err: os.ErrInvalid} // the capability drop did not take
+			return
+		}
+		act, err := PrepareDataDir(dir, 65532, 65532)
+		done <- result{act, err}
+	}()
+	r := <-done
+	if r.err == os.ErrInvalid {
+		t.Fatal("the directory could still be opened after dropping CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: the test proves nothing")
+	}
+	if r.err != nil || r.act != DataDirReady {
+		t.Fatalf("restart with only CAP_CHOWN: %v %v, want DataDirReady", r.act, r.err)
+	}
+}
+
+// onlyChownEffective sets the calling thread's effective capabilities to
+// CAP_CHOWN (permitted ones unchanged).
+func onlyChownEffective() error {
+	hdr := struct {
+		version uint32
+		pid     int32
+	}{version: 0x20080522} // _LINUX_CAPABILITY_VERSION_3
+	var data [2]struct{ effective, permitted, inheritable uint32 }
+	if _, _, e := syscall.RawSyscall(syscall.SYS_CAPGET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return e
+	}
+	data[0].effective, data[1].effective = 1<<0, 0 // CAP_CHOWN
+	if _, _, e := syscall.RawSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return e
+	}
+	return nil
 }

@@ -35,6 +35,7 @@ func TestCluster(t *testing.T) {
 		{"ECVolumeThroughExportPod", testECVolumeThroughExportPod},
 		{"ShardServerPodLostAndRebuilt", testShardServerPodLostAndRebuilt},
 		{"LeaderFailover", testLeaderFailover},
+		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
 	}
 	for _, s := range steps {
@@ -52,12 +53,19 @@ func testHelmInstall(t *testing.T) {
 	// Mayastor is a prerequisite: its CRDs (as the operator consumes them),
 	// else the leader's DiskPool/MayastorVolume watches never sync.
 	mustKubectl(t, "", "apply", "-f", filepath.Join(root, "config", "crd", "external"))
+	// The data-plane namespace exists before the install: the chart renders
+	// the operator's Role into it (dataPlaneNamespaces).
+	mustKubectl(t, "", "create", "namespace", dpns)
 	start := time.Now()
 	out, err := helm(t, "install", "couchestor", filepath.Join(root, "helm-charts", "couchestor"),
 		"--namespace", ns, "--create-namespace",
 		"--set", "replicaCount=2", "--set", "leaderElection.enabled=true",
 		"--set", "webhook.certMode=self-signed",
 		"--set", "image.pullPolicy=Never",
+		// The DataPlane of this story: its namespace and its hostPath
+		// under the cluster's run directory (the policy refuses others).
+		"--set-json", `dataPlaneNamespaces=["`+dpns+`"]`,
+		"--set-json", `dataPlanePolicy.allowedHostPathPrefixes=["`+shardHostPath()+`/"]`,
 		// No Prometheus in this cluster; the operator must start regardless.
 		"--set", "prometheusURL=http://127.0.0.1:9",
 		// The data plane of this story lives in couchestor-data; a lost
@@ -196,7 +204,6 @@ func testMetricsNeedAuthentication(t *testing.T) {
 // and answers under the DNS name it advertises.
 func testDataPlaneShardServers(t *testing.T) {
 	hostPath := shardHostPath()
-	mustKubectl(t, "", "create", "namespace", dpns)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log(diagnoseNS(t, dpns), diagnose(t))
@@ -294,6 +301,11 @@ func leader(t *testing.T) (string, []string) {
 // Lease, and the controllers run on the new leader (a DataPlane change is
 // reconciled: its release is upgraded with the new value).
 func testLeaderFailover(t *testing.T) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(diagnoseNS(t, dpns), diagnose(t))
+		}
+	})
 	old, _ := leader(t)
 	if old == "" {
 		t.Fatal("no leader before the failover")
@@ -317,6 +329,69 @@ func testLeaderFailover(t *testing.T) {
 			"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}/{.spec.containers[0].resources.limits.memory}{"\n"}{end}`)
 		return err == nil && strings.Count(out, "=True/256Mi") == 1 && strings.Count(out, "=") == 1, out
 	})
+}
+
+// testHelmUpgradeKeepsDataAndLeader: `helm upgrade` with a changed value
+// rolls the operator pods (one surge pod at a time, maxUnavailable 0); a new
+// pod holds the Lease, the webhook still answers, the data plane is not
+// restarted by an operator upgrade (same shard-server pod), and the ECVolume
+// reads back exactly.
+func testHelmUpgradeKeepsDataAndLeader(t *testing.T) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(diagnoseNS(t, dpns), diagnose(t))
+		}
+	})
+	shardUID := strings.TrimSpace(mustKubectl(t, "", "-n", dpns, "get", "pods", "-l", dataPlanePods, "-o", "jsonpath={.items[*].metadata.uid}"))
+	before := strings.Fields(mustKubectl(t, "", "-n", ns, "get", "pods", "-l", "control-plane=controller-manager", "-o", "jsonpath={.items[*].metadata.name}"))
+	start := time.Now()
+	out, err := helm(t, "upgrade", "couchestor", filepath.Join(root, "helm-charts", "couchestor"),
+		"--namespace", ns, "--reuse-values", "--set", "logLevel=debug", "--wait", "--timeout", "5m")
+	if err != nil {
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+	eventually(t, "2 upgraded operator pods Ready, none of the old ones left", podsBound, func() (bool, string) {
+		out, err := kubectl(t, "", "-n", ns, "get", "pods", "-l", "control-plane=controller-manager",
+			"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}/{.spec.containers[0].args}{"\n"}{end}`)
+		if err != nil {
+			return false, out
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 2 {
+			return false, out
+		}
+		for _, l := range lines {
+			for _, o := range before {
+				if strings.HasPrefix(l, o+"=") {
+					return false, out
+				}
+			}
+			if !strings.Contains(l, "=True/") || !strings.Contains(l, "--zap-log-level=debug") {
+				return false, out
+			}
+		}
+		return true, out
+	})
+	eventually(t, "an upgraded pod holds the leader Lease", 3*time.Minute, func() (bool, string) {
+		l, pods := leader(t)
+		for _, o := range before {
+			if l == o {
+				return false, "leader is the old pod " + l
+			}
+		}
+		return l != "", fmt.Sprintf("leader %q, pods %v", l, pods)
+	})
+	t.Logf("helm upgrade → 2 new operator pods Ready and leading in %s", time.Since(start).Round(time.Second))
+	// The webhook of the new pods answers through the Service.
+	bad := "apiVersion: storage.billyronks.io/v1\nkind: StoragePolicy\nmetadata: {name: refused}\nspec: {storageClassName: mayastor, highWatermarkIOPS: 5000, warmWatermarkIOPS: 2000, lowWatermarkIOPS: 500, ecPolicyRef: no-such-policy}\n"
+	eventually(t, "the upgraded webhook refuses through its Service", 2*time.Minute, func() (bool, string) {
+		out, err := kubectl(t, bad, "apply", "--dry-run=server", "-f", "-")
+		return err != nil && strings.Contains(out, "no ErasureCodingPolicy of that name exists"), out
+	})
+	if got := strings.TrimSpace(mustKubectl(t, "", "-n", dpns, "get", "pods", "-l", dataPlanePods, "-o", "jsonpath={.items[*].metadata.uid}")); got != shardUID {
+		t.Errorf("the operator's upgrade replaced the shard-server pod (%s → %s)", shardUID, got)
+	}
+	readBack(t, "ecv-export-4")
 }
 
 // testUninstallKeepsCRDsAndData: helm uninstall removes the operator but

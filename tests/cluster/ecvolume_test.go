@@ -159,7 +159,8 @@ kind: Pod
 metadata:
   name: %[1]s
   namespace: %[2]s
-  labels: {app: ecv-export}
+  # Admitted by the data-plane chart's NetworkPolicy on the shard port.
+  labels: {app: ecv-export, couchestor.billyronks.io/shard-client: "true"}
 spec:
   serviceAccountName: ecv-export
   enableServiceLinks: false
