@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/billyronks/couchestor/tests/testenv"
 )
 
 // TestFioThroughput measures the export with fio's nbd engine next to
@@ -199,14 +201,7 @@ func stripePathTarget(t *testing.T) (tg benchTarget) {
 	return tg
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 func waitListening(t *testing.T, addr string) {
 	deadline := time.Now().Add(30 * time.Second)
