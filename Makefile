@@ -76,14 +76,32 @@ prometheus: ## a real Prometheus for integration tests
 vet:
 	go vet ./...
 
+# SKIP_CLUSTER=1 leaves the real-cluster suite out of `make test` (said loudly);
+# CI never sets it.
+SKIP_CLUSTER ?=
+CLUSTER_LOCK ?= $${TMPDIR:-/tmp}/couchestor-cluster.lock
+
 .PHONY: test
-test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest and e2e suites (the real-cluster suite is make test-cluster)
+test: verify-generated vet build ## everything CI runs: generated files fresh, unit, envtest and e2e suites, then tests/cluster where the machine can run it
 	@assets="$$(hack/envtest.sh)"; \
 	prom="$$(hack/prometheus.sh)"; \
 	hack/nbd-clients.sh; \
 	echo "KUBEBUILDER_ASSETS=$$assets COUCHESTOR_PROMETHEUS=$$prom"; \
 	KUBEBUILDER_ASSETS="$$assets" COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_BIN="$(LOCALBIN)/couchestor" \
 	  go test $(GO_TEST_FLAGS) ./...
+	@$(MAKE) --no-print-directory test-cluster-if-possible
+
+# The real-cluster suite after the rest of `make test`: run where
+# `hack/cluster.sh can` says the machine can (root, Linux, the Debian packages
+# or apt), else a loud line saying it was skipped and why. One cluster per
+# machine: a second `make test` waits for the first's cluster (CLUSTER_LOCK).
+.PHONY: test-cluster-if-possible
+test-cluster-if-possible:
+	@if [ -n "$(SKIP_CLUSTER)" ]; then \
+	  printf '\n!!!!!!!! tests/cluster SKIPPED: SKIP_CLUSTER=%s was set; make test did NOT run the real-cluster suite !!!!!!!!\n\n' "$(SKIP_CLUSTER)"; exit 0; fi; \
+	if ! why="$$(hack/cluster.sh can)"; then \
+	  printf '\n!!!!!!!! tests/cluster SKIPPED: this machine cannot run the real cluster: %s !!!!!!!!\n\n' "$$why"; exit 0; fi; \
+	flock "$(CLUSTER_LOCK)" $(MAKE) --no-print-directory test-cluster
 
 .PHONY: test-cluster
 test-cluster: image ## only tests/cluster: the charts installed with the real helm CLI in a real single-node Kubernetes (root)

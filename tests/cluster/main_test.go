@@ -5,8 +5,9 @@
 // whose shard-server StatefulSets the operator's Helm reconciler installs.
 //
 // It runs only with COUCHESTOR_CLUSTER_TESTS=1, which `make test-cluster`
-// sets (not yet part of `make test`: see the README); the cluster is brought
-// up once in TestMain and always torn down.
+// sets; `make test` runs it after every other package wherever
+// `hack/cluster.sh can` says the machine can (see the README). The cluster is
+// brought up once in TestMain and always torn down.
 package cluster
 
 import (
