@@ -1,0 +1,262 @@
+package shardindex
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+const uid = "8d7e3f0a-2f6b-4c1e-9a57-3b1f0c2d4e5f"
+
+func open(t *testing.T, path string) *Index {
+	t.Helper()
+	x, err := Open(path, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func rec(g uint32, stripe, gen uint64) Record {
+	return Record{Key{g, uid, stripe}, Entry{Shard: uint8(stripe % 6), Generation: gen, Offset: stripe << 20, Length: 262144 + 4096, Checksum: stripe*0x9e3779b97f4a7c15 + gen, Epoch: 3}}
+}
+
+func TestPutGetScanCountSurviveReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	x := open(t, path)
+	var recs []Record
+	for s := uint64(0); s < 300; s++ {
+		recs = append(recs, rec(uint32(s%3), s, 1))
+	}
+	if err := x.Put(recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	x = open(t, path)
+	defer x.Close()
+	for _, r := range recs {
+		e, ok, err := x.Get(r.Key)
+		if err != nil || !ok || e != r.Entry {
+			t.Fatalf("Get(%s) after reopen = %+v, %v, %v; want %+v", r.Key, e, ok, err, r.Entry)
+		}
+	}
+	for g := uint32(0); g < 3; g++ {
+		n, err := x.Count(g)
+		if err != nil || n != 100 {
+			t.Fatalf("Count(%d) = %d, %v; want 100", g, n, err)
+		}
+		var prev int64 = -1
+		seen := 0
+		if err := x.Scan(g, func(r Record) error {
+			if r.Group != g || int64(r.Stripe) <= prev || r.Entry != rec(g, r.Stripe, 1).Entry {
+				return fmt.Errorf("scan of group %d gave %+v after stripe %d", g, r, prev)
+			}
+			prev = int64(r.Stripe)
+			seen++
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if seen != 100 {
+			t.Fatalf("Scan(%d) saw %d entries, Count says 100", g, seen)
+		}
+	}
+	if _, ok, err := x.Get(Key{0, uid, 100000}); ok || err != nil {
+		t.Fatalf("Get of an absent stripe: ok %v err %v", ok, err)
+	}
+}
+
+func TestGenerationsOnlyMoveForward(t *testing.T) {
+	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	defer x.Close()
+	if err := x.Put([]Record{rec(7, 1, 5)}); err != nil {
+		t.Fatal(err)
+	}
+	// The same entry again (a retried write) is fine and counts once.
+	if err := x.Put([]Record{rec(7, 1, 5), rec(7, 1, 5)}); err != nil {
+		t.Fatalf("retried identical entry: %v", err)
+	}
+	older := rec(7, 1, 4)
+	sameGenOtherBytes := rec(7, 1, 5)
+	sameGenOtherBytes.Offset++
+	for name, r := range map[string]Record{"older generation": older, "same generation, other entry": sameGenOtherBytes} {
+		err := x.Put([]Record{rec(7, 2, 1), r})
+		if !errors.Is(err, ErrStaleGeneration) || !strings.Contains(err.Error(), "group 7 volume "+uid+" stripe 1") {
+			t.Fatalf("%s: err %v, want ErrStaleGeneration naming the key", name, err)
+		}
+		// The whole Put failed: stripe 2 was not recorded either.
+		if _, ok, _ := x.Get(rec(7, 2, 1).Key); ok {
+			t.Fatalf("%s: a refused Put recorded its other entries", name)
+		}
+	}
+	if err := x.Put([]Record{rec(7, 1, 6)}); err != nil {
+		t.Fatal(err)
+	}
+	e, _, _ := x.Get(rec(7, 1, 6).Key)
+	if e.Generation != 6 {
+		t.Fatalf("generation %d after writing 6", e.Generation)
+	}
+	if n, _ := x.Count(7); n != 1 {
+		t.Fatalf("Count after an overwrite = %d, want 1", n)
+	}
+	if err := x.Delete([]Key{rec(7, 1, 0).Key, rec(7, 99, 0).Key}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := x.Count(7); n != 0 {
+		t.Fatalf("Count after deleting the only entry (and an absent one) = %d, want 0", n)
+	}
+}
+
+func TestDamagedEntryIsAnErrorNamingItsKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	x := open(t, path)
+	if err := x.Put([]Record{rec(2, 9, 1), rec(2, 10, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	x.Close()
+	// Truncate stripe 9's value behind the package's back.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		vol := tx.Bucket(bucketVolumes).Get([]byte(uid))
+		return tx.Bucket(bucketEntries).Put(entryKey(vol, 9), []byte{1, 2, 3})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	x = open(t, path)
+	defer x.Close()
+	_, ok, err := x.Get(rec(2, 9, 1).Key)
+	if ok || !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "stripe 9") {
+		t.Fatalf("Get of a damaged entry: ok %v err %v; want ErrDamaged naming stripe 9 (never a zero entry)", ok, err)
+	}
+	if err := x.Scan(2, func(Record) error { return nil }); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Scan over a damaged entry: %v, want ErrDamaged", err)
+	}
+	if err := x.Put([]Record{rec(2, 9, 2)}); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Put over a damaged entry: %v, want ErrDamaged (it cannot check the generation)", err)
+	}
+	if e, ok, err := x.Get(rec(2, 10, 1).Key); err != nil || !ok || e != rec(2, 10, 1).Entry {
+		t.Fatalf("the undamaged neighbour: %+v %v %v", e, ok, err)
+	}
+}
+
+func TestBadKeysRefused(t *testing.T) {
+	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	defer x.Close()
+	for _, v := range []string{"", strings.Repeat("u", MaxVolumeUIDLen+1)} {
+		r := rec(0, 1, 1)
+		r.Volume = v
+		if err := x.Put([]Record{r}); err == nil || !strings.Contains(err.Error(), "volume UID of") {
+			t.Errorf("Put with a %d-byte volume UID: %v", len(v), err)
+		}
+		if _, _, err := x.Get(r.Key); err == nil {
+			t.Errorf("Get with a %d-byte volume UID: no error", len(v))
+		}
+	}
+}
+
+func TestASecondProcessIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	x := open(t, path)
+	defer x.Close()
+	// bbolt's lock is flock, per open file: a second Open in this process
+	// stands in for a second process.
+	if _, err := Open(path, 200*time.Millisecond); err == nil {
+		t.Fatal("a second Open of a held index succeeded")
+	}
+}
+
+// Every Put that returned before a SIGKILL is in the file afterwards. The
+// child prints the stripe id once its Put returned; the parent kills it at
+// three different points and checks every printed stripe. A SIGKILL proves
+// the commit is atomic and the file reopens; the page cache outlives the
+// process, so it does not prove the fsync (a power cut is not simulated).
+func TestAcknowledgedPutsSurviveSIGKILL(t *testing.T) {
+	if os.Getenv("SHARDINDEX_CHILD") != "" {
+		child()
+		return
+	}
+	for round := 0; round < 3; round++ {
+		path := filepath.Join(t.TempDir(), "index.db")
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestAcknowledgedPutsSurviveSIGKILL$")
+		cmd.Env = append(os.Environ(), "SHARDINDEX_CHILD="+path)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var acked []uint64
+		sc := bufio.NewScanner(out)
+		killAt := 200 + 150*round
+		for sc.Scan() {
+			line := sc.Text()
+			s, err := strconv.ParseUint(strings.TrimPrefix(line, "acked "), 10, 64)
+			if err != nil || !strings.HasPrefix(line, "acked ") {
+				continue
+			}
+			acked = append(acked, s)
+			if len(acked) == killAt {
+				cmd.Process.Signal(syscall.SIGKILL)
+			}
+		}
+		cmd.Wait()
+		if len(acked) < killAt {
+			t.Fatalf("round %d: the child acknowledged only %d Puts before it ended", round, len(acked))
+		}
+		x := open(t, path)
+		for _, s := range acked {
+			r := rec(uint32(s%16), s, 1)
+			e, ok, err := x.Get(r.Key)
+			if err != nil || !ok || e != r.Entry {
+				t.Fatalf("round %d: stripe %d was acknowledged before the SIGKILL and is %+v, %v, %v after it", round, s, e, ok, err)
+			}
+		}
+		var total uint64
+		for g := uint32(0); g < 16; g++ {
+			n, err := x.Count(g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += n
+		}
+		if total < uint64(len(acked)) {
+			t.Fatalf("round %d: counts sum to %d, %d Puts were acknowledged", round, total, len(acked))
+		}
+		x.Close()
+	}
+}
+
+func child() {
+	x, err := Open(os.Getenv("SHARDINDEX_CHILD"), 5*time.Second)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	w := bufio.NewWriter(os.Stdout)
+	for s := uint64(0); ; s++ {
+		if err := x.Put([]Record{rec(uint32(s%16), s, 1)}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Fprintf(w, "acked %d\n", s)
+		w.Flush()
+	}
+}
