@@ -11,6 +11,7 @@ import (
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 func servers(n int) []registry.Entry {
@@ -104,7 +105,13 @@ func TestVolumeConditions(t *testing.T) {
 		{"failed", pol, []storagev1.ECStripe{stripe("v", storagev1.StripeRebuilding), stripe("v", storagev1.StripeFailed)}, "True/PolicyFound@4", "True/StripesFailed@4"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st := computeVolumeStatus(volumeEvidence{vol: vol, policy: tc.policy, stripes: tc.stripes})
+			x := stripeindex.NewStripeIndex()
+			for i := range tc.stripes {
+				es := tc.stripes[i].DeepCopy()
+				es.Name = fmt.Sprintf("s%d", i)
+				x.Add(es)
+			}
+			st := computeVolumeStatus(volumeEvidence{vol: vol, policy: tc.policy, stripes: x.VolumeCounts("v")})
 			if r, d := condOf(st.Conditions, storagev1.ConditionReady), condOf(st.Conditions, storagev1.ConditionDegraded); r != tc.ready || d != tc.degraded {
 				t.Fatalf("Ready %s Degraded %s; want %s, %s", r, d, tc.ready, tc.degraded)
 			}

@@ -24,6 +24,7 @@ import (
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
 	"github.com/billyronks/couchestor/pkg/stripe"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // +kubebuilder:rbac:groups=storage.billyronks.io,resources=ecvolumes,verbs=get;list;watch;update;patch
@@ -60,8 +61,17 @@ type ECVolumeReconciler struct {
 	// CredentialsReload: how often ShardSecret is re-read once the store
 	// exists (default 30s), so a rotation needs no restart.
 	CredentialsReload time.Duration
+	// Stripes, when set, is the stripe index the status counts come from
+	// (the manager's shared one, stripeindex.For, when nil).
+	Stripes *stripeindex.StripeIndex
+	// Orphans, when set, collects orphaned shards instead of the store.
+	Orphans OrphanCollector
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
 
+	counts   *volumeStripeCounts
 	mu       sync.Mutex
+	lastGC   map[string]time.Time // per volume: when orphans were last collected
 	reloader *shardserver.ClientReloader
 	direct   client.Client // uncached: stripe writes use resourceVersion preconditions
 	writers  *fence.WriterWatch
@@ -90,18 +100,19 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return fmt.Errorf("ECVolume reconciler: uncached client: %w", err)
 	}
 	r.direct = direct
-	// Status counts the volume's stripes and follows its policy, so stripe
-	// writes and policy changes must wake the volume up; without these watches
-	// the count would only catch up at the next GC interval.
+	if r.Stripes == nil {
+		if r.Stripes, err = stripeindex.For(context.Background(), mgr.GetCache()); err != nil {
+			return fmt.Errorf("ECVolume reconciler: stripe counts: %w", err)
+		}
+	}
+	r.counts = newVolumeStripeCounts(r.Stripes)
+	// Status counts the volume's stripes and follows its policy, so a change
+	// of a volume's stripe counts (told by the index once counted) and policy
+	// changes wake the volume up; without them the count would only catch up
+	// at the next GC interval.
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&storagev1.ECVolume{}).
-		Watches(&storagev1.ECStripe{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			es, ok := o.(*storagev1.ECStripe)
-			if !ok || es.Spec.VolumeRef == "" {
-				return nil
-			}
-			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: es.Spec.VolumeRef}}}
-		})).
+		WatchesRawSource(r.counts.source()).
 		Watches(&storagev1.ErasureCodingPolicy{}, handler.EnqueueRequestsFromMapFunc(r.volumesOfPolicy)).
 		Named("ecvolume").
 		Complete(r)
@@ -163,6 +174,55 @@ func (r *ECVolumeReconciler) store(ctx context.Context) (*stripe.Store, error) {
 	return r.Store, nil
 }
 
+// stripeCounts returns the per-volume counts (built in SetupWithManager, or
+// on first use from Stripes for a reconciler used without a manager).
+func (r *ECVolumeReconciler) stripeCounts() (*volumeStripeCounts, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.counts == nil {
+		if r.Stripes == nil {
+			return nil, fmt.Errorf("ECVolume reconciler: no stripe index to count the volume's stripes from")
+		}
+		r.counts = newVolumeStripeCounts(r.Stripes)
+	}
+	return r.counts, nil
+}
+
+// OrphanCollector frees the shards of a volume that no ECStripe references
+// (stripe.Store).
+type OrphanCollector interface {
+	CollectOrphans(ctx context.Context, volume string, grace time.Duration) (stripe.GCReport, error)
+}
+
+func (r *ECVolumeReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// gcDue reports whether the volume's orphans are due for collection (at most
+// once per GCInterval, whatever wakes the volume), and marks them collected.
+func (r *ECVolumeReconciler) gcDue(volume string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	if last, ok := r.lastGC[volume]; ok && now.Sub(last) < r.GCInterval {
+		return false
+	}
+	if r.lastGC == nil {
+		r.lastGC = map[string]time.Time{}
+	}
+	r.lastGC[volume] = now
+	return true
+}
+
+func (r *ECVolumeReconciler) forgetGC(volume string) {
+	r.mu.Lock()
+	delete(r.lastGC, volume)
+	r.mu.Unlock()
+}
+
 // Reconcile handles one ECVolume.
 func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
@@ -188,11 +248,15 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	} else if !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
-	var list storagev1.ECStripeList
-	if err := r.APIReader.List(ctx, &list, client.MatchingFields{storagev1.ECStripeVolumeRefField: vol.Name}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list ECStripes of %s: %w", vol.Name, err)
+	counts, err := r.stripeCounts()
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	ev.stripes = list.Items
+	if !counts.synced() {
+		// Counts before the informer's initial list are partial: never publish them.
+		return ctrl.Result{RequeueAfter: time.Second}, nil
+	}
+	ev.stripes = counts.counts(vol.Name)
 	// One status write per reconcile, and none when nothing changed.
 	if st := computeVolumeStatus(ev); !volumeStatusEqual(&vol.Status, &st) {
 		vol.Status = st
@@ -200,8 +264,19 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, fmt.Errorf("update ECVolume %s status: %w", vol.Name, err)
 		}
 	}
-	if st, err := r.store(ctx); err == nil {
-		if rep, err := st.CollectOrphans(ctx, vol.Name, r.OrphanGrace); err != nil {
+	if !r.gcDue(vol.Name) {
+		return res, nil
+	}
+	orphans := r.Orphans
+	if orphans == nil {
+		if st, err := r.store(ctx); err == nil {
+			orphans = st
+		} else {
+			r.forgetGC(vol.Name) // no shard servers yet: try again next time
+		}
+	}
+	if orphans != nil {
+		if rep, err := orphans.CollectOrphans(ctx, vol.Name, r.OrphanGrace); err != nil {
 			logger.Error(err, "collect orphaned shards", "volume", vol.Name)
 		} else if rep.Freed > 0 {
 			r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "OrphansCollected", "CollectOrphans", "freed %d orphaned shards (%d bytes) no ECStripe references", rep.Freed, rep.FreedBytes)
@@ -255,6 +330,7 @@ func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolu
 		return ctrl.Result{}, fmt.Errorf("remove finalizer of ECVolume %s: %w", vol.Name, err)
 	}
 	writers.Forget(vol.Name)
+	r.forgetGC(vol.Name)
 	return ctrl.Result{}, nil
 }
 

@@ -2,8 +2,10 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -18,6 +20,8 @@ import (
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/fence"
 	"github.com/billyronks/couchestor/pkg/registry"
+	"github.com/billyronks/couchestor/pkg/stripe"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // A volume whose ErasureCodingPolicy is Invalid is in phase Error with a
@@ -51,7 +55,7 @@ func TestECVolumePhaseFollowsItsPolicy(t *testing.T) {
 				b = b.WithObjects(tc.policy)
 			}
 			c := b.Build()
-			r := &ECVolumeReconciler{Client: c, APIReader: c, GCInterval: 1}
+			r := &ECVolumeReconciler{Client: c, APIReader: c, GCInterval: 1, Stripes: stripeindex.NewStripeIndex()}
 			if _, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Name: "v"}}); err != nil {
 				t.Fatal(err)
 			}
@@ -99,5 +103,75 @@ func TestDeletingVolumeWaitsForItsExport(t *testing.T) {
 	var got storagev1.ECVolume
 	if err := c.Get(context.Background(), types.NamespacedName{Name: "v"}, &got); err != nil || len(got.Finalizers) != 1 {
 		t.Fatalf("volume after Reconcile: finalizers %v, %v; want the finalizer kept", got.Finalizers, err)
+	}
+}
+
+// listCounter counts Lists of ECStripes through it.
+type listCounter struct {
+	client.Client
+	stripeLists int
+}
+
+func (l *listCounter) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	if _, ok := list.(*storagev1.ECStripeList); ok {
+		l.stripeLists++
+	}
+	return l.Client.List(ctx, list, opts...)
+}
+
+type orphanCounter struct{ calls []string }
+
+func (o *orphanCounter) CollectOrphans(_ context.Context, volume string, _ time.Duration) (stripe.GCReport, error) {
+	o.calls = append(o.calls, volume)
+	return stripe.GCReport{}, nil
+}
+
+// A volume's status comes from the stripe index's counts: a reconcile per
+// ECStripe event costs no List of the volume's stripes, and orphaned shards
+// are collected at most once per GCInterval however often the volume wakes.
+func TestECVolumeStatusFromTheIndexAndOrphansOncePerInterval(t *testing.T) {
+	pol := &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: "ec"}, Status: storagev1.ErasureCodingPolicyStatus{Phase: storagev1.ECPolicyReady}}
+	base := fake.NewClientBuilder().WithScheme(testScheme(t)).
+		WithObjects(&storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Spec: storagev1.ECVolumeSpec{SizeBytes: 8 << 20, PolicyRef: "ec"}}, pol).
+		WithStatusSubresource(&storagev1.ECVolume{}).Build()
+	c := &listCounter{Client: base}
+	x := stripeindex.NewStripeIndex()
+	now := time.Unix(1_000_000, 0)
+	orphans := &orphanCounter{}
+	r := &ECVolumeReconciler{Client: c, APIReader: c, GCInterval: 5 * time.Minute, Stripes: x, Orphans: orphans, Now: func() time.Time { return now }}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "v"}}
+	for i := int64(0); i < 8; i++ {
+		es := &storagev1.ECStripe{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("v-%d", i)}, Spec: storagev1.ECStripeSpec{
+			VolumeRef: "v", PolicyRef: "ec", StripeID: i, LbaRange: storagev1.LbaRange{StartLba: i * 2048, EndLba: (i + 1) * 2048}}}
+		es.Status.State = storagev1.StripeHealthy
+		if i == 5 {
+			es.Status.State = storagev1.StripeDegraded
+		}
+		x.Add(es)
+		now = now.Add(time.Second)
+		if _, err := r.Reconcile(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var v storagev1.ECVolume
+	if err := c.Get(context.Background(), req.NamespacedName, &v); err != nil {
+		t.Fatal(err)
+	}
+	deg := meta.FindStatusCondition(v.Status.Conditions, storagev1.ConditionDegraded)
+	if v.Status.Stripes != 8 || v.Status.BytesWritten != 8<<20 || deg == nil || deg.Status != metav1.ConditionTrue || !strings.Contains(deg.Message, "1 Degraded, 0 Rebuilding, 0 Failed of 8 stripes") {
+		t.Fatalf("status %+v; want 8 stripes, 8 MiB, Degraded naming 1 of 8", v.Status)
+	}
+	if c.stripeLists != 0 {
+		t.Fatalf("8 reconciles listed ECStripes %d times; the counts come from the index", c.stripeLists)
+	}
+	if len(orphans.calls) != 1 {
+		t.Fatalf("orphans collected %d times in 8 s of reconciles; want once per 5 min", len(orphans.calls))
+	}
+	now = now.Add(5 * time.Minute)
+	if _, err := r.Reconcile(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if len(orphans.calls) != 2 {
+		t.Fatalf("orphans collected %d times after the interval passed; want 2", len(orphans.calls))
 	}
 }

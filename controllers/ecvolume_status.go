@@ -7,6 +7,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/stripeindex"
 )
 
 // volumeEvidence is what an ECVolume's status is computed from.
@@ -14,8 +15,8 @@ type volumeEvidence struct {
 	vol *storagev1.ECVolume
 	// policy is the volume's ErasureCodingPolicy, nil when it does not exist.
 	policy *storagev1.ErasureCodingPolicy
-	// stripes are the volume's ECStripes (others are ignored).
-	stripes []storagev1.ECStripe
+	// stripes are the counts of the volume's ECStripes.
+	stripes stripeindex.VolumeCounts
 }
 
 // computeVolumeStatus is the whole status of a live ECVolume: phase and
@@ -46,15 +47,8 @@ func computeVolumeStatus(ev volumeEvidence) storagev1.ECVolumeStatus {
 		st.Phase = storagev1.ECVolumeReady
 		set(storagev1.ConditionReady, metav1.ConditionTrue, "PolicyFound", "stripes can be written under ErasureCodingPolicy "+pol.Name)
 	}
-	by := map[storagev1.ECStripeState]int{}
-	for _, es := range ev.stripes {
-		if es.Spec.VolumeRef != vol.Name {
-			continue
-		}
-		st.Stripes++
-		st.BytesWritten += (es.Spec.LbaRange.EndLba - es.Spec.LbaRange.StartLba) * 512
-		by[es.Status.State]++
-	}
+	st.Stripes, st.BytesWritten = ev.stripes.Stripes, ev.stripes.Bytes
+	by := ev.stripes.ByState
 	counts := fmt.Sprintf("%d Degraded, %d Rebuilding, %d Failed of %d stripes",
 		by[storagev1.StripeDegraded], by[storagev1.StripeRebuilding], by[storagev1.StripeFailed], st.Stripes)
 	switch {

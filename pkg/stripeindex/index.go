@@ -1,6 +1,6 @@
 // Package stripeindex holds the in-memory views of every ECStripe that the
 // operator's webhooks and controllers share: the per-volume interval index
-// (overlap and stripeId checks) and the per-policy counts, fed by one event
+// (overlap and stripeId checks), the per-volume and per-policy counts, fed by one event
 // handler on the manager's ECStripe informer (For builds it once per
 // informer), and the names of the manager cache's field indexes
 // (RegisterFieldIndexes). It decides nothing; it answers lookups.
@@ -40,6 +40,7 @@ type StripeIndex struct {
 	policies  map[string]*policyTally
 	synced    func() bool
 	listeners []func(policy string, state storagev1.ECStripeState, delta int64)
+	volumeLs  []func(volume string)
 }
 
 // policyTally counts one policy's stripes.
@@ -62,6 +63,18 @@ type PolicyCounts struct {
 type volumeStripes struct {
 	root *stripeNode
 	byID map[int64]*stripeNode
+	// The volume's counts, kept with every change (VolumeCounts).
+	n       int64
+	bytes   int64
+	byState map[storagev1.ECStripeState]int64
+}
+
+// VolumeCounts is the roll-up of one volume's stripes.
+type VolumeCounts struct {
+	Stripes int64
+	// Bytes is the volume bytes the stripes cover (their LBA ranges × 512).
+	Bytes   int64
+	ByState map[storagev1.ECStripeState]int64
 }
 
 type stripeNode struct {
@@ -121,6 +134,48 @@ func (x *StripeIndex) OnPolicyChange(fn func(policy string, state storagev1.ECSt
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.listeners = append(x.listeners, fn)
+}
+
+// OnVolumeChange registers fn to hear the name of every volume whose counts
+// changed (after the index changed, outside its lock, in informer order), so
+// a controller that reads VolumeCounts in response never reads them before
+// the change. Call it before the informer starts.
+func (x *StripeIndex) OnVolumeChange(fn func(volume string)) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.volumeLs = append(x.volumeLs, fn)
+}
+
+func (x *StripeIndex) tellVolume(volume string) {
+	x.mu.RLock()
+	ls := x.volumeLs
+	x.mu.RUnlock()
+	for _, fn := range ls {
+		fn(volume)
+	}
+}
+
+// VolumeCounts returns the roll-up of volume's stripes.
+func (x *StripeIndex) VolumeCounts(volume string) VolumeCounts {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := VolumeCounts{ByState: map[storagev1.ECStripeState]int64{}}
+	if v := x.volumes[volume]; v != nil {
+		out.Stripes, out.Bytes = v.n, v.bytes
+		for s, n := range v.byState {
+			out.ByState[s] = n
+		}
+	}
+	return out
+}
+
+// volumeCountLocked applies delta to the counts of s's volume v; x.mu is held.
+func volumeCountLocked(v *volumeStripes, s *storagev1.ECStripe, delta int64) {
+	v.n += delta
+	v.bytes += delta * (s.Spec.LbaRange.EndLba - s.Spec.LbaRange.StartLba) * 512
+	if v.byState[s.Status.State] += delta; v.byState[s.Status.State] == 0 {
+		delete(v.byState, s.Status.State)
+	}
 }
 
 // count applies delta to the tally of s's policy; x.mu is held. It returns
@@ -208,22 +263,28 @@ func (x *StripeIndex) Attach(inf EventSource) error {
 
 // Add records a stripe.
 func (x *StripeIndex) Add(s *storagev1.ECStripe) {
+	x.mu.Lock()
+	ls := x.addLocked(s)
+	x.mu.Unlock()
+	tell(ls, s, 1)
+	x.tellVolume(s.Spec.VolumeRef)
+}
+
+func (x *StripeIndex) addLocked(s *storagev1.ECStripe) []func(string, storagev1.ECStripeState, int64) {
 	n := &stripeNode{
 		start: s.Spec.LbaRange.StartLba, end: s.Spec.LbaRange.EndLba, maxEnd: s.Spec.LbaRange.EndLba,
 		id: s.Spec.StripeID, name: strings.Clone(s.Name), prio: priority(s.Name),
 	}
-	x.mu.Lock()
 	v := x.volumes[s.Spec.VolumeRef]
 	if v == nil {
-		v = &volumeStripes{byID: map[int64]*stripeNode{}}
+		v = &volumeStripes{byID: map[int64]*stripeNode{}, byState: map[storagev1.ECStripeState]int64{}}
 		x.volumes[strings.Clone(s.Spec.VolumeRef)] = v
 	}
 	v.root = insert(v.root, n)
 	n.nextSameID = v.byID[n.id]
 	v.byID[n.id] = n
-	ls := x.countLocked(s, 1)
-	x.mu.Unlock()
-	tell(ls, s, 1)
+	volumeCountLocked(v, s, 1)
+	return x.countLocked(s, 1)
 }
 
 // Update replaces old by new; a change of metadata or of status other than
@@ -235,14 +296,33 @@ func (x *StripeIndex) Update(old, new *storagev1.ECStripe) {
 			x.mu.Lock()
 			x.countLocked(old, -1)
 			ls := x.countLocked(new, 1)
+			if v := x.volumes[new.Spec.VolumeRef]; v != nil {
+				volumeCountLocked(v, old, -1)
+				volumeCountLocked(v, new, 1)
+			}
 			x.mu.Unlock()
 			tell(ls, old, -1)
 			tell(ls, new, 1)
+			x.tellVolume(new.Spec.VolumeRef)
 		}
 		return
 	}
-	x.Delete(old)
-	x.Add(new)
+	// Identity or range changed: one step under the lock, so nobody reads
+	// the volume's counts without the stripe in between.
+	x.mu.Lock()
+	var lsOld []func(string, storagev1.ECStripeState, int64)
+	gone := x.deleteLocked(old)
+	if gone {
+		lsOld = x.countLocked(old, -1)
+	}
+	ls := x.addLocked(new)
+	x.mu.Unlock()
+	tell(lsOld, old, -1)
+	tell(ls, new, 1)
+	if gone && old.Spec.VolumeRef != new.Spec.VolumeRef {
+		x.tellVolume(old.Spec.VolumeRef)
+	}
+	x.tellVolume(new.Spec.VolumeRef)
 }
 
 // Delete forgets a stripe, as it was last recorded.
@@ -255,6 +335,9 @@ func (x *StripeIndex) Delete(s *storagev1.ECStripe) {
 	}
 	x.mu.Unlock()
 	tell(ls, s, -1)
+	if gone {
+		x.tellVolume(s.Spec.VolumeRef)
+	}
 }
 
 // deleteLocked removes s from its volume's tree; it reports whether s was there.
@@ -281,6 +364,13 @@ func (x *StripeIndex) deleteLocked(s *storagev1.ECStripe) bool {
 				break
 			}
 		}
+	}
+	// The counts go by the stripe as it was recorded: the tree node holds
+	// its range, the caller's object its last state.
+	v.n--
+	v.bytes -= (gone.end - gone.start) * 512
+	if v.byState[s.Status.State]--; v.byState[s.Status.State] <= 0 {
+		delete(v.byState, s.Status.State)
 	}
 	if v.root == nil {
 		delete(x.volumes, s.Spec.VolumeRef)

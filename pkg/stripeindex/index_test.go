@@ -202,3 +202,49 @@ func TestStripeIndexPolicyCounts(t *testing.T) {
 		}
 	}
 }
+
+// Per-volume counts follow adds, state changes, a grown range, a moved
+// stripe and deletes, and every change is told after it is counted.
+func TestStripeIndexVolumeCounts(t *testing.T) {
+	x := NewStripeIndex()
+	var heard []string
+	x.OnVolumeChange(func(vol string) {
+		// Told after the change: the counts read here already include it.
+		heard = append(heard, fmt.Sprintf("%s=%d", vol, x.VolumeCounts(vol).Stripes))
+	})
+	a, b := mkStripe("a", "v1", 0, 0, 128), mkStripe("b", "v1", 1, 128, 256)
+	a.Status.State, b.Status.State = storagev1.StripeHealthy, storagev1.StripeWriting
+	x.Add(a)
+	x.Add(b)
+	want := func(vol string, n, bytes int64, by map[storagev1.ECStripeState]int64) {
+		t.Helper()
+		got := x.VolumeCounts(vol)
+		if got.Stripes != n || got.Bytes != bytes || !maps.Equal(got.ByState, by) {
+			t.Fatalf("VolumeCounts(%s) = %+v, want %d stripes, %d bytes, %v", vol, got, n, bytes, by)
+		}
+	}
+	want("v1", 2, 256*512, map[storagev1.ECStripeState]int64{storagev1.StripeHealthy: 1, storagev1.StripeWriting: 1})
+	b2 := b.DeepCopy()
+	b2.Status.State = storagev1.StripeHealthy
+	x.Update(b, b2)
+	want("v1", 2, 256*512, map[storagev1.ECStripeState]int64{storagev1.StripeHealthy: 2})
+	b3 := b2.DeepCopy() // the volume grew: its last stripe's range extends
+	b3.Spec.LbaRange.EndLba = 300
+	x.Update(b2, b3)
+	want("v1", 2, 300*512, map[storagev1.ECStripeState]int64{storagev1.StripeHealthy: 2})
+	b4 := b3.DeepCopy()
+	b4.Spec.VolumeRef = "v2"
+	b4.Status.State = storagev1.StripeDegraded
+	x.Update(b3, b4)
+	want("v1", 1, 128*512, map[storagev1.ECStripeState]int64{storagev1.StripeHealthy: 1})
+	want("v2", 1, (300-128)*512, map[storagev1.ECStripeState]int64{storagev1.StripeDegraded: 1})
+	x.Delete(a)
+	x.Delete(b4)
+	x.Delete(b4) // twice: counted once, told once
+	want("v1", 0, 0, map[storagev1.ECStripeState]int64{})
+	want("v2", 0, 0, map[storagev1.ECStripeState]int64{})
+	wantHeard := []string{"v1=1", "v1=2", "v1=2", "v1=2", "v1=1", "v2=1", "v1=0", "v2=0"}
+	if !slices.Equal(heard, wantHeard) {
+		t.Fatalf("heard %v, want %v", heard, wantHeard)
+	}
+}
