@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -45,6 +46,7 @@ type options struct {
 	metricsAddr       string
 	metricsSecure     bool
 	probeAddr         string
+	pprofAddr         string
 	leaderElect       bool
 	leaderElectionID  string
 	leaderElectionNS  string
@@ -101,6 +103,7 @@ Flags:
 	}
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus /metrics endpoint (plain HTTP; the install chart decides secure serving). \"0\" disables it.")
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", false, "Serve /metrics over HTTPS, allowing only callers that Kubernetes authenticates and authorizes (TokenReview + SubjectAccessReview for GET /metrics). The install chart turns it on.")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Address of Go's /debug/pprof endpoints (heap, CPU, goroutines), off when empty. Unauthenticated: bind it to loopback (127.0.0.1:6060) and reach it with kubectl port-forward.")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz. /readyz fails until the informer caches have synced (and the webhook certificate is ready where webhooks run).")
 	fs.BoolVar(&o.leaderElect, "leader-elect", true, "Elect a leader with a coordination.k8s.io Lease so only one replica acts at a time.")
 	fs.StringVar(&o.leaderElectionID, "leader-election-id", "couchestor.storage.billyronks.io", "Name of the leader-election Lease.")
@@ -131,7 +134,27 @@ Flags:
 	if o.mayastorNamespace == "" {
 		return nil, errors.New("--mayastor-namespace: must not be empty")
 	}
+	if err := checkPprofAddress(o.pprofAddr); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// checkPprofAddress refuses a pprof address that is not loopback: its
+// endpoints are unauthenticated, and a heap profile holds whatever the
+// process holds (Secrets it read included).
+func checkPprofAddress(addr string) error {
+	if addr == "" || addr == "0" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--pprof-bind-address=%q: %v", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--pprof-bind-address=%q: must be a loopback address (127.0.0.1:PORT or [::1]:PORT): the pprof endpoints are unauthenticated and a heap profile holds the Secrets the operator read; reach it with kubectl port-forward", addr)
+	}
+	return nil
 }
 
 func main() {
@@ -190,6 +213,7 @@ func run(ctx context.Context, o *options) error {
 			ByObject: helmhybrid.NamespacedCache(ownNamespaces, servedBy(cfg))},
 		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
+		PprofBindAddress:              o.pprofAddr,
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              o.leaderElectionID,
 		LeaderElectionNamespace:       o.leaderElectionNS,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -61,13 +62,10 @@ func (s *Store) CollectOrphans(ctx context.Context, volume string, grace time.Du
 		}
 		lists = append(lists, found{srv.Address, srv.Pool, sh})
 	}
-	stripes, err := s.ListStripes(ctx, volume)
-	if err != nil {
-		return rep, err
-	}
+	// Only the references are kept, page by page: not the stripes.
 	referenced := map[poolOffset]bool{}
 	rebuilding := map[int64]bool{}
-	for _, es := range stripes {
+	if err := s.EachStripe(ctx, volume, func(es *storagev1.ECStripe) error {
 		if _, ok := es.Annotations[storagev1.ECStripeAnnotationRebuildIntent]; ok {
 			// A rebuild in progress (or waiting to be resumed by the next
 			// leader) wrote shards it has not recorded yet: they are not
@@ -75,8 +73,11 @@ func (s *Store) CollectOrphans(ctx context.Context, volume string, grace time.Du
 			rebuilding[es.Spec.StripeID] = true
 		}
 		for _, l := range es.Spec.ShardLocations {
-			referenced[poolOffset{l.PoolName, l.Offset}] = true
+			referenced[poolOffset{strings.Clone(l.PoolName), l.Offset}] = true
 		}
+		return nil
+	}); err != nil {
+		return rep, err
 	}
 	cutoff := s.now().Add(-grace)
 	var errs []error

@@ -408,10 +408,18 @@ func (x *bench) operator(n int, rate float64) sample {
 		b.Fatal(err)
 	}
 	defer logf.Close()
-	op := exec.Command(x.bin, "--kubeconfig", x.kc, "--metrics-bind-address", metrics, "--health-probe-bind-address", probe,
+	args := []string{"--kubeconfig", x.kc, "--metrics-bind-address", metrics, "--health-probe-bind-address", probe,
 		"--leader-election-namespace", "default", "--webhook-namespace", "default", "--mayastor-namespace", mayastorNS,
-		"--webhook-cert-mode", "self-signed", "--webhook-port", port, "--webhook-local-url", "https://localhost:"+port,
-		"--webhook-cert-dir", filepath.Join(x.dir, "certs"), "--zap-encoder", "console", "--zap-log-level", "error")
+		"--webhook-cert-mode", "self-signed", "--webhook-port", port, "--webhook-local-url", "https://localhost:" + port,
+		"--webhook-cert-dir", filepath.Join(x.dir, "certs"), "--zap-encoder", "console", "--zap-log-level", "error"}
+	// COUCHESTOR_SCALE_PPROF=DIR: a heap profile of the settled operator
+	// per count (DIR/heap-N.pb.gz; go tool pprof -sample_index=inuse_space).
+	pprofDir := os.Getenv("COUCHESTOR_SCALE_PPROF")
+	pprofAddr := testenv.Addr(testenv.FreePort(b))
+	if pprofDir != "" {
+		args = append(args, "--pprof-bind-address", pprofAddr)
+	}
+	op := exec.Command(x.bin, args...)
 	op.Stdout, op.Stderr = logf, logf
 	op.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
@@ -451,6 +459,17 @@ func (x *bench) operator(n int, rate float64) sample {
 		return nil
 	})
 	settled := time.Since(start)
+	if pprofDir != "" {
+		body, err := get("http://" + pprofAddr + "/debug/pprof/heap")
+		if err != nil {
+			b.Fatalf("heap profile: %v", err)
+		}
+		f := filepath.Join(pprofDir, fmt.Sprintf("heap-%d.pb.gz", n))
+		if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("heap profile of the operator over %d stripes: %s", n, f)
+	}
 	rss, hwm, anon, err := procStatus(op.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
