@@ -36,6 +36,7 @@ func TestCluster(t *testing.T) {
 		{"ShardServerPodLostAndRebuilt", testShardServerPodLostAndRebuilt},
 		{"LeaderFailover", testLeaderFailover},
 		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
+		{"DataPlaneChangeRollsShardServers", testDataPlaneChangeRollsShardServers},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
 	}
 	for _, s := range steps {
