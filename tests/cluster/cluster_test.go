@@ -38,7 +38,10 @@ func TestCluster(t *testing.T) {
 		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
 		{"DataPlaneChangeRollsShardServers", testDataPlaneChangeRollsShardServers},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
+		{"CertManagerModeInstall", testCertManagerModeInstall},
+		{"KustomizeInstall", testKustomizeInstall},
 	}
+	t.Cleanup(stopCertManagerDouble)
 	for _, s := range steps {
 		if !t.Run(s.name, s.fn) {
 			return
