@@ -58,6 +58,10 @@ var CRDs string
 // InjectAnnotation is cert-manager's CA injector annotation.
 const InjectAnnotation = "cert-manager.io/inject-ca-from"
 
+// certificateNameAnnotation marks the Secrets the double issued, as
+// cert-manager does.
+const certificateNameAnnotation = "cert-manager.io/certificate-name"
+
 var (
 	certificates = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "certificates"}
 	issuers      = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "issuers"}
@@ -144,7 +148,10 @@ func (d *Double) issue(ctx context.Context, c *unstructured.Unstructured) error 
 	}
 	sec, err := d.kube.CoreV1().Secrets(ns).Get(ctx, secretName, metav1.GetOptions{})
 	missing := apierrors.IsNotFound(err)
-	if err == nil && covers(sec.Data[corev1.TLSCertKey], dnsNames) {
+	// Only a Secret it issued for this Certificate counts (as cert-manager
+	// checks its own annotations): a leftover one, e.g. the operator's
+	// self-signed certificate of an earlier install, is replaced.
+	if err == nil && sec.Annotations[certificateNameAnnotation] == name && covers(sec.Data[corev1.TLSCertKey], dnsNames) {
 		return d.setReady(ctx, c, true, "Issued", "Certificate is up to date and has not expired")
 	}
 	if err != nil && !missing {
@@ -155,18 +162,17 @@ func (d *Double) issue(ctx context.Context, c *unstructured.Unstructured) error 
 		return err
 	}
 	data := map[string][]byte{corev1.TLSCertKey: crt, corev1.TLSPrivateKeyKey: key, "ca.crt": crt}
-	if missing {
-		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: secretName,
-			Annotations: map[string]string{"cert-manager.io/certificate-name": name}},
-			Type: corev1.SecretTypeTLS, Data: data}
-		if _, err := d.kube.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create Secret %s/%s: %w", ns, secretName, err)
+	if !missing {
+		// Replaced whole: a Secret's type cannot change.
+		if err := d.kube.CoreV1().Secrets(ns).Delete(ctx, secretName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("replace Secret %s/%s: %w", ns, secretName, err)
 		}
-	} else {
-		sec.Data = data
-		if _, err := d.kube.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("update Secret %s/%s: %w", ns, secretName, err)
-		}
+	}
+	sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: secretName,
+		Annotations: map[string]string{certificateNameAnnotation: name}},
+		Type: corev1.SecretTypeTLS, Data: data}
+	if _, err := d.kube.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create Secret %s/%s: %w", ns, secretName, err)
 	}
 	d.logf("cert-manager double: issued Certificate %s/%s into Secret %s for %v", ns, name, secretName, dnsNames)
 	return d.setReady(ctx, c, true, "Issued", "Certificate is up to date and has not expired")

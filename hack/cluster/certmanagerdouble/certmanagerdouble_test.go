@@ -63,6 +63,12 @@ func TestIssuesAndInjects(t *testing.T) {
 		}
 		return w
 	}
+	// A leftover Secret of the same name that the double did not issue
+	// (the operator's self-signed one) is replaced.
+	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "serving-tls"},
+		Data: map[string][]byte{"tls.crt": []byte("left over")}}); err != nil {
+		t.Fatal(err)
+	}
 	hook("injected", true)
 	hook("plain", false)
 
@@ -76,6 +82,9 @@ func TestIssuesAndInjects(t *testing.T) {
 	var sec corev1.Secret
 	if err := c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "serving-tls"}, &sec); err != nil {
 		t.Fatalf("the Certificate's Secret: %v", err)
+	}
+	if sec.Type != corev1.SecretTypeTLS {
+		t.Errorf("Secret type %q, want %q", sec.Type, corev1.SecretTypeTLS)
 	}
 	blk, _ := pem.Decode(sec.Data["tls.crt"])
 	if blk == nil {
