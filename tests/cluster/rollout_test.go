@@ -221,7 +221,7 @@ func testDataPlaneChangeRollsShardServers(t *testing.T) {
 	if !strings.Contains(evs, "ShardServerRestart: ") || !strings.Contains(evs, "restarting pod "+sts+"-0 ") {
 		t.Errorf("no ShardServerRestart Event for pod %s-0 on the DataPlane:\n%s", sts, evs)
 	}
-	t.Logf("DataPlane change → shard server %s-0 restarted by the operator and the DataPlane up to date in %s; the export completed %d write+read rounds of %d KiB meanwhile; at most %d of %d shard-server pods down at once (%v)",
+	t.Logf("DataPlane change → shard server %s-0 restarted by the operator and the DataPlane up to date in %s; the export completed %d write+read rounds of %d KiB (before, during and after the restart), none failed; at most %d of %d shard-server pods down at once (%v)",
 		sts, rolled.Round(time.Second), ops, rollRegionBytes>>10, maxDown, servers, downSeen)
 	stopExport(t, "ecv-export-5")
 
