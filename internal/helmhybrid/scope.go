@@ -70,7 +70,7 @@ func splitList(s string) []string {
 
 // NamespacedCache restricts the manager's informers of every namespaced
 // kind the operator keeps in its own namespaces — what the data-plane chart
-// renders, Helm's release Secrets, the Leases (leader election, shard
+// renders and the shard-server pods it rolls, Helm's release Secrets, the Leases (leader election, shard
 // registry, placement lock, writer Leases) and the webhook certificate —
 // to those namespaces. Without it, the Helm reconciler's Secret watch and
 // its dependent watches would list and watch those kinds cluster-wide,
@@ -94,6 +94,7 @@ func NamespacedCache(namespaces []string, served func(groupVersion, kind string)
 		&rbacv1.Role{}:                scoped(),
 		&rbacv1.RoleBinding{}:         scoped(),
 		&appsv1.StatefulSet{}:         scoped(),
+		&corev1.Pod{}:                 scoped(),
 		&coordinationv1.Lease{}:       scoped(),
 		&networkingv1.NetworkPolicy{}: scoped(),
 	}

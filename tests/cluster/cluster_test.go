@@ -36,8 +36,12 @@ func TestCluster(t *testing.T) {
 		{"ShardServerPodLostAndRebuilt", testShardServerPodLostAndRebuilt},
 		{"LeaderFailover", testLeaderFailover},
 		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
+		{"DataPlaneChangeRollsShardServers", testDataPlaneChangeRollsShardServers},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
+		{"CertManagerModeInstall", testCertManagerModeInstall},
+		{"KustomizeInstall", testKustomizeInstall},
 	}
+	t.Cleanup(stopCertManagerDouble)
 	for _, s := range steps {
 		if !t.Run(s.name, s.fn) {
 			return

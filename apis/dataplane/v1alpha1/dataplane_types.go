@@ -136,8 +136,11 @@ type DataPlaneSpec struct {
 	Monitoring Monitoring `json:"monitoring,omitempty"`
 }
 
-// HelmCondition is a condition written by the Helm reconciler (types
-// Initialized, Deployed, ReleaseFailed, Irreconcilable).
+// HelmCondition is a condition of the DataPlane: types Initialized,
+// Deployed, ReleaseFailed and Irreconcilable are written by the Helm
+// reconciler; ShardServersUpToDate by the shard-server rollout (True once
+// every shard-server pod runs its StatefulSet's revision; False with reason
+// RollingUpdate or RolloutWaiting while it restarts them one at a time).
 type HelmCondition struct {
 	// Type of the condition.
 	Type string `json:"type"`
@@ -164,7 +167,8 @@ type DeployedRelease struct {
 	Manifest string `json:"manifest,omitempty"`
 }
 
-// DataPlaneStatus is written by the Helm reconciler only.
+// DataPlaneStatus is written by the Helm reconciler and, for condition
+// ShardServersUpToDate only, by the shard-server rollout.
 type DataPlaneStatus struct {
 	// Conditions of the release.
 	// +optional
@@ -181,6 +185,7 @@ type DataPlaneStatus struct {
 // +kubebuilder:resource:scope=Namespaced,shortName=cdp,categories=couchestor
 // +kubebuilder:printcolumn:name="Deployed",type=string,JSONPath=`.status.conditions[?(@.type=="Deployed")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Deployed")].reason`
+// +kubebuilder:printcolumn:name="ShardServers",type=string,JSONPath=`.status.conditions[?(@.type=="ShardServersUpToDate")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type DataPlane struct {
 	metav1.TypeMeta   `json:",inline"`

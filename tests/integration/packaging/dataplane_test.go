@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,6 +46,13 @@ func withMonitoringCRDs(e *envtest.Environment) {
 // watches.yaml and charts (the same files the binary embeds).
 func startHybrid(t *testing.T, env *testenv.Env) {
 	t.Helper()
+	runHybrid(t, env)
+}
+
+// runHybrid is startHybrid whose manager can also be stopped before the
+// test ends (an operator restart); stop waits for it to end.
+func runHybrid(t *testing.T, env *testenv.Env) (stop func()) {
+	t.Helper()
 	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(testWriter{t})))
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 env.Scheme,
@@ -62,12 +70,17 @@ func startHybrid(t *testing.T, env *testenv.Env) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 type testWriter struct{ t *testing.T }
