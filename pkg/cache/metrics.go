@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -125,6 +126,15 @@ type stripedCounter struct {
 
 // add counts one event; spread is any well-mixed number (a key hash).
 func (c *stripedCounter) add(spread uint64) { c.slots[spread&15].n.Add(1) }
+
+// local is the calling goroutine's stripe (picked by its stack address):
+// goroutines running on different cores keep to their own cache lines
+// instead of trading them on every other event, as a stripe per key hash
+// does.
+func (c *stripedCounter) local() *atomic.Uint64 {
+	var anchor byte
+	return &c.slots[(uintptr(unsafe.Pointer(&anchor))>>10)*0x9e3779b97f4a7c15>>60].n
+}
 
 func (c *stripedCounter) value() uint64 {
 	var sum uint64
