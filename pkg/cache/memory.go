@@ -309,9 +309,19 @@ func (c *MemoryCache) leave(h hashKey, v l1Value) *memItem {
 // Get returns the entry and true on a hit. The hit path does not read the
 // access statistics: the returned Metadata has LastAccessed and AccessCount
 // zero (Stat reads them, approximate; see the package doc).
-func (c *MemoryCache) Get(key CacheKey) (CacheEntry, bool) { return c.getAt(key.hash()) }
+func (c *MemoryCache) Get(key CacheKey) (e CacheEntry, ok bool) {
+	ok = c.getInto(key.hash(), &e) // fills the result in place: no copy of it
+	return e, ok
+}
 
-func (c *MemoryCache) getAt(h hashKey) (CacheEntry, bool) {
+func (c *MemoryCache) getAt(h hashKey) (e CacheEntry, ok bool) {
+	ok = c.getInto(h, &e)
+	return e, ok
+}
+
+// getInto is Get of the key whose hash is h; on a hit it sets *e, which
+// must be zero, and returns true.
+func (c *MemoryCache) getInto(h hashKey, e *CacheEntry) bool {
 	// One number decides both samples: the access record (low bits) and
 	// the latency observation (1 in 64, the next bits). It mixes the key's
 	// hash with this goroutine's stripe of the hit counter, which the hit
@@ -332,7 +342,7 @@ func (c *MemoryCache) getAt(h hashKey) (CacheEntry, bool) {
 		if timed {
 			c.tm.observeSince(start)
 		}
-		return CacheEntry{}, false
+		return false
 	}
 	if v.readFill() {
 		w, bit := c.rereadBit(h.lo)
@@ -358,20 +368,20 @@ func (c *MemoryCache) getAt(h hashKey) (CacheEntry, bool) {
 			c.tm.corrupt.Inc()
 			c.delAt(h)
 			c.tm.misses.add(0)
-			return CacheEntry{}, false
+			return false
 		}
 	}
 	hits.Add(1)
 	if timed {
 		c.tm.observeSince(start)
 	}
-	return CacheEntry{Data: data, Metadata: EntryMetadata{
-		Size:                 uint64(v.payloadLen()),
-		CreatedAt:            time.Unix(0, v.createdAt),
-		Compressed:           codec != CodecNone,
-		CompressionAlgorithm: codec,
-		OriginalSize:         uint64(orig),
-	}}, true
+	e.Data = data
+	e.Metadata.Size = uint64(v.payloadLen())
+	e.Metadata.CreatedAt = time.Unix(0, v.createdAt)
+	e.Metadata.Compressed = codec != CodecNone
+	e.Metadata.CompressionAlgorithm = codec
+	e.Metadata.OriginalSize = uint64(orig)
+	return true
 }
 
 // nowNano is the time for created and last-accessed times, in unix
