@@ -47,25 +47,35 @@
 // # Access statistics (schema 5.1, honoured field by field)
 //
 // The schema's L1 is a 1024-way sharded map of CacheKey -> CacheEntry; here
-// ristretto's own sharded map holds it (keyed by the 128-bit hash of
-// CacheKey, see CacheKey.hash128), and EntryMetadata is honoured so:
+// ristretto's own sharded map holds it, keyed by the 128-bit hash of
+// CacheKey (see hashKey): ristretto compares the high half (its conflict
+// hash) on every Get, Set and Del, so a hit never serves another key's
+// value unless two keys agree in 127 bits. What ristretto holds per entry is
+// what a hit returns, in 24 bytes (l1Value: the size of the []byte slice
+// header bare ristretto would hold), so a hit reads ristretto's map slot and
+// nothing else. EntryMetadata is honoured so:
 //
 //   - data: exact; zero copy when stored uncompressed (CacheEntry).
 //   - size, compressed, compression_algorithm, original_size, created_at:
 //     exact, fixed when the value enters the cache and carried between tiers.
-//   - access_count and last_accessed: approximate and lagging in L1, so that
-//     a hit only reads one never-written cache line of its entry. A hit is
-//     recorded with probability 1/16 (accessSampleBits), and a recorded hit
-//     adds 16 to the count and sets last_accessed to now. So after n hits the
-//     count is an unbiased estimate of n with standard deviation sqrt(15n)
-//     (±12 % at 1,000 hits, ±3.9 % at 10,000), always a multiple of 16 above
+//   - access_count and last_accessed: approximate and lagging in L1 (the
+//     schema's statistics may be, issue 22), so that a hit writes nothing
+//     of its entry. They live beside ristretto's map, in a table a hit does
+//     not touch. A hit is recorded with probability 1/64 (accessSampleBits;
+//     the draw mixes the key's hash with the hitting goroutine's hit
+//     counter), and a recorded hit adds 64 to the count and sets
+//     last_accessed to now. So after n hits the count is an unbiased
+//     estimate of n with standard deviation sqrt(63n) (±25 % at 1,000 hits,
+//     ±7.9 % at 10,000, ±2.5 % at 100,000), always a multiple of 64 above
 //     what the entry brought in; last_accessed is the time of the latest
 //     recorded hit: never later than the true last hit, and behind it by a
-//     geometric number of hits (16 on average; more than 48 with probability
-//     (15/16)^48 ≈ 4.5 %). An L1 hit's returned Metadata leaves both zero
-//     (the hit does not read them); MemoryCache.Stat reads them on demand.
-//     L2 counts every Get exactly (its Get rewrites the index anyway) and
-//     keeps what a demoted entry brought from L1.
+//     geometric number of hits (64 on average; more than 192 with
+//     probability (63/64)^192 ≈ 4.9 %), and the entry's creation time until
+//     the first recorded hit. A recorded hit that races a Set of the same
+//     key may be counted for neither value. An L1 hit's returned Metadata
+//     leaves both zero (the hit does not read them); MemoryCache.Stat reads
+//     them on demand. L2 counts every Get exactly (its Get rewrites the
+//     index anyway) and keeps what a demoted entry brought from L1.
 //
 // The scan rule (an entry filled by an L3 read and never read again is not
 // demoted) needs "read again" exactly, not sampled: a hit on such an entry
@@ -86,7 +96,7 @@
 //
 // Prometheus collectors per tier (label tier="l1","l2","l3"): hits, misses,
 // evictions, bytes and a Get latency histogram. The latency of L1 Gets is
-// sampled (1 in 64, from the same random draw as the access sample) because
+// sampled (1 in 64, from the same draw as the access sample, other bits) because
 // two clock reads would cost a measurable share of a sub-microsecond Get; L2
 // and L3 Gets are all timed.
 //

@@ -1,16 +1,17 @@
 package cache
 
 import (
+	"bytes"
 	"sync"
 	"testing"
 	"unsafe"
 )
 
 // TestMemoryAccessCountApproximateUnderConcurrency: hits from several
-// goroutines are sampled into the item's statistics (1 in 16, counted 16
-// times, with atomics): the count Stat reads stays within the bound the
-// package doc states (a standard deviation of sqrt(15n) after n hits; 20 %
-// here is more than 6 of them), and no hit is dropped wholesale.
+// goroutines are sampled into the entry's statistics (1 in 64, counted 64
+// times): the count Stat reads stays within the bound the package doc
+// states (a standard deviation of sqrt(63n) after n hits: 20 % here is
+// more than 6 of them), and no hit is dropped wholesale.
 func TestMemoryAccessCountApproximateUnderConcurrency(t *testing.T) {
 	c := newTestMemory(t, 1<<20, newFakeClock(), Compression{})
 	k := CacheKey{Bucket: "vol", Key: "hot"}
@@ -18,7 +19,7 @@ func TestMemoryAccessCountApproximateUnderConcurrency(t *testing.T) {
 		t.Fatalf("Set = %v, %v", ok, err)
 	}
 	c.Wait()
-	const goroutines, gets = 4, 4000
+	const goroutines, gets = 4, 16000
 	var wg sync.WaitGroup
 	for range goroutines {
 		wg.Go(func() {
@@ -41,53 +42,53 @@ func TestMemoryAccessCountApproximateUnderConcurrency(t *testing.T) {
 	}
 }
 
-// TestMemoryRefusesValuesLargerThanL1Holds: originalSize is 32 bits in an
-// item, so a larger value is refused rather than recorded wrongly.
+// TestMemoryRefusesValuesLargerThanL1Holds: a payload's length is 32 bits
+// in l1Value, so a larger value is refused rather than recorded wrongly.
 func TestMemoryRefusesValuesLargerThanL1Holds(t *testing.T) {
 	c := newTestMemory(t, 1<<20, newFakeClock(), Compression{})
 	k := CacheKey{Bucket: "vol", Key: "huge"}
 	// The payload need not be that large: only the recorded size is checked.
-	s := &stored{payload: []byte("x"), originalSize: maxL1ValueSize + 1}
-	if it := newMemItem(k, s); it != nil {
-		t.Fatalf("newMemItem accepted originalSize %d", s.originalSize)
-	}
-	if c.setItem(nil) {
-		t.Fatal("setItem(nil) = true")
+	s := &stored{payload: []byte("x"), codec: CodecLZ4, originalSize: maxL1ValueSize + 1, gen: 1}
+	if c.setStored(k, s) {
+		t.Fatalf("setStored accepted originalSize %d", s.originalSize)
 	}
 	s.originalSize = maxL1ValueSize
-	it := newMemItem(k, s)
-	if it == nil || it.originalSize != maxL1ValueSize {
-		t.Fatalf("newMemItem at the limit = %+v", it)
+	if !c.setStored(k, s) {
+		t.Fatal("setStored refused a value at the limit")
+	}
+	c.Wait()
+	if md, ok := c.Stat(k); !ok || md.OriginalSize != maxL1ValueSize || md.Size != 1 || md.CompressionAlgorithm != CodecLZ4 {
+		t.Fatalf("Stat at the limit = %+v, %v", md, ok)
 	}
 }
 
-// TestMemItemLayout pins what makes an L1 hit one shared read of one cache
-// line: the fields a hit reads lie in the first 64 bytes, the fields that
-// sampled hits and eviction write lie past them, and the item is exactly
-// 128 bytes (the allocator's 128-byte size class is 128-aligned).
-func TestMemItemLayout(t *testing.T) {
-	var it memItem
-	if s := unsafe.Sizeof(it); s != 128 {
-		t.Fatalf("sizeof(memItem) = %d, want 128", s)
+// TestL1ValueLayout pins what makes an L1 hit read nothing but ristretto's
+// own map slot: the value ristretto holds is no larger than the slice
+// header bare ristretto holds for a []byte value, and it round-trips the
+// fields a hit returns.
+func TestL1ValueLayout(t *testing.T) {
+	if got, want := unsafe.Sizeof(l1Value{}), unsafe.Sizeof([]byte(nil)); got != want {
+		t.Fatalf("sizeof(l1Value) = %d, want %d (a slice header)", got, want)
 	}
-	for name, end := range map[string]uintptr{
-		"check":        unsafe.Offsetof(it.check) + unsafe.Sizeof(it.check),
-		"payload":      unsafe.Offsetof(it.payload) + unsafe.Sizeof(it.payload),
-		"createdAt":    unsafe.Offsetof(it.createdAt) + unsafe.Sizeof(it.createdAt),
-		"originalSize": unsafe.Offsetof(it.originalSize) + unsafe.Sizeof(it.originalSize),
-		"codec":        unsafe.Offsetof(it.codec) + unsafe.Sizeof(it.codec),
-		"readFill":     unsafe.Offsetof(it.readFill) + unsafe.Sizeof(it.readFill),
+	payload := []byte("payload")
+	for _, s := range []stored{
+		{payload: payload, codec: CodecNone, originalSize: len(payload), gen: 1<<29 - 1, createdAt: -5, readFill: true},
+		{payload: payload, codec: CodecZstd, originalSize: maxL1ValueSize, gen: 1 << 40, createdAt: 1 << 62},
+		{payload: nil, codec: CodecNone, originalSize: 0, gen: 7},
 	} {
-		if end > 64 {
-			t.Errorf("hot field %s ends at byte %d, past the first cache line", name, end)
+		v := newL1Value(&s)
+		p, orig := v.payload()
+		if !bytes.Equal(p, s.payload) || orig != s.originalSize || v.codec() != s.codec || v.readFill() != s.readFill ||
+			v.payloadLen() != len(s.payload) || v.createdAt != s.createdAt {
+			t.Errorf("l1Value of %+v = payload %q, original size %d, codec %v, readFill %v, createdAt %d", s, p, orig, v.codec(), v.readFill(), v.createdAt)
 		}
 	}
-	for name, start := range map[string]uintptr{
-		"accessCount":  unsafe.Offsetof(it.accessCount),
-		"lastAccessed": unsafe.Offsetof(it.lastAccessed),
-	} {
-		if start < 64 {
-			t.Errorf("written field %s starts at byte %d, on the hits' cache line", name, start)
-		}
+}
+
+// TestColdShardFillsACacheLine: a sampled hit locks one cold shard; its
+// neighbours' locks must not share the cache line.
+func TestColdShardFillsACacheLine(t *testing.T) {
+	if s := unsafe.Sizeof(coldShard{}); s != 64 {
+		t.Fatalf("sizeof(coldShard) = %d, want 64", s)
 	}
 }

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -35,8 +36,8 @@ func TestMemoryAccessStatisticsOnStat(t *testing.T) {
 	total := 0
 	for round := 1; round <= 3; round++ {
 		clock.Advance(time.Second)
-		// 600 hits: all unrecorded with probability (15/16)^600 < 1e-16.
-		for range 600 {
+		// 3,000 hits: all unrecorded with probability (63/64)^3000 < 1e-20.
+		for range 3000 {
 			e, ok := c.Get(k)
 			if !ok {
 				t.Fatal("miss after Wait")
@@ -151,5 +152,101 @@ func TestMemoryDelIsExact(t *testing.T) {
 	}
 	if e, ok := c.Get(b); !ok || string(e.Data) != "B" {
 		t.Fatalf("other key = %q, %v", e.Data, ok)
+	}
+}
+
+// A Set of a readable key replaces its value in place: the next Get, with
+// no Wait, returns the new bytes, and after Del no Get returns either.
+func TestMemoryGetAfterSetOrDelIsNeverStale(t *testing.T) {
+	c := newTestMemory(t, 1<<20, newFakeClock(), Compression{})
+	k := CacheKey{Bucket: "vol", Key: "blk-9"}
+	if _, err := c.Set(k, []byte("old")); err != nil {
+		t.Fatal(err)
+	}
+	c.Wait()
+	if e, ok := c.Get(k); !ok || string(e.Data) != "old" {
+		t.Fatalf("Get = %q, %v", e.Data, ok)
+	}
+	for i := range 100 {
+		v := fmt.Appendf(nil, "value-%d", i)
+		if ok, err := c.Set(k, v); err != nil || !ok {
+			t.Fatalf("Set = %v, %v", ok, err)
+		}
+		if e, ok := c.Get(k); !ok || !bytes.Equal(e.Data, v) {
+			t.Fatalf("Get right after Set of %q = %q, %v", v, e.Data, ok)
+		}
+	}
+	c.Del(k)
+	if e, ok := c.Get(k); ok {
+		t.Fatalf("Get after Del = %q", e.Data)
+	}
+	c.Wait()
+	if e, ok := c.Get(k); ok {
+		t.Fatalf("Get after Del and Wait = %q", e.Data)
+	}
+}
+
+// Keys whose 64-bit ristretto keys collide (forced here: the same low half,
+// another high half) never see each other's data: ristretto compares the
+// high half on every Get, Set and Del.
+func TestMemoryHashCollisionNeverServesAnotherKey(t *testing.T) {
+	c := newTestMemory(t, 1<<20, newFakeClock(), Compression{})
+	a, b := CacheKey{Bucket: "vol", Key: "a"}, CacheKey{Bucket: "vol", Key: "b"}
+	ha := a.hash()
+	hb := hashKey{lo: ha.lo, hi: ha.hi ^ 2} // still odd, as every hashKey's hi
+	set := func(h hashKey, k CacheKey, v string) {
+		t.Helper()
+		c.setAt(h, k, &stored{payload: []byte(v), originalSize: len(v), gen: 1})
+		c.Wait()
+	}
+	get := func(h hashKey) (string, bool) {
+		e, ok := c.getAt(h)
+		return string(e.Data), ok
+	}
+	set(ha, a, "A")
+	if v, ok := get(hb); ok {
+		t.Fatalf("b (colliding with a) served %q", v)
+	}
+	if _, ok := c.statAt(hb); ok {
+		t.Fatal("Stat of b (colliding with a): ok")
+	}
+	set(hb, b, "B") // ristretto keeps a: its slot's conflict hash is a's
+	if v, ok := get(hb); ok && v != "B" {
+		t.Fatalf("b served %q", v)
+	}
+	if v, ok := get(ha); ok && v != "A" {
+		t.Fatalf("a served %q", v)
+	}
+	c.delAt(hb)
+	c.Wait()
+	if v, ok := get(ha); !ok || v != "A" {
+		t.Fatalf("after Del of b, a = %q, %v: want \"A\"", v, ok)
+	}
+	c.delAt(ha)
+	c.Wait()
+	set(hb, b, "B")
+	if v, ok := get(hb); !ok || v != "B" {
+		t.Fatalf("b after a left = %q, %v", v, ok)
+	}
+	if v, ok := get(ha); ok {
+		t.Fatalf("a (deleted, colliding with b) served %q", v)
+	}
+}
+
+// An uncompressed L1 hit allocates nothing: the key ristretto sees stays on
+// the stack (see hashKey.ristrettoKey).
+func TestMemoryGetDoesNotAllocate(t *testing.T) {
+	c := newTestMemory(t, 1<<20, newFakeClock(), Compression{})
+	k := CacheKey{Bucket: "vol", Key: "blk-1"}
+	if _, err := c.Set(k, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	c.Wait()
+	if allocs := testing.AllocsPerRun(1000, func() {
+		if _, ok := c.Get(k); !ok {
+			t.Fatal("miss")
+		}
+	}); allocs != 0 {
+		t.Fatalf("an L1 hit allocates %.1f times", allocs)
 	}
 }

@@ -16,19 +16,21 @@ type CacheKey struct {
 	Key    string
 }
 
-// hash128 is the key's 128-bit hash. lo is ristretto's key and picks the
-// stripe; hi is stored in the L1 item and compared on Get, the way ristretto
-// itself guards against collisions, so a Get never dereferences the key's
-// strings. Two keys equal in all 128 bits would be confused (2^-128 a pair).
-func (k CacheKey) hash128() (lo, hi uint64) {
+// hashKey is a key's 128-bit hash. lo is ristretto's key (it picks
+// ristretto's shard and names the entry in its admission policy); hi is
+// ristretto's conflict hash, which ristretto stores beside the value and
+// compares on every Get, Set, Del and update, so L1 never dereferences a
+// key's strings to verify a hit. hi's lowest bit is always set, because
+// ristretto skips the comparison for a conflict hash of 0: two keys equal
+// in the other 127 bits would be confused (2^-127 a pair).
+type hashKey struct{ lo, hi uint64 }
+
+func (k CacheKey) hash() hashKey {
 	h := xxh3.HashString128Seed(k.Key, xxh3.HashString(k.Bucket)^uint64(len(k.Bucket)))
-	return h.Lo, h.Hi
+	return hashKey{lo: h.Lo, hi: h.Hi | 1}
 }
 
-func (k CacheKey) hash64() uint64 {
-	lo, _ := k.hash128()
-	return lo
-}
+func (k CacheKey) hash64() uint64 { return k.hash().lo }
 
 // CacheEntry is a cached value and its metadata. Data is the original
 // (decompressed) value; when the entry is stored uncompressed in L1 it is the

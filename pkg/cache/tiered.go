@@ -218,7 +218,7 @@ func (t *Tiered) newStored(data []byte, owned bool) (*stored, error) {
 
 // promoteLocked puts s into L1 and records it in the stripe.
 func (t *Tiered) promoteLocked(st *stripe, key CacheKey, s *stored) {
-	if t.l1.setItem(newMemItem(key, s)) {
+	if t.l1.setStored(key, s) {
 		st.l1[key] = s
 	} else {
 		delete(st.l1, key)
