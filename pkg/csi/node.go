@@ -68,6 +68,16 @@ func (d *Driver) ensureExport(ctx context.Context, st *VolumeState) error {
 		}
 		return nil
 	}
+	// Another attach holds the volume (an export elsewhere renews its writer
+	// Lease): refuse at once, naming the holder, rather than wait in the
+	// export until the kubelet's deadline hides why. A holder of this host
+	// (hostname prefix of the identity) is this plugin's own earlier export,
+	// killed with the plugin: the new export waits out its Lease as before.
+	if h, err := d.writerHolder(ctx, st.Volume); err != nil {
+		return fmt.Errorf("read the writer Lease of %s: %w", st.Volume, err)
+	} else if h != "" && !ownHolder(h) {
+		return &heldElsewhereError{volume: st.Volume, holder: h}
+	}
 	if st.ExportAddr == "" {
 		addr, err := freeLoopbackAddr()
 		if err != nil {
@@ -96,6 +106,22 @@ func (d *Driver) ensureExport(ctx context.Context, st *VolumeState) error {
 		return fmt.Errorf("export of %s: %w: %s", st.Volume, err, tail(d.exportLog(st.Volume), 2000))
 	}
 	return nil
+}
+
+// heldElsewhereError: the volume's writer Lease is held by an export that
+// is not this node plugin's.
+type heldElsewhereError struct{ volume, holder string }
+
+func (e *heldElsewhereError) Error() string {
+	return fmt.Sprintf("volume %s is attached elsewhere: its writer Lease is held by %q (single-node writer); it can be staged here once that holder releases it or stops renewing it", e.volume, e.holder)
+}
+
+// ownHolder reports whether a writer Lease identity (host/pid/nonce, as
+// `ec-volume serve` writes it) names an export of this host.
+func ownHolder(identity string) bool {
+	host, _ := os.Hostname()
+	h, _, _ := strings.Cut(identity, "/")
+	return host != "" && h == host
 }
 
 // stopExport stops the volume's export with SIGTERM: it closes its journal
@@ -189,6 +215,10 @@ func (n *node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeRe
 // kill at any point continues where the last run stopped.
 func (d *Driver) stage(ctx context.Context, st *VolumeState) error {
 	if err := d.ensureExport(ctx, st); err != nil {
+		var held *heldElsewhereError
+		if errors.As(err, &held) {
+			return status.Error(codes.FailedPrecondition, err.Error())
+		}
 		return status.Errorf(codes.Internal, "%v", err)
 	}
 	dev, err := d.attach(ctx, st)
