@@ -435,8 +435,8 @@ func testCSIAttachElsewhereRefused(t *testing.T) {
 	mustKubectl(t, "", "-n", csiNS, "delete", "pod", "refused", "--wait=true", "--timeout=120s")
 	unstaged(t, vol)
 	mustKubectl(t, "", "-n", csiNS, "delete", "pvc", "tree", "--wait=true", "--timeout=120s")
-	eventually(t, "the PVs are gone (DeleteVolume)", 3*time.Minute, func() (bool, string) {
-		out, err := kubectl(t, "", "get", "pv", "-o", "name")
-		return err == nil && strings.TrimSpace(out) == "", out
+	eventually(t, "the volume's ECVolume is deleted (DeleteVolume)", 3*time.Minute, func() (bool, string) {
+		out, err := kubectl(t, "", "get", "ecvolume", vol)
+		return err != nil && strings.Contains(out, "NotFound"), out
 	})
 }
