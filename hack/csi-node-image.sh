@@ -29,28 +29,28 @@ command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null && command -v ap
   || die "needs a Debian system (apt-get, apt-cache, dpkg-deb) to take the node tools from Debian packages"
 
 # Library closure: Depends/Pre-Depends of the tools, then of each lib*
-# package reached (alternatives that are libraries too).
+# package reached (alternatives that are libraries too); one apt-cache call
+# per level.
 closure() {
   local -A seen=()
-  local queue=("${TOOLS[@]}") p d
-  while [ ${#queue[@]} -gt 0 ]; do
-    p=${queue[0]}; queue=("${queue[@]:1}")
-    [ -n "${seen[$p]:-}" ] && continue
-    seen[$p]=1
-    echo "$p"
+  local level=("${TOOLS[@]}") next p d
+  while [ ${#level[@]} -gt 0 ]; do
+    for p in "${level[@]}"; do seen[$p]=1; echo "$p"; done
+    next=()
     while read -r d; do
-      case "$d" in lib*|gcc-*-base|zlib1g) [ -z "${seen[$d]:-}" ] && queue+=("$d") ;; esac
-    done < <(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances "$p" 2>/dev/null \
-      | awk '$1 ~ /^\|?(Pre)?Depends:$/ {print $2}' | grep -v '^<' || true)
+      case "$d" in lib*|gcc-*-base|zlib1g) [ -z "${seen[$d]:-}" ] && { seen[$d]=1; next+=("$d"); } ;; esac
+    done < <(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances "${level[@]}" 2>/dev/null \
+      | awk '$1 ~ /^\|?(Pre)?Depends:$/ {print $2}' | grep -v '^<' | sort -u || true)
+    for p in "${next[@]}"; do unset "seen[$p]"; done
+    level=("${next[@]}")
   done
 }
 
 mapfile -t PKGS < <(closure | sort -u)
-mapfile -t PINS < <(for p in "${PKGS[@]}"; do
-  v=$(apt-cache policy "$p" | awk '/Candidate:/ {print $2}')
-  [ -n "$v" ] && [ "$v" != "(none)" ] || die "no candidate for Debian package $p (apt-get update?)"
-  echo "$p=$v"
-done)
+# package=candidate version, one apt-cache call.
+mapfile -t PINS < <(apt-cache policy "${PKGS[@]}" | awk '/^[^ ].*:$/ {p=substr($1, 1, length($1)-1)} /^ +Candidate:/ {print p "=" $2}')
+[ ${#PINS[@]} -eq ${#PKGS[@]} ] || die "apt-cache policy gave ${#PINS[@]} candidates for ${#PKGS[@]} packages (apt-get update?)"
+for p in "${PINS[@]}"; do [ "${p#*=}" != "(none)" ] || die "no candidate for Debian package ${p%%=*} (apt-get update?)"; done
 KEY=$(printf '%s\n' "${PINS[@]}" | sha256sum | cut -c1-16)
 DEBS="$CACHE/csi-node/debs-$KEY"
 if [ ! -f "$DEBS/.complete" ]; then
