@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -241,6 +242,11 @@ func (d *Driver) stage(ctx context.Context, st *VolumeState) error {
 			}
 			if existing != "" && existing != st.FsType {
 				return status.Errorf(codes.FailedPrecondition, "volume %s holds a %s filesystem, not the %s its fsType asks for: not formatting a device that is not blank", st.Volume, existing, st.FsType)
+			}
+			if existing == "ext4" {
+				if err := growExt4Offline(ctx, dev); err != nil {
+					return status.Errorf(codes.Internal, "volume %s: %v", st.Volume, err)
+				}
 			}
 			if err := m.FormatAndMount(dev, st.StagingPath, st.FsType, st.MountFlags); err != nil {
 				return status.Errorf(codes.Internal, "format and mount %s at %s: %v", dev, st.StagingPath, err)
@@ -527,6 +533,29 @@ func (d *Driver) condition(ctx context.Context, st *VolumeState) *csipb.VolumeCo
 		return &csipb.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("the block device of volume %s is detached (%s client gone)", st.Volume, st.Attach)}
 	}
 	return &csipb.VolumeCondition{Message: "export running, device attached"}
+}
+
+// growExt4Offline grows an unmounted ext4 filesystem to its device (the
+// volume was expanded while unstaged: expansion is OFFLINE). Offline, since
+// an online ext4 resize needs CAP_SYS_RESOURCE, which a node plugin may
+// lack (it does in the cluster of tests/cluster); NodeExpandVolume then
+// finds nothing left to do.
+func growExt4Offline(ctx context.Context, dev string) error {
+	need, err := mount.NewResizeFs(utilexec.New()).NeedResize(dev, "")
+	if err != nil || !need {
+		return err
+	}
+	// resize2fs refuses a filesystem not checked since its last mount.
+	if out, err := exec.CommandContext(ctx, "e2fsck", "-f", "-p", dev).CombinedOutput(); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() > 1 { // 1: errors corrected
+			return fmt.Errorf("e2fsck -f -p %s before growing it: %v: %s", dev, err, out)
+		}
+	}
+	if _, err := run(ctx, "resize2fs", dev); err != nil {
+		return fmt.Errorf("grow the filesystem on %s: %w", dev, err)
+	}
+	return nil
 }
 
 func deviceSize(path string) (int64, error) {
