@@ -57,6 +57,11 @@ image: ## OCI image archive (empty base + static binary, non-root) without a Doc
 	@mkdir -p $(LOCALBIN)
 	cd hack/image && go run . --root $(CURDIR) --out $(IMAGE_ARCHIVE)
 
+.PHONY: csi-node-image
+csi-node-image: ## the CSI node plugin's image archive: the binary plus nbdfuse, losetup, mkfs.ext4/xfs... from Debian packages (hack/csi-node-image.sh)
+	@mkdir -p $(LOCALBIN)
+	hack/csi-node-image.sh $(LOCALBIN)/couchestor-csi-node-image.tar
+
 .PHONY: build
 build: ## the operator binary
 	@mkdir -p $(LOCALBIN)

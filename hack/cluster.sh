@@ -8,6 +8,10 @@
 #   hack/cluster.sh down   stop everything and remove what `up` created (also after a crash or SIGKILL)
 #   hack/cluster.sh guard  print the packets the guard rules dropped (must stay 0)
 #   hack/cluster.sh can    exit 0 when this machine can run the cluster, else print why
+#   hack/cluster.sh cached exit 0 when every binary above is built (cached), else print which is not
+#   hack/cluster.sh csi-images  build the CSI sidecars (once, cached by version) and the
+#                          node-plugin image; write their image archives, print their directory
+#                          (`up` imports every archive of $COUCHESTOR_CLUSTER_EXTRA_IMAGES)
 #
 # containerd, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubelet and kube-proxy run as plain processes (PIDs recorded under the run
@@ -90,6 +94,114 @@ cmd_helm() {
   build_one "$HELMDIR/helm" "$ROOT/hack/cluster/helm" helm.sh/helm/v4/cmd/helm \
     "-s -w -X helm.sh/helm/v4/internal/version.version=v${HELM_VERSION}"
   echo "$HELMDIR/helm"
+}
+
+# ---------------------------------------------------------------- CSI images
+
+# The CSI sidecars the install chart names (csi.sidecars.*.image), built from
+# source and packed under those names, so the cluster never pulls. The
+# external-provisioner and external-resizer build from the Go module proxy
+# in tools modules of their own (hack/cluster/csi-*, carrying the sidecars'
+# own replace directives, which `go install pkg@version` refuses).
+# node-driver-registrar and livenessprobe cannot come from the proxy by
+# version at all: their go.mod says `module .../node-driver-registrar` (no
+# /v2) while their tags are v2.x, so v2.15.0/v2.17.0 are not valid module
+# versions (the proxy answers 403/invalid). They build from their git tag
+# (commit checked below) with the vendor/ directory the tag carries, so the
+# build fetches nothing else. $COUCHESTOR_GIT_MIRROR: a directory holding
+# OWNER+NAME/repo git copies to clone from instead of github.com.
+CSI_GIT_COMMITS=(
+  "node-driver-registrar v2.15.0 87d60a92e312fefe7965ccf2c2b88d6184e30077"
+  "livenessprobe v2.17.0 064a1024b6280bd5c57b936afee96e441208d7af"
+)
+CSIDIR="$CACHE/csi-sidecars"
+
+chart_sidecars() { # name:version of every sidecar image the chart names
+  grep -o 'registry.k8s.io/sig-storage/[a-z-]*:v[0-9.]*' "$ROOT/helm-charts/couchestor/values.yaml" | sed 's|.*/||' | sort -u
+}
+
+git_source() { # REPO TAG COMMIT DEST: the tag's tree, checked against the pinned commit
+  local repo=$1 tag=$2 commit=$3 dest=$4 url="https://github.com/kubernetes-csi/$1"
+  [ -f "$dest/.commit" ] && [ "$(cat "$dest/.commit")" = "$commit" ] && return 0
+  [ -n "${COUCHESTOR_GIT_MIRROR:-}" ] && url="$COUCHESTOR_GIT_MIRROR/kubernetes-csi+$repo/repo"
+  rm -rf "$dest.tmp"
+  git -c advice.detachedHead=false clone -q --depth 1 --branch "$tag" "$url" "$dest.tmp" >&2 || die "clone $url at $tag"
+  local got; got=$(git -C "$dest.tmp" rev-parse HEAD)
+  [ "$got" = "$commit" ] || die "$url tag $tag is commit $got, not the pinned $commit"
+  echo "$commit" >"$dest.tmp/.commit"
+  rm -rf "$dest"; mv "$dest.tmp" "$dest"
+}
+
+csi_sidecar() { # NAME VERSION: build once, print the binary
+  local name=$1 ver=$2 out="$CSIDIR/$1-$2/$1" fl="-s -w -X main.version=$2"
+  if [ ! -x "$out" ]; then
+    mkdir -p "$(dirname "$out")"
+    case "$name" in
+      csi-provisioner|csi-resizer)
+        local mod=external-provisioner/v5
+        [ "$name" = csi-resizer ] && mod=external-resizer
+        grep -q "^require github.com/kubernetes-csi/$mod $ver\$" "$ROOT/hack/cluster/$name/go.mod" \
+          || die "hack/cluster/$name/go.mod does not pin $ver, the chart's tag of $name"
+        build_one "$out" "$ROOT/hack/cluster/$name" "github.com/kubernetes-csi/$mod/cmd/$name" "$fl" ;;
+      csi-node-driver-registrar|livenessprobe)
+        local repo=${name#csi-} line commit=""
+        for line in "${CSI_GIT_COMMITS[@]}"; do
+          set -- $line
+          [ "$1" = "$repo" ] && [ "$2" = "$ver" ] && commit=$3
+        done
+        [ -n "$commit" ] || die "no pinned commit for $repo $ver (CSI_GIT_COMMITS in hack/cluster.sh)"
+        git_source "$repo" "$ver" "$commit" "$CSIDIR/src/$repo-$ver"
+        local start=$SECONDS
+        log "building $name $ver from its tag (vendored, first time only)"
+        (cd "$CSIDIR/src/$repo-$ver" && CGO_ENABLED=0 go build -mod=vendor -trimpath -ldflags "$fl" -o "$out.tmp" "./cmd/$name")
+        mv -f "$out.tmp" "$out"
+        log "built $name in $((SECONDS - start))s" ;;
+      *) die "unknown CSI sidecar $name in the chart's values" ;;
+    esac
+  fi
+  echo "$out"
+}
+
+cmd_csi_images() {
+  local dir="$CACHE/csi-images" nv name ver bin fs
+  mkdir -p "$dir"
+  for nv in $(chart_sidecars); do
+    name=${nv%%:*} ver=${nv#*:}
+    bin=$(csi_sidecar "$name" "$ver")
+    if [ ! -f "$dir/$name-$ver.tar" ]; then
+      fs=$(mktemp -d); mkdir -p "$fs/tmp"; chmod 1777 "$fs/tmp"; cp "$bin" "$fs/$name"
+      (cd "$ROOT/hack/image" && go run . --rootfs "$fs" --entrypoint "/$name" --tag "registry.k8s.io/sig-storage/$name:$ver" \
+        --title "$name" --out "$dir/$name-$ver.tar.tmp" >&2)
+      rm -rf "$fs"; mv -f "$dir/$name-$ver.tar.tmp" "$dir/$name-$ver.tar"
+    fi
+  done
+  # The CSI steps' workload (hack/cluster/treeio): writes and reads files.
+  local tio; tio="$CSIDIR/treeio-$(cat "$ROOT"/hack/cluster/treeio/*.go | sha256sum | cut -c1-12)"
+  build_one "$tio" "$ROOT" ./hack/cluster/treeio "-s -w"
+  fs=$(mktemp -d); mkdir -p "$fs/tmp"; chmod 1777 "$fs/tmp"; cp "$tio" "$fs/treeio"
+  (cd "$ROOT/hack/image" && go run . --rootfs "$fs" --entrypoint /treeio --tag "$TREEIO_IMAGE" --title treeio --out "$dir/treeio.tar" >&2)
+  rm -rf "$fs"
+  # The node plugin's image holds this tree's binary: built every time.
+  "$ROOT/hack/csi-node-image.sh" "$dir/csi-node.tar" "$CSI_NODE_IMAGE" >&2
+  echo "$dir"
+}
+CSI_NODE_IMAGE=couchestor.local/couchestor-csi-node:dev
+TREEIO_IMAGE=couchestor.local/treeio:1
+
+# cmd_cached: exit 0 when every binary the cluster suite builds is cached
+# (nothing left to compile but the project itself), else print what is not.
+cmd_cached() {
+  local missing=() c nv
+  for c in kubelet kube-proxy kube-scheduler kube-controller-manager crictl pause cluster-dns; do
+    [ -x "$BINDIR/$c" ] || missing+=("$c")
+  done
+  [ -x "$HELMDIR/helm" ] || missing+=(helm)
+  for nv in $(chart_sidecars); do
+    [ -x "$CSIDIR/${nv%%:*}-${nv#*:}/${nv%%:*}" ] || missing+=("${nv%%:*}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "not built yet: ${missing[*]}"
+  return 1
 }
 
 # ---------------------------------------------------------------- checks
@@ -453,6 +565,12 @@ EOF
     fi
     ctr --address "$c" -n k8s.io images import "$archive" >&2
   fi
+  # Further archives (hack/cluster.sh csi-images).
+  if [ -n "${COUCHESTOR_CLUSTER_EXTRA_IMAGES:-}" ]; then
+    for archive in "$COUCHESTOR_CLUSTER_EXTRA_IMAGES"/*.tar; do
+      [ -f "$archive" ] && ctr --address "$c" -n k8s.io images import "$archive" >&2
+    done
+  fi
 }
 
 kubelet_up() {
@@ -661,5 +779,7 @@ case "${1:-}" in
   down) cmd_down ;;
   guard) cmd_guard ;;
   can) cmd_can ;;
-  *) echo "usage: $0 bins|helm|up|down|guard|can" >&2; exit 2 ;;
+  csi-images) cmd_csi_images ;;
+  cached) cmd_cached ;;
+  *) echo "usage: $0 bins|helm|up|down|guard|can|csi-images|cached" >&2; exit 2 ;;
 esac

@@ -45,8 +45,18 @@ func main() {
 	out := flag.String("out", "couchestor-image.tar", "Path of the OCI image archive to write.")
 	arch := flag.String("arch", "amd64", "GOARCH of the image.")
 	ref := flag.String("tag", "", "Image reference to record (default: image in hack/bundlegen/release.yaml).")
+	dir := flag.String("rootfs", "", "Pack this directory tree as the image's only layer instead of building the operator (hack/csi-node-image.sh, the CSI sidecars of hack/cluster.sh); needs --tag and --entrypoint.")
+	entry := flag.String("entrypoint", "", "With --rootfs: the entrypoint, a path inside the tree.")
+	user := flag.String("user", "", "With --rootfs: the image's user (uid:gid; empty: root).")
+	title := flag.String("title", "", "With --rootfs: the org.opencontainers.image.title label.")
 	flag.Parse()
-	if err := run(*root, *out, *arch, *ref); err != nil {
+	var err error
+	if *dir != "" {
+		err = pack(*dir, *out, *arch, *ref, *entry, *user, *title)
+	} else {
+		err = run(*root, *out, *arch, *ref)
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "image: %v\n", err)
 		os.Exit(1)
 	}
@@ -80,6 +90,21 @@ func run(root, out, arch, ref string) error {
 	if err != nil {
 		return err
 	}
+	cfg := v1.Config{
+		Entrypoint: []string{"/couchestor"},
+		User:       fmt.Sprintf("%d:%d", uid, uid),
+		Env:        []string{"HOME=/tmp", "SSL_CERT_FILE=" + caBundle},
+	}
+	return write(layerTar, cfg, "hack/image: static couchestor binary", "couchestor", out, arch, ref)
+}
+
+// write packs one layer with cfg as an OCI image archive at out.
+func write(layerTar []byte, cfg v1.Config, createdBy, title, out, arch, ref string) error {
+	tmp, err := os.MkdirTemp("", "couchestor-image-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	}, tarball.WithMediaType(types.OCILayer))
@@ -88,7 +113,7 @@ func run(root, out, arch, ref string) error {
 	}
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	img, err = mutate.Append(img, mutate.Addendum{Layer: layer, History: v1.History{CreatedBy: "hack/image: static couchestor binary", Created: v1.Time{Time: epoch}}})
+	img, err = mutate.Append(img, mutate.Addendum{Layer: layer, History: v1.History{CreatedBy: createdBy, Created: v1.Time{Time: epoch}}})
 	if err != nil {
 		return err
 	}
@@ -99,12 +124,12 @@ func run(root, out, arch, ref string) error {
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", arch
 	cf.Created = v1.Time{Time: epoch}
-	cf.Config.Entrypoint = []string{"/couchestor"}
-	cf.Config.User = fmt.Sprintf("%d:%d", uid, uid)
+	cf.Config.Entrypoint = cfg.Entrypoint
+	cf.Config.User = cfg.User
 	cf.Config.WorkingDir = "/"
-	cf.Config.Env = []string{"HOME=/tmp", "SSL_CERT_FILE=" + caBundle}
+	cf.Config.Env = cfg.Env
 	cf.Config.Labels = map[string]string{
-		"org.opencontainers.image.title":    "couchestor",
+		"org.opencontainers.image.title":    title,
 		"org.opencontainers.image.source":   "https://github.com/billyronks/couchestor",
 		"org.opencontainers.image.ref.name": ref,
 	}
@@ -238,4 +263,65 @@ func releaseImage(root string) (string, error) {
 		return "", fmt.Errorf("hack/bundlegen/release.yaml: no image line")
 	}
 	return string(m[1]), nil
+}
+
+// pack writes the directory tree dir (files, directories, symlinks; modes
+// kept, owned by root, mtimes zeroed, in name order) as an image.
+func pack(dir, out, arch, ref, entry, user, title string) error {
+	if ref == "" || entry == "" {
+		return fmt.Errorf("--rootfs %s: --tag and --entrypoint are required", dir)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, entry)); err != nil || fi.Mode()&0o111 == 0 {
+		return fmt.Errorf("--entrypoint %s: not an executable file in %s (%v)", entry, dir, err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		if info.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		h, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		h.Name, h.ModTime, h.AccessTime, h.ChangeTime = filepath.ToSlash(rel), epoch, time.Time{}, time.Time{}
+		h.Uid, h.Gid, h.Uname, h.Gname, h.Format = 0, 0, "", "", tar.FormatPAX
+		if d.IsDir() {
+			h.Name += "/"
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		_, err = tw.Write(data)
+		return err
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("pack %s: %w", dir, err)
+	}
+	if title == "" {
+		title = filepath.Base(entry)
+	}
+	cfg := v1.Config{Entrypoint: []string{entry}, User: user, Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
+	return write(buf.Bytes(), cfg, "hack/image --rootfs: "+title, title, out, arch, ref)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -68,6 +69,16 @@ func (d *Driver) ensureExport(ctx context.Context, st *VolumeState) error {
 		}
 		return nil
 	}
+	// Another attach holds the volume (an export elsewhere renews its writer
+	// Lease): refuse at once, naming the holder, rather than wait in the
+	// export until the kubelet's deadline hides why. A holder of this host
+	// (hostname prefix of the identity) is this plugin's own earlier export,
+	// killed with the plugin: the new export waits out its Lease as before.
+	if h, err := d.writerHolder(ctx, st.Volume); err != nil {
+		return fmt.Errorf("read the writer Lease of %s: %w", st.Volume, err)
+	} else if h != "" && !ownHolder(h) {
+		return &heldElsewhereError{volume: st.Volume, holder: h}
+	}
 	if st.ExportAddr == "" {
 		addr, err := freeLoopbackAddr()
 		if err != nil {
@@ -96,6 +107,22 @@ func (d *Driver) ensureExport(ctx context.Context, st *VolumeState) error {
 		return fmt.Errorf("export of %s: %w: %s", st.Volume, err, tail(d.exportLog(st.Volume), 2000))
 	}
 	return nil
+}
+
+// heldElsewhereError: the volume's writer Lease is held by an export that
+// is not this node plugin's.
+type heldElsewhereError struct{ volume, holder string }
+
+func (e *heldElsewhereError) Error() string {
+	return fmt.Sprintf("volume %s is attached elsewhere: its writer Lease is held by %q (single-node writer); it can be staged here once that holder releases it or stops renewing it", e.volume, e.holder)
+}
+
+// ownHolder reports whether a writer Lease identity (host/pid/nonce, as
+// `ec-volume serve` writes it) names an export of this host.
+func ownHolder(identity string) bool {
+	host, _ := os.Hostname()
+	h, _, _ := strings.Cut(identity, "/")
+	return host != "" && h == host
 }
 
 // stopExport stops the volume's export with SIGTERM: it closes its journal
@@ -189,6 +216,10 @@ func (n *node) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeRe
 // kill at any point continues where the last run stopped.
 func (d *Driver) stage(ctx context.Context, st *VolumeState) error {
 	if err := d.ensureExport(ctx, st); err != nil {
+		var held *heldElsewhereError
+		if errors.As(err, &held) {
+			return status.Error(codes.FailedPrecondition, err.Error())
+		}
 		return status.Errorf(codes.Internal, "%v", err)
 	}
 	dev, err := d.attach(ctx, st)
@@ -211,6 +242,11 @@ func (d *Driver) stage(ctx context.Context, st *VolumeState) error {
 			}
 			if existing != "" && existing != st.FsType {
 				return status.Errorf(codes.FailedPrecondition, "volume %s holds a %s filesystem, not the %s its fsType asks for: not formatting a device that is not blank", st.Volume, existing, st.FsType)
+			}
+			if existing == "ext4" {
+				if err := growExt4Offline(ctx, dev); err != nil {
+					return status.Errorf(codes.Internal, "volume %s: %v", st.Volume, err)
+				}
 			}
 			if err := m.FormatAndMount(dev, st.StagingPath, st.FsType, st.MountFlags); err != nil {
 				return status.Errorf(codes.Internal, "format and mount %s at %s: %v", dev, st.StagingPath, err)
@@ -497,6 +533,29 @@ func (d *Driver) condition(ctx context.Context, st *VolumeState) *csipb.VolumeCo
 		return &csipb.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("the block device of volume %s is detached (%s client gone)", st.Volume, st.Attach)}
 	}
 	return &csipb.VolumeCondition{Message: "export running, device attached"}
+}
+
+// growExt4Offline grows an unmounted ext4 filesystem to its device (the
+// volume was expanded while unstaged: expansion is OFFLINE). Offline, since
+// an online ext4 resize needs CAP_SYS_RESOURCE, which a node plugin may
+// lack (it does in the cluster of tests/cluster); NodeExpandVolume then
+// finds nothing left to do.
+func growExt4Offline(ctx context.Context, dev string) error {
+	need, err := mount.NewResizeFs(utilexec.New()).NeedResize(dev, "")
+	if err != nil || !need {
+		return err
+	}
+	// resize2fs refuses a filesystem not checked since its last mount.
+	if out, err := exec.CommandContext(ctx, "e2fsck", "-f", "-p", dev).CombinedOutput(); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() > 1 { // 1: errors corrected
+			return fmt.Errorf("e2fsck -f -p %s before growing it: %v: %s", dev, err, out)
+		}
+	}
+	if _, err := run(ctx, "resize2fs", dev); err != nil {
+		return fmt.Errorf("grow the filesystem on %s: %w", dev, err)
+	}
+	return nil
 }
 
 func deviceSize(path string) (int64, error) {

@@ -436,6 +436,13 @@ func (e *Engine) rebuild(ctx context.Context, s *storagev1.ECStripe, in Intent, 
 		h.SizeBytes = int64(len(set.Shards[p.Shard]))
 		h.Checksum = locs[p.Shard].Checksum
 		h.WrittenUnixNano = e.Now().UnixNano()
+		// A rebuild is no export's write: it carries no writer epoch (the
+		// ECStripe's generation precondition guards it). The template's
+		// epoch is that of the export that wrote the stripe; every later
+		// export of the volume raised the servers' fence above it, so a
+		// copied epoch had every rebuild refused (HTTP 412) once the
+		// volume was exported again (tests/cluster CSIPodsWriteAndReadBack).
+		h.WriterEpoch = 0
 		if err := e.wait(ctx, len(set.Shards[p.Shard])); err != nil {
 			return err
 		}

@@ -34,6 +34,12 @@ func TestCluster(t *testing.T) {
 		{"DataPlaneShardServers", testDataPlaneShardServers},
 		{"ECVolumeThroughExportPod", testECVolumeThroughExportPod},
 		{"ShardServerPodLostAndRebuilt", testShardServerPodLostAndRebuilt},
+		// Erasure-coded volumes for pods (csi_test.go).
+		{"CSIInstall", testCSIInstall},
+		{"CSIPodsWriteAndReadBack", testCSIPodsWriteAndReadBack},
+		{"CSIRawBlock", testCSIRawBlock},
+		{"CSIExpand", testCSIExpand},
+		{"CSIAttachElsewhereRefused", testCSIAttachElsewhereRefused},
 		{"LeaderFailover", testLeaderFailover},
 		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
 		{"DataPlaneChangeRollsShardServers", testDataPlaneChangeRollsShardServers},

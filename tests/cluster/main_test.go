@@ -87,6 +87,13 @@ func run(m *testing.M) (code int) {
 		fmt.Fprintf(os.Stderr, "tests/cluster: using the running cluster of %s (not taken down)\n", kc)
 		return m.Run()
 	}
+	// The CSI steps' images (sidecars, node plugin, workload), imported by up.
+	imgs, err := script("csi-images")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tests/cluster: build the CSI images: %v\n", err)
+		return 1
+	}
+	os.Setenv("COUCHESTOR_CLUSTER_EXTRA_IMAGES", imgs)
 	start := time.Now()
 	kc, err := script("up")
 	if err != nil {

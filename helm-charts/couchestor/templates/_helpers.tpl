@@ -40,6 +40,11 @@ control-plane: controller-manager
 {{- .Values.csi.registryNamespace | default .Release.Namespace -}}
 {{- end -}}
 
+{{- /* The shard client Secret: a DataPlane's <name>-shard-token unless csi.shardSecret names another. */ -}}
+{{- define "couchestor.csi.shardSecret" -}}
+{{- .Values.csi.shardSecret | default (printf "%s-shard-token" .Values.csi.dataPlane) -}}
+{{- end -}}
+
 {{- /* The node plugin's namespace: pod security "privileged", apart from the operator's (restricted). */ -}}
 {{- define "couchestor.csi.nodeNamespace" -}}
 {{- .Values.csi.node.namespace | default "couchestor-csi" -}}
@@ -59,7 +64,7 @@ control-plane: controller-manager
 - --endpoint=unix:///csi/csi.sock
 - --registry-namespace={{ include "couchestor.csi.registryNamespace" . }}
 - --mayastor-namespace={{ .Values.mayastorNamespace }}
-- --shard-secret={{ include "couchestor.csi.registryNamespace" . }}/{{ .Values.csi.shardSecret }}
+- --shard-secret={{ include "couchestor.csi.registryNamespace" . }}/{{ include "couchestor.csi.shardSecret" . }}
 {{- end -}}
 
 {{- define "couchestor.csi.restricted" -}}

@@ -22,6 +22,11 @@ import (
 // Version is reported by GetPluginInfo (set by main).
 var Version = "dev"
 
+// DefaultShardSecret is the Secret the data-plane chart writes for a
+// DataPlane named couchestor (<release>-shard-token), the install chart's
+// default csi.dataPlane.
+const DefaultShardSecret = "couchestor-shard-token"
+
 type repeated []string
 
 func (r *repeated) String() string     { return strings.Join(*r, " ") }
@@ -40,7 +45,7 @@ func Command(ctx context.Context, args []string) error {
 	kubeTimeout := fs.Duration("kube-request-timeout", clients.DefaultRequestTimeout, "Longest an API-server request of the driver may take before it fails (the CSI call then fails and the sidecar retries it). Passed on to the exports the node runs.")
 	registryNS := fs.String("registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases and the volumes' writer Leases.")
 	mayastorNS := fs.String("mayastor-namespace", "mayastor", "Namespace of the DiskPools (passed to the exports).")
-	secret := fs.String("shard-secret", "", "namespace/name of the Secret with the shard servers' ca.crt and token (or --ca-file and --token-file).")
+	secret := fs.String("shard-secret", registry.DefaultNamespace+"/"+DefaultShardSecret, "namespace/name of the Secret with the shard servers' ca.crt and token (default: the one a DataPlane named couchestor writes in the registry's default namespace; ignored with --ca-file and --token-file).")
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
 	tokenFile := fs.String("token-file", "", "Bearer token file of the shard servers.")
 	attach := fs.String("attach", "", "How the node attaches an export: kernel (nbd-client on /dev/nbd*), nbdfuse (nbdfuse and a loop device), or empty to pick kernel when /dev/nbd0 and nbd-client exist.")
@@ -51,6 +56,11 @@ func Command(ctx context.Context, args []string) error {
 			return nil
 		}
 		return err
+	}
+	secretSet := false
+	fs.Visit(func(f *flag.Flag) { secretSet = secretSet || f.Name == "shard-secret" })
+	if !secretSet && (*caFile != "" || *tokenFile != "") {
+		*secret = "" // files instead of the default Secret
 	}
 	if !*controller && !*node {
 		return errors.New("name the service to serve: --controller, --node or both")

@@ -380,7 +380,7 @@ func TestCSIControllerRunsWithTheChartRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"couchestor-shard-client", "someone-elses"} {
+	for _, name := range []string{"couchestor-shard-token", "someone-elses"} {
 		if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "couchestor-system", Name: name},
 			Data: map[string][]byte{registry.SecretKeyCA: certs.CAPEM, registry.SecretKeyToken: []byte("t")}}); err != nil {
 			t.Fatal(err)
@@ -513,7 +513,7 @@ func TestCSINodeRBACCoversTheExport(t *testing.T) {
 		{reg, "get", "coordination.k8s.io", "leases", "", "pkg/fence Holder", true},
 		{reg, "create", "coordination.k8s.io", "leases", "", "pkg/fence Holder acquire", true},
 		{reg, "update", "coordination.k8s.io", "leases", "", "pkg/fence Holder renew and release", true},
-		{reg, "get", "", "secrets", "couchestor-shard-client", "internal/clients ShardClientConfig", true},
+		{reg, "get", "", "secrets", "couchestor-shard-token", "internal/clients ShardClientConfig", true},
 		{maya, "list", "openebs.io", "diskpools", "", "pkg/diskpool Reader.List (placement)", true},
 		{maya, "get", "openebs.io", "diskpools", "", "pkg/diskpool Reader.Get", true},
 		{"", "delete", "storage.billyronks.io", "ecvolumes", "", "the controller deletes volumes, never a node", false},

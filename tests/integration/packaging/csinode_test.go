@@ -120,7 +120,7 @@ func TestCSINodeRunsWithTheChartRBAC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "couchestor-system", Name: "couchestor-shard-client"},
+	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "couchestor-system", Name: "couchestor-shard-token"},
 		Data: map[string][]byte{registry.SecretKeyCA: certs.CAPEM, registry.SecretKeyToken: []byte(token)}}); err != nil {
 		t.Fatal(err)
 	}

@@ -92,7 +92,7 @@ var csiAllowList = map[string]map[string]struct {
 	},
 	"couchestor-csi-controller-registry": {
 		"coordination.k8s.io/leases": {verbs: []string{"get", "list"}, why: "shard-server Leases (Probe, GetCapacity) and a volume's writer Lease (DeleteVolume refuses a volume in use)"},
-		"/secrets#named":             {verbs: []string{"get"}, resourceNames: []string{"couchestor-shard-client"}, why: "the shard client Secret, by name"},
+		"/secrets#named":             {verbs: []string{"get"}, resourceNames: []string{"couchestor-shard-token"}, why: "the shard client Secret, by name"},
 	},
 	"couchestor-csi-node-plugin": {
 		"storage.billyronks.io/ecvolumes":             {verbs: []string{"get", "patch"}, why: "stage, the export's open and its Lease holder's check; the journal placement annotation"},
@@ -103,7 +103,7 @@ var csiAllowList = map[string]map[string]struct {
 	},
 	"couchestor-csi-node-registry": {
 		"coordination.k8s.io/leases": {verbs: []string{"get", "list", "create", "update"}, why: "shard-server lookup and the volume's writer Lease (acquire, renew, release)"},
-		"/secrets#named":             {verbs: []string{"get"}, resourceNames: []string{"couchestor-shard-client"}, why: "the shard client Secret, by name"},
+		"/secrets#named":             {verbs: []string{"get"}, resourceNames: []string{"couchestor-shard-token"}, why: "the shard client Secret, by name"},
 	},
 	"couchestor-csi-node-diskpools": {
 		"openebs.io/diskpools": {verbs: []string{"get", "list"}, why: "stripe placement reads the pools' state (Mayastor's namespace)"},
