@@ -9,6 +9,7 @@
 #   hack/cluster.sh guard  print the packets the guard rules dropped (must stay 0)
 #   hack/cluster.sh can    exit 0 when this machine can run the cluster, else print why
 #   hack/cluster.sh cached exit 0 when every binary above is built (cached), else print which is not
+#   hack/cluster.sh csi-can exit 0 when the CSI sidecars can be built here, else print why
 #   hack/cluster.sh csi-images  build the CSI sidecars (once, cached by version) and the
 #                          node-plugin image; write their image archives, print their directory
 #                          (`up` imports every archive of $COUCHESTOR_CLUSTER_EXTRA_IMAGES)
@@ -187,6 +188,22 @@ cmd_csi_images() {
 }
 CSI_NODE_IMAGE=couchestor.local/couchestor-csi-node:dev
 TREEIO_IMAGE=couchestor.local/treeio:1
+
+# cmd_csi_can: the sidecars built from git tags need their sources: cached,
+# in $COUCHESTOR_GIT_MIRROR, or reachable on github.com. Exit 0 when all are.
+cmd_csi_can() {
+  local line repo ver commit
+  for line in "${CSI_GIT_COMMITS[@]}"; do
+    set -- $line
+    repo=$1 ver=$2 commit=$3
+    [ -f "$CSIDIR/src/$repo-$ver/.commit" ] && [ "$(cat "$CSIDIR/src/$repo-$ver/.commit")" = "$commit" ] && continue
+    [ -n "${COUCHESTOR_GIT_MIRROR:-}" ] && [ -d "$COUCHESTOR_GIT_MIRROR/kubernetes-csi+$repo/repo" ] && continue
+    timeout 20 git ls-remote --exit-code "https://github.com/kubernetes-csi/$repo" "refs/tags/$ver" >/dev/null 2>&1 && continue
+    echo "$repo $ver is not a valid Go module version (its go.mod lacks /v2), so it builds only from its git tag, and github.com/kubernetes-csi/$repo is unreachable from this machine and not in \$COUCHESTOR_GIT_MIRROR"
+    return 1
+  done
+  return 0
+}
 
 # cmd_cached: exit 0 when every binary the cluster suite builds is cached
 # (nothing left to compile but the project itself), else print what is not.
@@ -780,6 +797,7 @@ case "${1:-}" in
   guard) cmd_guard ;;
   can) cmd_can ;;
   csi-images) cmd_csi_images ;;
+  csi-can) cmd_csi_can ;;
   cached) cmd_cached ;;
-  *) echo "usage: $0 bins|helm|up|down|guard|can|csi-images|cached" >&2; exit 2 ;;
+  *) echo "usage: $0 bins|helm|up|down|guard|can|cached|csi-images|csi-can" >&2; exit 2 ;;
 esac

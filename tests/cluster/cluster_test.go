@@ -34,15 +34,18 @@ func TestCluster(t *testing.T) {
 		{"DataPlaneShardServers", testDataPlaneShardServers},
 		{"ECVolumeThroughExportPod", testECVolumeThroughExportPod},
 		{"ShardServerPodLostAndRebuilt", testShardServerPodLostAndRebuilt},
-		// Erasure-coded volumes for pods (csi_test.go).
-		{"CSIInstall", testCSIInstall},
-		{"CSIPodsWriteAndReadBack", testCSIPodsWriteAndReadBack},
-		{"CSIRawBlock", testCSIRawBlock},
-		{"CSIExpand", testCSIExpand},
-		{"CSIAttachElsewhereRefused", testCSIAttachElsewhereRefused},
 		{"LeaderFailover", testLeaderFailover},
 		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
 		{"DataPlaneChangeRollsShardServers", testDataPlaneChangeRollsShardServers},
+		// Erasure-coded volumes for pods (csi_test.go). After the rollout
+		// steps: they delete a shard-server pod for good, and a pool lost
+		// while still named in an idle volume's journal holds a rollout
+		// back until that volume is exported again (pkg/shardrollout).
+		{"CSIInstall", csiStep(testCSIInstall)},
+		{"CSIPodsWriteAndReadBack", csiStep(testCSIPodsWriteAndReadBack)},
+		{"CSIRawBlock", csiStep(testCSIRawBlock)},
+		{"CSIExpand", csiStep(testCSIExpand)},
+		{"CSIAttachElsewhereRefused", csiStep(testCSIAttachElsewhereRefused)},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
 		{"CertManagerModeInstall", testCertManagerModeInstall},
 		{"KustomizeInstall", testKustomizeInstall},
@@ -52,6 +55,17 @@ func TestCluster(t *testing.T) {
 		if !t.Run(s.name, s.fn) {
 			return
 		}
+	}
+}
+
+// csiStep runs a CSI step unless the CSI images cannot be built here
+// (csiSkipped, said loudly by TestMain).
+func csiStep(fn func(*testing.T)) func(*testing.T) {
+	return func(t *testing.T) {
+		if csiSkipped != "" {
+			t.Skipf("SKIPPED: the CSI sidecar images cannot be built on this machine: %s", csiSkipped)
+		}
+		fn(t)
 	}
 }
 
