@@ -1,12 +1,6 @@
 package controllers
 
 import (
-	"context"
-	"sync"
-
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/workqueue"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/billyronks/couchestor/pkg/stripeindex"
@@ -23,28 +17,14 @@ import (
 // never reads counts older than the event that woke it), and deduplicated by
 // the work queue.
 type volumeStripeCounts struct {
-	mu    sync.Mutex
-	index *stripeindex.StripeIndex
-	queue workqueue.TypedRateLimitingInterface[reconcile.Request]
-	dirty map[string]struct{} // changed before the source started
+	index    *stripeindex.StripeIndex
+	requests pendingRequests
 }
 
 func newVolumeStripeCounts(x *stripeindex.StripeIndex) *volumeStripeCounts {
-	c := &volumeStripeCounts{index: x, dirty: map[string]struct{}{}}
-	x.OnVolumeChange(c.changed)
+	c := &volumeStripeCounts{index: x}
+	x.OnVolumeChange(c.requests.add)
 	return c
-}
-
-func (c *volumeStripeCounts) changed(volume string) {
-	c.mu.Lock()
-	q := c.queue
-	if q == nil {
-		c.dirty[volume] = struct{}{}
-	}
-	c.mu.Unlock()
-	if q != nil {
-		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: volume}})
-	}
 }
 
 // synced reports whether the counts cover every stripe that existed when the
@@ -56,16 +36,4 @@ func (c *volumeStripeCounts) counts(volume string) stripeindex.VolumeCounts {
 }
 
 // source enqueues a volume whenever its counts change.
-func (c *volumeStripeCounts) source() source.Source {
-	return source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-		c.mu.Lock()
-		c.queue = q
-		dirty := c.dirty
-		c.dirty = nil
-		c.mu.Unlock()
-		for v := range dirty {
-			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: v}})
-		}
-		return nil
-	})
-}
+func (c *volumeStripeCounts) source() source.Source { return c.requests.source() }

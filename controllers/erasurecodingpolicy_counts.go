@@ -1,12 +1,8 @@
 package controllers
 
 import (
-	"context"
 	"sync"
 
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/workqueue"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
@@ -30,15 +26,14 @@ type StripeCounts = stripeindex.PolicyCounts
 type StripeCounter struct {
 	mu       sync.Mutex
 	index    *stripeindex.StripeIndex
-	queue    workqueue.TypedRateLimitingInterface[reconcile.Request]
-	dirty    map[string]struct{} // changed before the source started
+	requests pendingRequests
 	onChange func(policy string, state storagev1.ECStripeState, delta int64)
 }
 
 // NewStripeCounter returns a counter not yet attached. onChange (may be nil)
 // hears every per-state delta, e.g. to keep a gauge.
 func NewStripeCounter(onChange func(policy string, state storagev1.ECStripeState, delta int64)) *StripeCounter {
-	return &StripeCounter{dirty: map[string]struct{}{}, onChange: onChange}
+	return &StripeCounter{onChange: onChange}
 }
 
 // Attach reads the counts of x and listens to their changes. Call it before
@@ -60,18 +55,10 @@ func (c *StripeCounter) Synced() bool {
 }
 
 func (c *StripeCounter) changed(policy string, state storagev1.ECStripeState, delta int64) {
-	c.mu.Lock()
-	q := c.queue
-	if q == nil {
-		c.dirty[policy] = struct{}{}
-	}
-	c.mu.Unlock()
 	if c.onChange != nil {
 		c.onChange(policy, state, delta)
 	}
-	if q != nil {
-		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: policy}})
-	}
+	c.requests.add(policy)
 }
 
 // Counts returns the roll-up of policy.
@@ -86,16 +73,4 @@ func (c *StripeCounter) Counts(policy string) StripeCounts {
 }
 
 // Source enqueues a policy whenever its counts change.
-func (c *StripeCounter) Source() source.Source {
-	return source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-		c.mu.Lock()
-		c.queue = q
-		dirty := c.dirty
-		c.dirty = nil
-		c.mu.Unlock()
-		for p := range dirty {
-			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: p}})
-		}
-		return nil
-	})
-}
+func (c *StripeCounter) Source() source.Source { return c.requests.source() }
