@@ -35,6 +35,7 @@ import (
 	datacmd "github.com/billyronks/couchestor/internal/cmd"
 	csicmd "github.com/billyronks/couchestor/internal/cmd/csi"
 	ecvolumecmd "github.com/billyronks/couchestor/internal/cmd/ecvolume"
+	volumecopycmd "github.com/billyronks/couchestor/internal/cmd/volumecopy"
 	"github.com/billyronks/couchestor/internal/helmhybrid"
 	"github.com/billyronks/couchestor/internal/scheme"
 	"github.com/billyronks/couchestor/pkg/migration"
@@ -84,6 +85,7 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"ec":                datacmd.EC,
 	"ec-volume":         ecvolumecmd.Command,
 	"csi":               csicmd.Command,
+	"volume-copy":       volumecopycmd.Command,
 }
 
 func parseFlags(args []string) (*options, error) {
