@@ -3,6 +3,7 @@ package blockcopy
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 )
 
 // MaxReportBytes bounds a Report's JSON: Kubernetes keeps at most 4096
@@ -30,14 +31,11 @@ func EncodeReport(res Result, err error) []byte {
 		if len(b) <= MaxReportBytes || r.Error == "" {
 			return b
 		}
-		// Cut by what is over (JSON escaping can make the string longer
-		// than its bytes), keeping valid UTF-8.
+		// Cut runes from the end (valid UTF-8): a rune escapes to at most
+		// 6 JSON bytes, so cutting over/6+1 never cuts more than needed.
 		over := len(b) - MaxReportBytes + len("…")
-		cut := []rune(r.Error)
-		keep := len(cut) - over
-		if keep < 0 {
-			keep = 0
-		}
+		cut := []rune(strings.TrimSuffix(r.Error, "…"))
+		keep := max(len(cut)-over/6-1, 0)
 		r.Error = string(cut[:keep]) + "…"
 	}
 }
