@@ -28,7 +28,7 @@ manifests: $(CONTROLLER_GEN) ## CRDs, RBAC and webhook manifests from the code's
 	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./apis/storage/... paths=./apis/dataplane/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) crd paths=./apis/mayastor/v1alpha1/... paths=./apis/mayastor/v1beta2/... output:crd:artifacts:config=config/crd/external
 	$(CONTROLLER_GEN) crd paths=./apis/mayastor/v1beta3/... output:crd:artifacts:config=config/crd/external/v1beta3
-	$(CONTROLLER_GEN) rbac:roleName=couchestor-manager paths=./controllers/... paths=./webhooks/... paths=./internal/helmhybrid/... output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=couchestor-manager paths=./controllers/... paths=./webhooks/... paths=./internal/helmhybrid/... paths=./pkg/conversion/... output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) webhook paths=./webhooks/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: bundle

@@ -38,6 +38,7 @@ import (
 	volumecopycmd "github.com/billyronks/couchestor/internal/cmd/volumecopy"
 	"github.com/billyronks/couchestor/internal/helmhybrid"
 	"github.com/billyronks/couchestor/internal/scheme"
+	"github.com/billyronks/couchestor/pkg/conversion"
 	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/webhooks"
 )
@@ -68,6 +69,7 @@ type options struct {
 	migrations        migrationOptions
 	erasure           controllers.ErasureCodingOptions
 	dataPlane         helmhybrid.PolicyFlags
+	conversion        conversion.Options
 }
 
 // migrationOptions are the migration engine's flags (tiering part 2).
@@ -127,6 +129,7 @@ Flags:
 	fs.Float64Var(&o.migrations.poolHeadroom, "pool-headroom", migration.DefaultPoolHeadroom, "Highest used fraction (0-1] a target DiskPool may reach after receiving a replica.")
 	fs.BoolVar(&o.migrations.preservation, "preservation-mode", false, "Never remove a volume's old replicas: a migration only adds replicas on the new tier.")
 	o.erasure.BindFlags(fs)
+	o.conversion.BindFlags(fs)
 	o.dataPlane.BindFlags(fs)
 	o.zapOpts.BindFlags(fs)
 	config.RegisterFlags(fs) // --kubeconfig; in-cluster config when absent
@@ -280,7 +283,25 @@ func run(ctx context.Context, o *options) error {
 	if err := mgr.Add(engine); err != nil {
 		return fmt.Errorf("add migration engine: %w", err)
 	}
+	if err := o.conversion.Validate(); err != nil {
+		return err
+	}
+	// Conversions to erasure coding share the engine's limits and history;
+	// they need the copy Job's image.
+	var converter controllers.ConversionStarter
+	if o.conversion.Enabled && o.conversion.Image != "" {
+		conv := &conversion.Converter{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Engine: engine,
+			Recorder: mgr.GetEventRecorder("couchestor-conversion"), Copier: o.conversion.Copier(), Namespace: o.webhookNamespace}
+		if err := conv.SetupWithManager(mgr, false); err != nil {
+			return fmt.Errorf("set up conversions: %w", err)
+		}
+		converter = conv
+	} else if o.conversion.Enabled {
+		ctrl.Log.Info("conversions to erasure coding are off: no copy image (--ec-conversion-image or $COUCHESTOR_IMAGE)")
+	}
 	if err := (&controllers.StoragePolicyReconciler{
+		Converter:          converter,
+		ConversionRetain:   o.conversion.Retain,
 		Engine:             &migration.PolicyStarter{Engine: engine},
 		Migrations:         engine,
 		MigrationEvents:    migrationEvents,

@@ -166,6 +166,12 @@ type StoragePolicyReconciler struct {
 	HysteresisPercent *float64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Converter converts cold volumes to erasure coding (pkg/conversion);
+	// nil: conversions are reported, never started.
+	Converter ConversionStarter
+	// ConversionRetain is how long a converted volume's source is kept
+	// (--ec-conversion-retain).
+	ConversionRetain time.Duration
 	// SkipNameValidation lets tests run several managers in one process.
 	SkipNameValidation bool
 
@@ -259,7 +265,19 @@ type outcome struct {
 	backendErr     error          // the backend could not be read: nothing evaluated
 	ecPolicyOK     bool
 	ecMissing      bool
+	ecPolicyReady  bool
+	ecPhase        storagev1.ErasureCodingPolicyPhase
+	// pvs and claims are the observed PV and bound PVC of each volume.
+	pvs    map[string]*corev1.PersistentVolume
+	claims map[string]*corev1.PersistentVolumeClaim
+	// conversions are the verdicts on cold volumes (ecPolicyRef set);
+	// converted counts erasure-coded PVs made by conversions, converting
+	// those with a conversion in progress or retained.
+	conversions []conversionVerdict
+	converted   int
+	converting  int
 	engine         bool
+	converter      bool
 	scrapeInterval time.Duration
 	// dryRunEntries are appended to history by writeStatus; set there.
 	recorded []storagev1.MigrationHistoryEntry
@@ -268,7 +286,7 @@ type outcome struct {
 func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.StoragePolicy) (*outcome, string, error) {
 	spec := pol.Spec.DeepCopy()
 	storagev1.DefaultStoragePolicySpec(spec)
-	o := &outcome{now: r.now(), spec: spec, engine: r.Engine != nil, scrapeInterval: r.ScrapeInterval}
+	o := &outcome{now: r.now(), spec: spec, engine: r.Engine != nil, converter: r.Converter != nil, scrapeInterval: r.ScrapeInterval}
 	if !*spec.Enabled {
 		o.phase = storagev1.StoragePolicyDisabled
 		return o, "disabled", nil
@@ -310,6 +328,8 @@ func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.S
 			return nil, "", fmt.Errorf("get ErasureCodingPolicy %s: %w", spec.ECPolicyRef, err)
 		default:
 			o.ecPolicyOK = true
+			o.ecPhase = ecp.Status.Phase
+			o.ecPolicyReady = ecp.Status.Phase == storagev1.ECPolicyReady || ecp.Status.Phase == storagev1.ECPolicyActive
 		}
 	}
 
@@ -334,6 +354,11 @@ func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.S
 	o.report = r.Meter.Measure(ctx, o.window, ivols)
 	o.eval = tiering.Evaluate(policy, vols, o.report.Measurements, poolTiers, o.now)
 	o.volumes = len(vols)
+	if o.ecPolicyOK && o.report.Err == nil {
+		if err := r.judgeConversions(ctx, o, vols); err != nil {
+			return nil, "", err
+		}
+	}
 	result := "ok"
 	switch {
 	case o.report.Err != nil:
@@ -418,6 +443,7 @@ func (r *StoragePolicyReconciler) observe(ctx context.Context, pol *storagev1.St
 
 	vols := make([]tiering.Volume, 0, len(pvs.Items))
 	o.conflicts = map[string]int{}
+	o.pvs, o.claims = map[string]*corev1.PersistentVolume{}, map[string]*corev1.PersistentVolumeClaim{}
 	for i := range pvs.Items {
 		pv := &pvs.Items[i]
 		ref := tiering.VolumeRef{StorageClass: pv.Spec.StorageClassName}
@@ -443,8 +469,10 @@ func (r *StoragePolicyReconciler) observe(ctx context.Context, pol *storagev1.St
 		if q, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok {
 			v.SizeBytes = q.Value()
 		}
+		o.pvs[pv.Name] = pv
 		if pvc != nil {
 			v.PVCAnnotations = pvc.Annotations
+			o.claims[pv.Name] = pvc
 		}
 		if bv := byHandle[handle]; bv != nil && handle != "" {
 			v.MayastorVolume = true

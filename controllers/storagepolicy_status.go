@@ -149,6 +149,13 @@ func applyStatus(st *storagev1.StoragePolicyStatus, gen int64, o *outcome, mem *
 				TriggerIOPS: d.IOPS, Duration: "0s", Success: false, DryRun: true,
 			})
 		}
+		recorded = append(recorded, wouldConvert(o, func(v string) bool {
+			when := last[v]
+			if m := mem.dryRun[v]; m.After(when) {
+				when = m
+			}
+			return tiering.DryRunDue(when, o.now, o.cooldown)
+		}, now)...)
 		if len(recorded) > 0 {
 			// Newest first; keep the 50 newest (schema 7.3).
 			h := make([]storagev1.MigrationHistoryEntry, 0, len(recorded)+len(st.MigrationHistory))
@@ -219,17 +226,7 @@ func applyStatus(st *storagev1.StoragePolicyStatus, gen int64, o *outcome, mem *
 	}
 
 	// ErasureCoding
-	switch {
-	case o.spec.ECPolicyRef == "":
-		meta.RemoveStatusCondition(&st.Conditions, ConditionErasureCoding)
-	case o.ecMissing:
-		set(ConditionErasureCoding, metav1.ConditionFalse, "ECPolicyNotFound",
-			fmt.Sprintf("spec.ecPolicyRef %q: no ErasureCodingPolicy of that name exists", o.spec.ECPolicyRef))
-	default:
-		set(ConditionErasureCoding, metav1.ConditionFalse, "ConversionNotImplemented",
-			fmt.Sprintf("%d cold volumes of at least %d bytes qualify for erasure coding with ErasureCodingPolicy %s; converting replicated volumes is not implemented yet, so they stay replicated",
-				o.eval.ECCandidates, *o.spec.ECMinVolumeSizeBytes, o.spec.ECPolicyRef))
-	}
+	setErasureCodingCondition(st, o, set, o.converter)
 	return recorded
 }
 
@@ -354,6 +351,7 @@ func (r *StoragePolicyReconciler) afterWrite(ctx context.Context, pol *storagev1
 		}
 	}
 
+	r.startConversions(ctx, pol, o)
 	if o.dryRun || r.Engine == nil || o.eval.Actions[tiering.Move] == 0 {
 		return
 	}

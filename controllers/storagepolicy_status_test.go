@@ -61,6 +61,7 @@ func TestApplyStatusConditions(t *testing.T) {
 	spec := &storagev1.StoragePolicySpec{SamplingWindow: "1m", ECPolicyRef: "ec", ECMinVolumeSizeBytes: ptr.To[int64](10)}
 	storagev1.DefaultStoragePolicySpec(spec)
 	o := &outcome{now: time.Now(), phase: storagev1.StoragePolicyActive, spec: spec, window: time.Minute, scrapeInterval: 30 * time.Second, volumes: 2,
+		ecPolicyOK: true, ecPolicyReady: true, ecPhase: storagev1.ECPolicyReady,
 		conflicts: map[string]int{"older": 3},
 		eval:      tiering.Evaluation{Current: map[tiering.Tier]int{tiering.Cold: 2}, Actions: map[tiering.Action]int{}, ECCandidates: 2},
 		report:    iops.Report{Err: errors.New("connection refused"), Unknown: map[iops.UnknownReason]int{iops.ReasonPrometheusUnavailable: 2}}}
@@ -68,7 +69,7 @@ func TestApplyStatusConditions(t *testing.T) {
 	applyStatus(&st, 1, o, &policyMemory{})
 	want := map[string]string{
 		ConditionReady: "MetricsUnavailable", ConditionMetricsAvailable: "PrometheusUnavailable", ConditionConflict: "OwnedByOlderPolicy",
-		ConditionSamplingWindowAdequate: "ShorterThanFourScrapeIntervals", ConditionErasureCoding: "ConversionNotImplemented",
+		ConditionSamplingWindowAdequate: "ShorterThanFourScrapeIntervals", ConditionErasureCoding: "ConversionDisabled",
 	}
 	for typ, reason := range want {
 		found := false

@@ -441,6 +441,9 @@ func (e *Engine) persistNew(ctx context.Context, pv string, in *Intent, cooldown
 		if ann[AnnotationMigration] != "" {
 			return false, fmt.Errorf("PV %s carries annotation %s: %w", pv, AnnotationMigration, ErrAlreadyActive)
 		}
+		if ann[tiering.AnnotationConversion] != "" {
+			return false, &SkipError{Reason: fmt.Sprintf("PV %s is being converted to or from erasure coding (annotation %s)", pv, tiering.AnnotationConversion)}
+		}
 		until, err := tiering.Cooldown(ann, cooldown)
 		if err != nil {
 			return false, &SkipError{Reason: fmt.Sprintf("PV %s: %v", pv, err)}

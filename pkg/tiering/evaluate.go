@@ -120,6 +120,7 @@ const (
 	CodeNoCurrentTier    = "NoCurrentTier"
 	CodeCooldown         = "Cooldown"
 	CodeBadAnnotation    = "BadAnnotation"
+	CodeConverting       = "Converting"
 )
 
 // Decision is the verdict on one volume.
@@ -168,6 +169,9 @@ func Decide(p Policy, v Volume, m iops.Measurement, poolTiers map[string]Tier, n
 	}
 	if isTrue(v.PVAnnotations[AnnotationExclude]) || isTrue(v.PVCAnnotations[AnnotationExclude]) {
 		return skip(CodeExcluded, "excluded by annotation "+AnnotationExclude)
+	}
+	if v.PVAnnotations[AnnotationConversion] != "" {
+		return skip(CodeConverting, "a conversion to or from erasure coding is in progress or its source is retained (annotation "+AnnotationConversion+")")
 	}
 	if !v.MayastorVolume {
 		return skip(CodeNoMayastorVolume, "Mayastor has no volume of the PV's CSI volume handle")

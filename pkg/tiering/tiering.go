@@ -218,6 +218,9 @@ const (
 	AnnotationMigrationFailures = "storage.billyronks.io/migration-failures"
 	AnnotationPinTier           = "storage.billyronks.io/pin-tier"
 	AnnotationExclude           = "storage.billyronks.io/exclude-from-tiering"
+	// AnnotationConversion on a PV: a conversion (pkg/conversion) is in
+	// progress or its source is retained; tiering does not move the volume.
+	AnnotationConversion = "storage.billyronks.io/ec-conversion"
 )
 
 // MaxBackoffDoublings caps the failure back-off at 2^4 = 16 cooldown periods.

@@ -29,8 +29,9 @@ var clusterWideAllowList = map[string]struct {
 	resourceNames []string
 	why           string
 }{
-	"/persistentvolumeclaims": {verbs: []string{"get", "list", "watch"}, why: "tiering maps a StoragePolicy's PVCs (any namespace) to volumes"},
-	"/persistentvolumes":      {verbs: []string{"get", "list", "watch", "patch", "update"}, why: "a migration's progress is persisted on the PV (cluster-scoped)"},
+	"/persistentvolumeclaims": {verbs: []string{"get", "list", "watch", "create", "delete"}, why: "tiering maps a StoragePolicy's PVCs (any namespace) to volumes; a conversion to erasure coding deletes an unused PVC and recreates it (same name, any namespace) bound to the new PV"},
+	"/persistentvolumes":      {verbs: []string{"get", "list", "watch", "create", "patch", "update", "delete"}, why: "a migration's progress is persisted on the PV (cluster-scoped); a conversion creates the erasure-coded PV and raw-block aliases and deletes the retained source"},
+	"/pods":                   {verbs: []string{"list"}, why: "a conversion starts only on a PVC no pod uses (uncached list of the PVC's namespace)"},
 	"/events":                 {verbs: []string{"create", "patch"}, why: "Events on the objects reconciled (cluster-scoped policies, PVs)"},
 	"events.k8s.io/events":    {verbs: []string{"create", "patch"}, why: "the same through the events.k8s.io API"},
 	"admissionregistration.k8s.io/mutatingwebhookconfigurations": {verbs: []string{"list", "watch"},

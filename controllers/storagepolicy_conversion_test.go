@@ -1,0 +1,60 @@
+package controllers
+
+import (
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/conversion"
+	"github.com/billyronks/couchestor/pkg/tiering"
+)
+
+func TestErasureCodingCondition(t *testing.T) {
+	spec := &storagev1.StoragePolicySpec{ECPolicyRef: "rs"}
+	storagev1.DefaultStoragePolicySpec(spec)
+	pv := func(n string) *corev1.PersistentVolume { return &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: n}} }
+	verdicts := []conversionVerdict{
+		{pv: pv("pvc-a"), verdict: conversion.Verdict{Code: conversion.CodeConvert}},
+		{pv: pv("pvc-b"), verdict: conversion.Verdict{Code: conversion.CodeInUse, Wait: true, Reason: "in use by pod apps/db-0"}},
+		{pv: pv("pvc-c"), verdict: conversion.Verdict{Code: conversion.CodeTooSmall, Reason: "small"}},
+	}
+	cases := []struct {
+		name      string
+		o         outcome
+		converter bool
+		status    metav1.ConditionStatus
+		reason    string
+		in        []string
+	}{
+		{"missing policy", outcome{ecMissing: true}, true, metav1.ConditionFalse, "ECPolicyNotFound", []string{`"rs"`}},
+		{"policy not ready", outcome{ecPolicyOK: true, ecPhase: storagev1.ECPolicyInvalid}, true, metav1.ConditionFalse, "ECPolicyNotReady", []string{"Invalid"}},
+		{"no converter", outcome{ecPolicyOK: true, ecPolicyReady: true, eval: tiering.Evaluation{ECCandidates: 4}}, false, metav1.ConditionFalse, "ConversionDisabled", []string{"4 cold volumes", "--ec-conversion-image"}},
+		{"converting", outcome{ecPolicyOK: true, ecPolicyReady: true, conversions: verdicts, converted: 2, converting: 1}, true, metav1.ConditionTrue, "Converting",
+			[]string{"2 converted, 1 in progress or retained, converting 1: pvc-a", "1 waiting: pvc-b (in use by pod apps/db-0)"}},
+		{"dry run", outcome{ecPolicyOK: true, ecPolicyReady: true, conversions: verdicts, dryRun: true}, true, metav1.ConditionTrue, "Converting", []string{"would convert (dry run) 1: pvc-a"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := c.o
+			o.spec = spec
+			var st storagev1.StoragePolicyStatus
+			set := func(typ string, s metav1.ConditionStatus, reason, msg string) {
+				meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: typ, Status: s, Reason: reason, Message: msg})
+			}
+			setErasureCodingCondition(&st, &o, set, c.converter)
+			got := meta.FindStatusCondition(st.Conditions, ConditionErasureCoding)
+			if got == nil || got.Status != c.status || got.Reason != c.reason {
+				t.Fatalf("got %+v", got)
+			}
+			for _, s := range c.in {
+				if !strings.Contains(got.Message, s) {
+					t.Errorf("message %q lacks %q", got.Message, s)
+				}
+			}
+		})
+	}
+}
