@@ -20,6 +20,10 @@ type JobCopier struct {
 	MaxBytesPerSecond int64
 	// Deadline bounds one copy Job (all its pod retries).
 	Deadline time.Duration
+	// RunAsUser and SupplementalGroups: who opens the device nodes (see
+	// blockcopy.JobSpec).
+	RunAsUser          int64
+	SupplementalGroups []int64
 }
 
 // Job is the copy Job of the conversion.
@@ -28,7 +32,8 @@ func (j JobCopier) Job(ns, name string, rec *Record, srcClaim, dstClaim string) 
 		Namespace: ns, Name: name, Image: j.Image, ImagePullPolicy: j.PullPolicy,
 		SourceClaim: srcClaim, TargetClaim: dstClaim,
 		ExtentSize: j.ExtentSize, MaxBytesPerSecond: j.MaxBytesPerSecond, ActiveDeadline: j.Deadline,
-		Labels: map[string]string{LabelConversion: rec.ID},
+		Labels:    map[string]string{LabelConversion: rec.ID},
+		RunAsUser: j.RunAsUser, RunAsGroup: j.RunAsUser, SupplementalGroups: j.SupplementalGroups,
 	})
 }
 
