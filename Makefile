@@ -152,13 +152,17 @@ run-local: build ## local control plane + CRDs + the operator; kubeconfig in .lo
 	@assets="$$(hack/envtest.sh)"; KUBEBUILDER_ASSETS="$$assets" exec $(LOCALBIN)/runlocal --bin $(LOCALBIN)/couchestor
 
 DEMO_DURATION ?= 0
+# DEMO_CSI: the CSI pod step in the real cluster: auto (where the cluster's
+# binaries are built, else say how), build (build them first: about 20 min
+# once), off.
+DEMO_CSI ?= auto
 .PHONY: demo
-demo: build ## the main job on an embedded default: simulator + Prometheus + operator + shard servers (tiering and an erasure-coded rebuild), live
+demo: build ## the main job on an embedded default: simulator + Prometheus + operator + shard servers (tiering and an erasure-coded rebuild), live; then pods on an erasure-coded PVC in the real cluster where this machine runs it
 	@go build -o $(LOCALBIN)/mayastorsim ./tests/mayastorsim
 	@go build -o $(LOCALBIN)/demo ./hack/demo
 	@assets="$$(hack/envtest.sh)"; prom="$$(hack/prometheus.sh)"; \
 	  KUBEBUILDER_ASSETS="$$assets" exec $(LOCALBIN)/demo --bin $(LOCALBIN)/couchestor --sim $(LOCALBIN)/mayastorsim \
-	    --prometheus "$$prom" --duration $(DEMO_DURATION)
+	    --prometheus "$$prom" --duration $(DEMO_DURATION) --csi $(DEMO_CSI) --cluster-lock "$(CLUSTER_LOCK)"
 
 .PHONY: clean
 clean:

@@ -55,7 +55,7 @@ func (o *ErasureCodingOptions) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ScrubStripesPerTick, "ec-scrub-stripes-per-tick", 100, "Most stripes scrubbed per tick.")
 	fs.DurationVar(&o.PolicyValidationPeriod, "ec-policy-validation-interval", 30*time.Second, "How often each ErasureCodingPolicy is re-validated against the shard-server registry.")
 	fs.StringVar(&o.RegistryNamespace, "shard-registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
-	fs.StringVar(&o.ShardSecret, "shard-client-secret", registry.DefaultNamespace+"/couchestor-shard-client", "namespace/name of the Secret with the shard servers' ca.crt and token (read when first needed).")
+	fs.StringVar(&o.ShardSecret, "shard-client-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret, "namespace/name of the Secret with the shard servers' ca.crt and token (read when first needed).")
 	fs.IntVar(&o.StripeReconcileWorkers, "ec-stripe-workers", 2, "Concurrent ECStripe reconciles.")
 	fs.DurationVar(&o.ShardClientTimeout, "shard-client-timeout", 30*time.Second, "Timeout of one shard-server request attempt.")
 	fs.DurationVar(&o.ShardCredentialsReload, "shard-credentials-reload-interval", 30*time.Second, "How often the shard-client Secret is re-read (in the background, when the client is next used) so that a rotated CA bundle or token is picked up without a restart.")

@@ -90,7 +90,7 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.GCInterval = 5 * time.Minute
 	}
 	if r.ShardSecret.Name == "" {
-		r.ShardSecret = types.NamespacedName{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"}
+		r.ShardSecret = types.NamespacedName{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret}
 	}
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()

@@ -1,90 +1,151 @@
 package main
 
 // The CSI step: a pod on an erasure-coded PVC needs a kubelet, which the
-// demo's control plane (kube-apiserver + etcd) does not have. The demo says
-// so and why, in one line where this machine cannot run the real
-// single-node cluster (hack/cluster.sh can) or has not built its binaries
-// (hack/cluster.sh cached: about 20 min once), naming the command that
-// does; where both hold, what `make test-cluster` runs. It never fakes a
-// pod, and it does not start the real cluster itself: that is one per
-// machine, and the demo cannot know whether another run is using it.
+// demo's control plane (kube-apiserver + etcd) does not have. Where this
+// machine can run the real single-node cluster (hack/cluster.sh can), the
+// CSI sidecars can be built (hack/cluster.sh csi-can) and the cluster's
+// binaries are built (hack/cluster.sh cached; --csi=build builds them,
+// about 20 min once), the step runs it (csirun.go): it takes the cluster
+// lock without waiting, brings the cluster up, installs the chart with the
+// CSI driver, makes an erasure-coded PVC, runs a pod writing files and a
+// second reading them back, shows the objects and takes the cluster down.
+// Everywhere else it says in one line why not and what would make it run.
+// It never fakes a pod.
+//
+// planCSI and gateCSI decide from facts gathered by the caller; they run
+// nothing (csi_test.go).
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-
-	"helm.sh/helm/v3/pkg/chart/loader"
 )
 
-// csiSidecarImages are the CSI sidecar images the install chart pulls
-// (csi.sidecars.*.image), in a fixed order.
-func csiSidecarImages(root string) ([]string, error) {
-	ch, err := loader.Load(filepath.Join(root, "helm-charts", "couchestor"))
-	if err != nil {
-		return nil, err
+// The values of --csi (make demo DEMO_CSI=...).
+const (
+	csiAuto  = "auto"  // run where everything is built; else say how
+	csiBuild = "build" // build what is missing (about 20 min once), then run
+	csiOff   = "off"   // skip, saying so
+)
+
+func validCSIMode(m string) error {
+	switch m {
+	case csiAuto, csiBuild, csiOff:
+		return nil
 	}
-	csi, _ := ch.Values["csi"].(map[string]any)
-	sidecars, _ := csi["sidecars"].(map[string]any)
-	var out []string
-	for _, k := range []string{"provisioner", "resizer", "livenessProbe", "nodeDriverRegistrar"} {
-		s, _ := sidecars[k].(map[string]any)
-		img, _ := s["image"].(string)
-		if img == "" {
-			return nil, fmt.Errorf("helm-charts/couchestor values: csi.sidecars.%s.image is empty", k)
-		}
-		out = append(out, img)
-	}
-	return out, nil
+	return fmt.Errorf("--csi=%q (DEMO_CSI): want %s, %s or %s", m, csiAuto, csiBuild, csiOff)
 }
 
-// csiStepLines is what the demo prints about the CSI pod step: canErr is
-// `hack/cluster.sh can`'s failure (nil when the machine can run the real
-// cluster) and why its output; cachedWhy is `hack/cluster.sh cached`'s
-// output when the cluster's binaries are not all built yet ("" when they
-// are).
-func csiStepLines(canErr error, why, cachedWhy string, images []string) []string {
-	why = strings.TrimSpace(why)
-	if canErr != nil {
-		if why == "" {
-			why = canErr.Error()
-		}
-		return []string{fmt.Sprintf("CSI pod step skipped: a pod on an erasure-coded PVC needs a kubelet, and this machine cannot run the real cluster (hack/cluster.sh can: %s)", why)}
-	}
-	if cachedWhy = strings.TrimSpace(cachedWhy); cachedWhy != "" {
-		return []string{fmt.Sprintf("CSI pod step not run: a pod on an erasure-coded PVC needs the real single-node cluster, whose binaries are not built on this machine (%s; about 20 min once on 2 cores, then cached): `make test-cluster` builds them and runs the pod steps", cachedWhy)}
-	}
-	return []string{
-		"CSI pod step not run here: a pod on an erasure-coded PVC needs a kubelet, which this demo's control plane does not have.",
-		"  This machine has the real single-node cluster built: `make test-cluster` (a few minutes) runs it:",
-		"  make cluster-up (kubelet + containerd, no image registry: images are imported, never pulled), the CSI sidecar images",
-		"  " + strings.Join(images, ", ") + " and the node-plugin image (make csi-node-image) imported,",
-		"  the operator chart with --set csi.enabled=true next to a DataPlane, a PVC of StorageClass couchestor-ec, pods writing",
-		"  and reading back a tree of files (also with a shard server lost and after its rebuild), a raw-block PVC, an expansion",
-		"  and an attach refused while another holds the volume.",
-	}
+// csiFacts is what the machine said: each *Why is the script's output, set
+// (non-empty) only when that check failed.
+type csiFacts struct {
+	Mode      string
+	CanWhy    string // hack/cluster.sh can
+	CSICanWhy string // hack/cluster.sh csi-can
+	CachedWhy string // hack/cluster.sh cached ("not built yet: ...")
+	Mirror    string // $COUCHESTOR_GIT_MIRROR
 }
 
-// csiStep runs `hack/cluster.sh can` and returns the lines to print.
-func csiStep(root string) []string {
-	cmd := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "can")
+// csiPlan: whether the step runs, whether it first builds the cluster's
+// binaries, and the lines to print now.
+type csiPlan struct {
+	Run, Build bool
+	Lines      []string
+}
+
+const csiBuildTime = "about 20 min once on 2 cores, then cached"
+
+func planCSI(f csiFacts) csiPlan {
+	one := func(s string, a ...any) csiPlan { return csiPlan{Lines: []string{fmt.Sprintf(s, a...)}} }
+	if f.Mode == csiOff {
+		return one("CSI pod step skipped: --csi=off (DEMO_CSI=off) was set; `make demo` runs it where this machine can run the real cluster")
+	}
+	if why := strings.TrimSpace(f.CanWhy); why != "" {
+		return one("CSI pod step skipped: a pod on an erasure-coded PVC needs a kubelet, and this machine cannot run the real single-node cluster (hack/cluster.sh can: %s)", why)
+	}
+	if why := strings.TrimSpace(f.CSICanWhy); why != "" {
+		hint := "set COUCHESTOR_GIT_MIRROR to a directory holding git copies kubernetes-csi+node-driver-registrar/repo and kubernetes-csi+livenessprobe/repo to build them without github.com"
+		if f.Mirror != "" {
+			hint = fmt.Sprintf("COUCHESTOR_GIT_MIRROR=%s is set but lacks kubernetes-csi+node-driver-registrar/repo or kubernetes-csi+livenessprobe/repo", f.Mirror)
+		}
+		return one("CSI pod step skipped: the CSI sidecar images cannot be built on this machine (hack/cluster.sh csi-can: %s); %s", why, hint)
+	}
+	if why := strings.TrimSpace(f.CachedWhy); why != "" {
+		if f.Mode != csiBuild {
+			return one("CSI pod step not run: it needs the real single-node cluster, whose binaries are not built on this machine (hack/cluster.sh cached: %s); `make demo DEMO_CSI=build` builds them (%s) and runs the step", why, csiBuildTime)
+		}
+		return csiPlan{Run: true, Build: true, Lines: []string{
+			fmt.Sprintf("CSI pod step: building the real cluster's binaries first (%s; %s), then as below", why, csiBuildTime),
+			csiRunLine,
+		}}
+	}
+	return csiPlan{Run: true, Lines: []string{csiRunLine}}
+}
+
+const csiRunLine = "CSI pod step (\"csi\" lines, after the erasure-coding part; a few minutes): the real single-node cluster (hack/cluster.sh up, under the cluster lock),\n" +
+	"  the chart with --set csi.enabled=true next to a DataPlane, an erasure-coded PVC of StorageClass couchestor-ec (RS 2+1),\n" +
+	"  a pod writing a tree of files, a second pod reading them back with their sha256; then the cluster is taken down."
+
+// gateCSI is the last check before the cluster is touched: the lock (held
+// by another run: lockBusy) and a cluster already running without it
+// (liveCluster: `make cluster-up` by hand). skip says why the step does not
+// go on ("" when it does); neither case is a failure of the demo.
+func gateCSI(lockPath string, lockBusy bool, runDir string, liveCluster bool) (skip string) {
+	switch {
+	case lockBusy:
+		return fmt.Sprintf("CSI pod step skipped: another run holds the cluster lock %s (make test, make test-cluster or another demo is using the one cluster of this machine); the demo does not touch it", lockPath)
+	case liveCluster:
+		return fmt.Sprintf("CSI pod step skipped: a cluster is already running in %s outside the cluster lock (make cluster-up?); the demo does not replace it: `make cluster-down` first", runDir)
+	}
+	return ""
+}
+
+// clusterScript runs hack/cluster.sh ARG (stderr to errw) and returns its
+// stdout, trimmed.
+func clusterScript(ctx context.Context, root, arg string, env []string, errw *os.File) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "hack", "cluster.sh"), arg)
 	cmd.Dir = root
-	out, err := cmd.Output()
-	images, ierr := csiSidecarImages(root)
-	if ierr != nil {
-		images = []string{"(" + ierr.Error() + ")"}
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if errw != nil {
+		cmd.Stderr = errw
 	}
-	cached := ""
-	if err == nil {
-		c := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "cached")
-		c.Dir = root
-		if o, cerr := c.Output(); cerr != nil {
-			cached = strings.TrimSpace(string(o))
-			if cached == "" {
-				cached = cerr.Error()
-			}
+	err := cmd.Run()
+	return strings.TrimSpace(out.String()), err
+}
+
+// gatherCSIFacts asks hack/cluster.sh what this machine can do.
+func gatherCSIFacts(ctx context.Context, root, mode string) csiFacts {
+	f := csiFacts{Mode: mode, Mirror: os.Getenv("COUCHESTOR_GIT_MIRROR")}
+	if mode == csiOff {
+		return f
+	}
+	why := func(arg string) string {
+		out, err := clusterScript(ctx, root, arg, nil, nil)
+		if err == nil {
+			return ""
 		}
+		if out == "" {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				return fmt.Sprintf("%v", ee)
+			}
+			return err.Error()
+		}
+		return out
 	}
-	return csiStepLines(err, string(out), cached, images)
+	if f.CanWhy = why("can"); f.CanWhy != "" {
+		return f
+	}
+	if f.CSICanWhy = why("csi-can"); f.CSICanWhy != "" {
+		return f
+	}
+	f.CachedWhy = why("cached")
+	return f
 }

@@ -41,7 +41,7 @@ const (
 	// ecDataBytes are written at offset 0: 8 stripes of 1 MiB.
 	ecDataBytes = 8 << 20
 	// shardSecret is the operator's default --shard-client-secret.
-	shardSecret = "couchestor-shard-client"
+	shardSecret = registry.DefaultShardSecret
 	// Operator settings that make the rebuild fit in a demo (production
 	// defaults: 10m down-out delay, 100 MiB/s rebuild bandwidth).
 	ecDownOutDelay    = 10 * time.Second

@@ -8,9 +8,12 @@
 // operator as its own process with its webhooks in self-signed mode; applies a
 // sample ErasureCodingPolicy and StoragePolicy; and shows live what happens.
 //
-// A pod on an erasure-coded PVC (the CSI driver) needs a kubelet: csi.go says
-// in one line that the step is skipped and why, and, where this machine
-// can run the real cluster, what the pod would need.
+// A pod on an erasure-coded PVC (the CSI driver) needs a kubelet: where this
+// machine runs the real single-node cluster, csi.go/csirun.go bring it up
+// under the cluster lock once the erasure-coding part is over, install the
+// chart with the CSI driver, and run a pod writing files onto an
+// erasure-coded PVC and a second reading them back (sha256 printed), then
+// take the cluster down; elsewhere one line says why not (--csi, DEMO_CSI).
 //
 // Two things run side by side: tiering (volumes move between hot, warm and
 // cold pools as their IOPS change) and erasure coding (ec.go: an ECVolume is
@@ -140,7 +143,13 @@ func run() (int, error) {
 	prom := flag.String("prometheus", "", "Prometheus binary (hack/prometheus.sh)")
 	duration := flag.Duration("duration", 0, "run this long unattended, then check the expected migrations happened (0: until Ctrl-C)")
 	minMigrations := flag.Int("min-migrations", 4, "with --duration: successful migrations expected")
+	csiMode := flag.String("csi", csiAuto, "the CSI pod step in the real cluster: auto (where its binaries are built; else say how), build (build them first, about 20 min once), off")
+	clusterLock := flag.String("cluster-lock", filepath.Join(os.TempDir(), "couchestor-cluster.lock"), "the machine's cluster lock (taken without waiting; held: the CSI step is skipped)")
+	clusterDir := flag.String("cluster-dir", envOr("COUCHESTOR_CLUSTER_DIR", "/var/tmp/couchestor-cluster"), "hack/cluster.sh's run directory")
 	flag.Parse()
+	if err := validCSIMode(*csiMode); err != nil {
+		return 2, err
+	}
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" || *prom == "" {
 		return 2, errors.New("KUBEBUILDER_ASSETS and --prometheus are required: run `make demo`")
@@ -309,7 +318,8 @@ Erasure coding ("ec" lines), meanwhile: 8 MiB written through NBD into ECVolume 
 4+2 ECStripes on 7 shard servers; one shard server is then killed, and after the %[8]s down-out
 delay the operator rebuilds its shards on the spare pool; the data is read back and checksummed.
 `, kubeconfig, kubectl, policyName, promAddr, metricsAddr, probeAddr, ecVolumeName, ecDownOutDelay)
-	for _, l := range csiStep(root) {
+	csiPlan := planCSI(gatherCSIFacts(sigCtx, root, *csiMode))
+	for _, l := range csiPlan.Lines {
 		fmt.Println(l)
 	}
 	fmt.Println()
@@ -325,7 +335,41 @@ delay the operator rebuilds its shards on the spare pool; the data is read back 
 	ecCtx, ecCancel := context.WithCancel(sigCtx)
 	defer ecCancel()
 	ecResult := make(chan error, 1)
-	go func() { ecResult <- ec.run(ecCtx) }()
+	ecFinished := make(chan struct{})
+	go func() { err := ec.run(ecCtx); close(ecFinished); ecResult <- err }()
+	// The CSI step starts once the erasure-coding part is over (its
+	// rebuild has time bounds; the cluster loads this machine), has its
+	// own bounds and ends, taking the cluster down, on Ctrl-C.
+	csiResult := make(chan error, 1)
+	if csiPlan.Run {
+		r := &csiRun{root: root, runDir: *clusterDir, lockPath: *clusterLock, logDir: filepath.Join(tmp, "csi"), build: csiPlan.Build}
+		go func() {
+			select {
+			case <-ecFinished:
+			case <-sigCtx.Done():
+				csiResult <- nil
+				return
+			}
+			if err := os.MkdirAll(r.logDir, 0o755); err != nil {
+				csiResult <- err
+				return
+			}
+			f, err := os.Create(filepath.Join(r.logDir, "csi.log"))
+			if err != nil {
+				csiResult <- err
+				return
+			}
+			r.log = f
+			err = r.run(sigCtx)
+			f.Close()
+			if err != nil {
+				tail(f.Name())
+			}
+			csiResult <- err
+		}()
+	} else {
+		csiResult <- nil
+	}
 	ecErr, ecDone := error(nil), false
 	watchErr := watch(ctx, c, opExited, ecResult, func(err error) {
 		ecErr, ecDone = err, true
@@ -358,6 +402,18 @@ delay the operator rebuilds its shards on the spare pool; the data is read back 
 			fmt.Printf("[%5.0fs] ec  erasure coding: written, destaged, one shard server lost, rebuilt, read back exactly\n", since())
 		}
 	}
+	if csiPlan.Run {
+		if sigCtx.Err() == nil {
+			fmt.Printf("[%5.0fs] waiting for the CSI pod step to finish (it has its own bounds; Ctrl-C takes its cluster down)\n", since())
+		}
+	}
+	csiErr := <-csiResult
+	if sigCtx.Err() != nil && csiErr != nil && errors.Is(csiErr, context.Canceled) {
+		fmt.Printf("[%5.0fs] csi interrupted; the cluster is down\n", since())
+		csiErr = nil
+	} else if csiPlan.Run && csiErr == nil && sigCtx.Err() == nil {
+		fmt.Printf("[%5.0fs] csi CSI pod step done\n", since())
+	}
 	// Read the outcome with a fresh context: ctx may be done.
 	final := &storagev1.StoragePolicy{}
 	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -373,6 +429,9 @@ delay the operator rebuilds its shards on the spare pool; the data is read back 
 			tail(ec.lastServeLog)
 		}
 		return 1, fmt.Errorf("erasure coding: %w (logs in %s are removed on exit)", ecErr, ec.dir)
+	}
+	if csiErr != nil {
+		return 1, fmt.Errorf("CSI pod step: %w (its log in %s is removed on exit)", csiErr, filepath.Join(tmp, "csi"))
 	}
 	if *duration == 0 {
 		return 0, nil
@@ -478,6 +537,13 @@ func watch(ctx context.Context, c client.Client, opExited <-chan struct{}, ecRes
 }
 
 func say(s string) { fmt.Printf("==> %s\n", s) }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
 
 func tail(path string) {
 	b, err := os.ReadFile(path)

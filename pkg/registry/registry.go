@@ -31,8 +31,15 @@ const (
 	AnnotationAddress = "storage.billyronks.io/address"
 	leaseNamePrefix   = "shard-server-"
 	DefaultNamespace  = "couchestor-system"
-	SecretKeyCA       = "ca.crt"
-	SecretKeyToken    = "token"
+	// DefaultShardSecret is the shard client Secret (ca.crt, token) that
+	// the data-plane chart writes for a DataPlane named couchestor
+	// (<name>-shard-token), the install chart's default csi.dataPlane: the
+	// operator's --shard-client-secret and couchestor csi's --shard-secret
+	// default to it in DefaultNamespace, so every install (chart, kustomize,
+	// OLM) reads the Secret that DataPlane writes.
+	DefaultShardSecret = "couchestor-shard-token"
+	SecretKeyCA        = "ca.crt"
+	SecretKeyToken     = "token"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete

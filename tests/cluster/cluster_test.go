@@ -12,12 +12,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/billyronks/couchestor/tests/cluster/kit"
 )
 
 const (
-	ns        = "couchestor-system"
-	node      = "couchestor-node"
-	image     = "ghcr.io/billyronks/couchestor:v0.1.0"
+	ns        = kit.OperatorNS
+	node      = kit.Node
+	image     = kit.Image
 	podsBound = 5 * time.Minute
 )
 
@@ -81,21 +83,13 @@ func testHelmInstall(t *testing.T) {
 	// the operator's Role into it (dataPlaneNamespaces).
 	mustKubectl(t, "", "create", "namespace", dpns)
 	start := time.Now()
-	out, err := helm(t, "install", "couchestor", filepath.Join(root, "helm-charts", "couchestor"),
-		"--namespace", ns, "--create-namespace",
-		"--set", "replicaCount=2", "--set", "leaderElection.enabled=true",
-		"--set", "webhook.certMode=self-signed",
-		"--set", "image.pullPolicy=Never",
-		// The DataPlane of this story: its namespace and its hostPath
-		// under the cluster's run directory (the policy refuses others).
-		"--set-json", `dataPlaneNamespaces=["`+dpns+`"]`,
-		"--set-json", `dataPlanePolicy.allowedHostPathPrefixes=["`+shardHostPath()+`/"]`,
-		// No Prometheus in this cluster; the operator must start regardless.
-		"--set", "prometheusURL=http://127.0.0.1:9",
-		// The data plane of this story lives in couchestor-data; a lost
-		// pool is rebuilt after 20 s (default 10 min).
-		"--set-json", `extraArgs=["--shard-registry-namespace=`+dpns+`","--shard-client-secret=`+dpns+`/cold-shard-token","--ec-down-out-delay=20s"]`,
-		"--wait", "--timeout", "5m")
+	// The story's install (kit.InstallArgs: self-signed webhooks, imported
+	// images, the DataPlane's namespace, hostPath and Secret, no
+	// Prometheus) with two replicas and leader election; a lost pool is
+	// rebuilt after 20 s (default 10 min).
+	args := append(kit.InstallArgs(root, runDir, "--ec-down-out-delay=20s"),
+		"--set", "replicaCount=2", "--set", "leaderElection.enabled=true", "--wait", "--timeout", "5m")
+	out, err := helm(t, args...)
 	if err != nil {
 		t.Fatalf("helm install: %v\n%s\n%s", err, out, diagnose(t))
 	}
@@ -233,25 +227,7 @@ func testDataPlaneShardServers(t *testing.T) {
 			t.Log(diagnoseNS(t, dpns), diagnose(t))
 		}
 	})
-	dp := fmt.Sprintf(`apiVersion: storage.billyronks.io/v1alpha1
-kind: DataPlane
-metadata:
-  name: cold
-  namespace: %s
-spec:
-  image: %s
-  imagePullPolicy: Never
-  shardServers:
-  - node: %s
-    diskPool: pool-cold-1
-  storage:
-    type: HostPath
-    hostPath: %s
-  monitoring:
-    serviceMonitor: false
-    prometheusRule: false
-    grafanaDashboard: false
-`, dpns, image, node, hostPath)
+	dp := kit.DataPlaneYAML(runDir)
 	mustKubectl(t, dp, "apply", "-f", "-")
 	eventually(t, "the DataPlane's release is Deployed", podsBound, func() (bool, string) {
 		out, err := kubectl(t, "", "-n", dpns, "get", "dataplane", "cold", "-o", "json")
@@ -296,13 +272,12 @@ spec:
 	})
 }
 
-const dpns = "couchestor-data"
+const (
+	dpns          = kit.DataNS
+	dataPlanePods = kit.DataPlanePods
+)
 
-// dataPlanePods selects the DataPlane's own shard-server pods (not the
-// extra ones of the ECVolume steps).
-const dataPlanePods = "app.kubernetes.io/component=shard-server,couchestor.billyronks.io/node=" + node
-
-func shardHostPath() string { return filepath.Join(runDir, "shards") }
+func shardHostPath() string { return kit.ShardHostPath(runDir) }
 
 // leader returns the operator pod holding the leader Lease ("" if none).
 func leader(t *testing.T) (string, []string) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/billyronks/couchestor/tests/cluster/kit"
 )
 
 // Erasure-coded volumes for pods: the install chart's CSI driver (helm
@@ -25,20 +27,17 @@ import (
 // the steps run it as a pod of its own host name, which is the holder a
 // second node's plugin would be, and check both directions of the fence.
 const (
-	csiNS        = "couchestor-csi-test"
-	csiClass     = "couchestor-ec"
-	csiDriver    = "ec.csi.storage.billyronks.io"
-	csiNodeNS    = "couchestor-csi"
-	treeioImage  = "couchestor.local/treeio:1"
-	csiNodeImage = "couchestor.local/couchestor-csi-node:dev"
-	blockBytes   = 8 << 20
+	csiNS      = "couchestor-csi-test"
+	csiDriver  = kit.CSIDriver
+	csiNodeNS  = kit.CSINodeNS
+	blockBytes = 8 << 20
 )
 
 // A fifth shard server (the earlier rebuild step deleted one of four): RS
 // 2+1 then has a spare pool again for the rebuild of the CSI steps.
-var csiSpare = struct{ pod, node, pool string }{"cold-shard-e", "virtual-e", "pool-cold-5"}
+var csiSpare = shard{"cold-shard-e", "virtual-e", "pool-cold-5"}
 
-func csiStateDir() string { return filepath.Join(runDir, "csi-state") }
+func csiStateDir() string { return kit.CSIStateDir(runDir) }
 
 func csiDiagnose(t *testing.T) string {
 	t.Helper()
@@ -87,21 +86,12 @@ func testCSIInstall(t *testing.T) {
 	csiCleanupOnFailure(t)
 	mustKubectl(t, diskPool(csiSpare.pool, csiSpare.node), "apply", "-f", "-")
 	mustKubectl(t, "", "-n", "mayastor", "patch", "diskpool", csiSpare.pool, "--subresource=status", "--type=merge",
-		"-p", `{"status":{"cr_state":"Created","pool_status":"Online","capacity":8589934592,"used":0,"available":8589934592}}`)
+		"-p", kit.DiskPoolOnline)
 	mustKubectl(t, extraShardPod(csiSpare.pod, csiSpare.node, csiSpare.pool), "apply", "-f", "-")
 	start := time.Now()
-	out, err := helm(t, "upgrade", "couchestor", filepath.Join(root, "helm-charts", "couchestor"),
-		"--namespace", ns, "--reuse-values",
-		"--set", "csi.enabled=true",
-		"--set", "csi.registryNamespace="+dpns, "--set", "csi.dataPlane=cold",
-		"--set", "csi.kubeletDir="+filepath.Join(runDir, "kubelet"),
-		"--set", "csi.stateDir="+csiStateDir(),
-		"--set", "csi.node.image="+csiNodeImage, "--set", "csi.node.attach=nbdfuse",
-		"--set-json", `csi.node.exportArgs=["--cache-memory-bytes=8388608","--cache-disk-bytes=16777216"]`,
-		"--set", "csi.sidecars.pullPolicy=Never",
-		"--set", "csi.controller.replicas=1",
-		"--set", "csi.storageClass.erasureCodingPolicy=rs-2-1",
-		"--wait", "--timeout", "5m")
+	args := append([]string{"upgrade", "couchestor", filepath.Join(root, "helm-charts", "couchestor"), "--namespace", ns, "--reuse-values"},
+		kit.CSIValues(runDir)...)
+	out, err := helm(t, append(args, "--wait", "--timeout", "5m")...)
 	if err != nil {
 		t.Fatalf("helm upgrade with csi.enabled: %v\n%s", err, out)
 	}
@@ -121,46 +111,10 @@ func testCSIInstall(t *testing.T) {
 	mustKubectl(t, "", "create", "namespace", csiNS)
 }
 
-func pvc(name, size, mode string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: %s, namespace: %s}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: %s
-  volumeMode: %s
-  resources: {requests: {storage: %s}}
-`, name, csiNS, csiClass, mode, size)
-}
+func pvc(name, size, mode string) string { return kit.PVC(csiNS, name, size, mode) }
 
-// treeioPod runs treeio ARGS with the PVC claim mounted at /data (or, raw,
-// as the device /dev/xvda).
 func treeioPod(name, claim string, raw bool, args ...string) string {
-	vol := "    volumeMounts: [{name: v, mountPath: /data}]"
-	if raw {
-		vol = "    volumeDevices: [{name: v, devicePath: /dev/xvda}]"
-	}
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = fmt.Sprintf("%q", a)
-	}
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: %s}
-spec:
-  restartPolicy: Never
-  enableServiceLinks: false
-  terminationGracePeriodSeconds: 5
-  containers:
-  - name: treeio
-    image: %s
-    imagePullPolicy: Never
-    args: [%s]
-%s
-  volumes:
-  - name: v
-    persistentVolumeClaim: {claimName: %s}
-`, name, csiNS, treeioImage, strings.Join(q, ", "), vol, claim)
+	return kit.TreeioPod(csiNS, name, claim, raw, args...)
 }
 
 // runTreeio runs a treeio pod to completion and returns its output.

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/billyronks/couchestor/tests/cluster/kit"
 )
 
 // The erasure-coded data path in the cluster: four shard-server pods (the
@@ -24,10 +26,16 @@ import (
 // stripe placement treat them as separate nodes. Their data is an emptyDir:
 // deleting such a pod loses its shards for good, which is what the rebuild
 // step needs.
-var extraShards = []struct{ pod, node, pool string }{
-	{"cold-shard-b", "virtual-b", "pool-cold-2"},
-	{"cold-shard-c", "virtual-c", "pool-cold-3"},
-	{"cold-shard-d", "virtual-d", "pool-cold-4"},
+var extraShards = shardsOf(kit.ExtraShards)
+
+type shard struct{ pod, node, pool string }
+
+func shardsOf(l []kit.Shard) []shard {
+	out := make([]shard, len(l))
+	for i, s := range l {
+		out[i] = shard{s.Pod, s.Node, s.Pool}
+	}
+	return out
 }
 
 const (
@@ -37,71 +45,9 @@ const (
 
 var ecImage []byte // what the host wrote through the export
 
-func extraShardPod(pod, nodeName, pool string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: %[1]s
-  namespace: %[4]s
-  labels:
-    app.kubernetes.io/name: couchestor-dataplane
-    app.kubernetes.io/instance: cold
-    app.kubernetes.io/component: shard-server
-    couchestor.billyronks.io/node: %[2]s
-    couchestor.billyronks.io/pool: %[3]s
-spec:
-  hostname: %[1]s
-  subdomain: cold-shards
-  serviceAccountName: cold-shard-server
-  enableServiceLinks: false
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 65532
-    runAsGroup: 65532
-    fsGroup: 65532
-    seccompProfile: {type: RuntimeDefault}
-  containers:
-  - name: shard-server
-    image: %[5]s
-    imagePullPolicy: Never
-    args:
-    - shard-server
-    - --listen=:7443
-    - --advertise-address=%[1]s.cold-shards.%[4]s.svc:7443
-    - --data-dir=/data
-    - --node=%[2]s
-    - --pool=%[3]s
-    - --capacity-bytes=1073741824
-    - --tls-cert-file=/etc/couchestor/shard/tls.crt
-    - --tls-key-file=/etc/couchestor/shard/tls.key
-    - --token-file=/etc/couchestor/shard/token
-    - --registry-namespace=%[4]s
-    ports: [{name: shards, containerPort: 7443}]
-    readinessProbe:
-      httpGet: {scheme: HTTPS, path: /healthz, port: shards}
-      periodSeconds: 2
-    securityContext:
-      allowPrivilegeEscalation: false
-      readOnlyRootFilesystem: true
-      capabilities: {drop: ["ALL"]}
-    volumeMounts:
-    - {name: data, mountPath: /data}
-    - {name: shard-secret, mountPath: /etc/couchestor/shard, readOnly: true}
-  volumes:
-  - name: data
-    emptyDir: {sizeLimit: 1Gi}
-  - name: shard-secret
-    secret: {secretName: cold-shard-token, defaultMode: 0400}
-`, pod, nodeName, pool, dpns, image)
-}
+func extraShardPod(pod, nodeName, pool string) string { return kit.ShardPod(pod, nodeName, pool) }
 
-func diskPool(name, nodeName string) string {
-	return fmt.Sprintf(`apiVersion: openebs.io/v1beta2
-kind: DiskPool
-metadata: {name: %s, namespace: mayastor}
-spec: {node: %s, disks: ["/dev/sdb"]}
-`, name, nodeName)
-}
+func diskPool(name, nodeName string) string { return kit.DiskPool(name, nodeName) }
 
 // exportRBAC: what `ec-volume serve` reads and writes, and nothing else.
 const exportRBAC = `apiVersion: v1
@@ -308,14 +254,14 @@ func testECVolumeThroughExportPod(t *testing.T) {
 	if _, err := kubectl(t, "", "get", "namespace", "mayastor"); err != nil {
 		mustKubectl(t, "", "create", "namespace", "mayastor")
 	}
-	pools := map[string]string{"pool-cold-1": node}
+	pools := map[string]string{kit.DataPlanePool: node}
 	for _, s := range extraShards {
 		pools[s.pool] = s.node
 	}
 	for pool, n := range pools {
 		mustKubectl(t, diskPool(pool, n), "apply", "-f", "-")
 		mustKubectl(t, "", "-n", "mayastor", "patch", "diskpool", pool, "--subresource=status", "--type=merge",
-			"-p", `{"status":{"cr_state":"Created","pool_status":"Online","capacity":8589934592,"used":0,"available":8589934592}}`)
+			"-p", kit.DiskPoolOnline)
 	}
 	for _, s := range extraShards {
 		mustKubectl(t, extraShardPod(s.pod, s.node, s.pool), "apply", "-f", "-")
@@ -335,27 +281,13 @@ func testECVolumeThroughExportPod(t *testing.T) {
 	})
 	logFigures(t, "idle (operator installed, 4 shard servers, no volume)")
 	mustKubectl(t, exportRBAC, "apply", "-f", "-")
-	mustKubectl(t, `apiVersion: storage.billyronks.io/v1
-kind: ErasureCodingPolicy
-metadata: {name: rs-2-1}
-spec:
-  dataShards: 2
-  parityShards: 1
-  stripeSizeBytes: 1048576
-  algorithm: ReedSolomon
-  minHealthyShards: 2
-  journalConfig:
-    journalSizeBytes: 16777216
-    replicationFactor: 3
-    destageThresholdPercent: 50
-    destageInterval: 1s
----
+	mustKubectl(t, kit.ECPolicyYAML+`---
 apiVersion: storage.billyronks.io/v1
 kind: ECVolume
 metadata: {name: `+ecVolume+`}
 spec:
   sizeBytes: 67108864
-  policyRef: rs-2-1
+  policyRef: `+kit.ECPolicy+`
 `, "apply", "-f", "-")
 
 	ecImage = make([]byte, imageBytes)

@@ -25,7 +25,7 @@ var Version = "dev"
 // DefaultShardSecret is the Secret the data-plane chart writes for a
 // DataPlane named couchestor (<release>-shard-token), the install chart's
 // default csi.dataPlane.
-const DefaultShardSecret = "couchestor-shard-token"
+const DefaultShardSecret = registry.DefaultShardSecret
 
 type repeated []string
 

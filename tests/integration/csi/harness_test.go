@@ -33,7 +33,7 @@ import (
 
 const (
 	policyName = "rs-2-1"
-	secretName = "couchestor-shard-client"
+	secretName = registry.DefaultShardSecret
 )
 
 // requireRoot skips, loudly, when the test cannot make loop devices, FUSE

@@ -66,7 +66,7 @@ func newCluster(t *testing.T, n int) *cluster {
 	ctx := context.Background()
 	ensureNamespace(t, env.Client, registry.DefaultNamespace)
 	ensureNamespace(t, env.Client, mayastorNS)
-	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"},
+	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret},
 		Data: map[string][]byte{registry.SecretKeyCA: certs.CAPEM, registry.SecretKeyToken: []byte(shardToken)}}); err != nil {
 		t.Fatal(err)
 	}

@@ -291,7 +291,7 @@ func (x *bench) shardServers() {
 			b.Fatal(err)
 		}
 	}
-	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"},
+	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret},
 		Data: map[string][]byte{registry.SecretKeyCA: certs.CAPEM, registry.SecretKeyToken: []byte(shardToken)}}); err != nil {
 		b.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
 	"github.com/billyronks/couchestor/pkg/stripe"
 	"github.com/billyronks/couchestor/tests/testenv"
@@ -109,7 +110,7 @@ func TestECStripesEndToEnd(t *testing.T) {
 				}
 			}
 			out, err := exec.Command(c.bin, "ec", "recover", "--volume", v.Name(), "--kubeconfig", c.kubeconfig,
-				"--shard-secret", "couchestor-system/couchestor-shard-client").CombinedOutput()
+				"--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret).CombinedOutput()
 			if err != nil {
 				t.Fatalf("ec recover: %v\n%s", err, out)
 			}

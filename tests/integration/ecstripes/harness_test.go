@@ -66,11 +66,11 @@ func newClusterTB(t testing.TB, n int) *cluster {
 		}
 	}
 	// The shard clients' CA and token come from a Secret, as in a cluster.
-	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"},
+	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret},
 		Data: map[string][]byte{registry.SecretKeyCA: c.certs.CAPEM, registry.SecretKeyToken: []byte(token)}}); err != nil {
 		t.Fatal(err)
 	}
-	cc, err := registry.ClientConfigFromSecret(ctx, env.Client, registry.DefaultNamespace, "couchestor-shard-client")
+	cc, err := registry.ClientConfigFromSecret(ctx, env.Client, registry.DefaultNamespace, registry.DefaultShardSecret)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -111,7 +111,7 @@ func TestReadsOfKnownStripesSurviveAnAPIServerOutage(t *testing.T) {
 			"--cache-dir", filepath.Join(c.dir, "outage-cache-"+name), "--metrics-bind-address", e.metricsAddr,
 			"--cache-memory-bytes", strconv.Itoa(1<<20), "--cache-disk-bytes", strconv.Itoa(2<<20),
 			"--lease-duration", "10m", "--kube-request-timeout", "3s",
-			"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+			"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 		e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
 		if err := e.cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -80,7 +80,7 @@ func (c *benchStripeCluster) serve(volume, cacheDir string, cacheMem, cacheDisk 
 	cmd := exec.Command(c.bin, "ec-volume", "serve", "--volume", volume, "--listen", testenv.Addr(port),
 		"--cache-dir", cacheDir, // the journal replicas go to shard servers, as in production
 		"--cache-memory-bytes", strconv.FormatInt(cacheMem, 10), "--cache-disk-bytes", strconv.FormatInt(cacheDisk, 10),
-		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 	// COUCHESTOR_NBD_BENCH_SERVE_ARGS adds flags (e.g. "--destage-parallel 16").
 	cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("COUCHESTOR_NBD_BENCH_SERVE_ARGS"))...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

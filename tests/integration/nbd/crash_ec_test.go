@@ -54,7 +54,7 @@ func TestCrashOfTheExportOverShardServers(t *testing.T) {
 			// A SIGKILLed export leaves its writer Lease to expire (10 s: a 3 s Lease
 			// was lost under the load of a CI run, which ended the burst early).
 			"--lease-duration", "10s",
-			"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+			"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

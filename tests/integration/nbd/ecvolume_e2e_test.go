@@ -55,11 +55,11 @@ func newECCluster(t *testing.T, n int) *ecCluster {
 			t.Fatal(err)
 		}
 	}
-	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"},
+	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret},
 		Data: map[string][]byte{registry.SecretKeyCA: certs.CAPEM, registry.SecretKeyToken: []byte(token)}}); err != nil {
 		t.Fatal(err)
 	}
-	cc, err := registry.ClientConfigFromSecret(ctx, env.Client, registry.DefaultNamespace, "couchestor-shard-client")
+	cc, err := registry.ClientConfigFromSecret(ctx, env.Client, registry.DefaultNamespace, registry.DefaultShardSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func (c *ecCluster) serveWith(volume, cacheDir string, extra ...string) (uri str
 	args := append([]string{"ec-volume", "serve", "--volume", volume, "--listen", testenv.Addr(port),
 		"--cache-dir", cacheDir,
 		"--cache-memory-bytes", strconv.Itoa(8 << 20), "--cache-disk-bytes", strconv.Itoa(16 << 20),
-		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace + "/couchestor-shard-client"}, extra...)
+		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace + "/" + registry.DefaultShardSecret}, extra...)
 	cmd := exec.Command(c.bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {

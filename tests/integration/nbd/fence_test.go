@@ -125,7 +125,7 @@ func TestTwoExportsOfOneVolumeAreFenced(t *testing.T) {
 		e.cmd = exec.Command(c.bin, "ec-volume", "serve", "--volume", exportNm, "--listen", e.addr,
 			"--cache-dir", filepath.Join(c.dir, "fence-cache-"+name), "--metrics-bind-address", e.metricsAddr,
 			"--cache-memory-bytes", strconv.Itoa(4<<20), "--cache-disk-bytes", strconv.Itoa(8<<20), "--lease-duration", lease.String(),
-			"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+			"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 		e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
 		if err := e.cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -70,7 +70,7 @@ func (e *healExport) start(t *testing.T) {
 	e.cmd = exec.Command(e.c.bin, "ec-volume", "serve", "--volume", e.volume, "--listen", e.addr,
 		"--metrics-bind-address", testenv.Addr(metricsPort), "--cache-dir", filepath.Join(e.c.dir, "cache-"+e.volume),
 		"--cache-memory-bytes", strconv.Itoa(8<<20), "--cache-disk-bytes", strconv.Itoa(16<<20),
-		"--kubeconfig", e.c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+		"--kubeconfig", e.c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 	e.cmd.Stdout, e.cmd.Stderr = os.Stderr, os.Stderr
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)

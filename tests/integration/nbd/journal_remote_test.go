@@ -50,7 +50,7 @@ func openRemoteJournalVolume(ctx context.Context) (*ecvolume.VolumeBackend, erro
 	if err != nil {
 		return nil, err
 	}
-	cc, err := registry.ClientConfigFromSecret(ctx, kc, registry.DefaultNamespace, "couchestor-shard-client")
+	cc, err := registry.ClientConfigFromSecret(ctx, kc, registry.DefaultNamespace, registry.DefaultShardSecret)
 	if err != nil {
 		return nil, err
 	}

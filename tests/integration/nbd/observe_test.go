@@ -64,7 +64,7 @@ func TestECVolumeExportReportsDestageHealth(t *testing.T) {
 		"--metrics-bind-address", testenv.Addr(metricsPort),
 		"--cache-dir", filepath.Join(c.dir, "cache-obs"),
 		"--cache-memory-bytes", strconv.Itoa(8<<20), "--cache-disk-bytes", strconv.Itoa(16<<20),
-		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

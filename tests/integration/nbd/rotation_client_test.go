@@ -83,7 +83,7 @@ func TestExportPicksUpRotatedShardCredentials(t *testing.T) {
 	e.cmd = exec.Command(c.bin, "ec-volume", "serve", "--volume", vol, "--listen", e.addr, "--metrics-bind-address", e.metricsAddr,
 		"--cache-dir", filepath.Join(c.dir, "rot-cache"), "--cache-memory-bytes", strconv.Itoa(1<<20), "--cache-disk-bytes", strconv.Itoa(2<<20),
 		"--shard-credentials-reload-interval", "200ms",
-		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -133,7 +133,7 @@ func TestExportPicksUpRotatedShardCredentials(t *testing.T) {
 	setSecret := func(caPEM []byte, token string) {
 		t.Helper()
 		sec := &corev1.Secret{}
-		if err := c.env.Client.Get(ctx, client.ObjectKey{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"}, sec); err != nil {
+		if err := c.env.Client.Get(ctx, client.ObjectKey{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret}, sec); err != nil {
 			t.Fatal(err)
 		}
 		sec.Data[registry.SecretKeyCA], sec.Data[registry.SecretKeyToken] = caPEM, []byte(token)
@@ -185,7 +185,7 @@ func TestExportPicksUpRotatedShardCredentials(t *testing.T) {
 func ca(t *testing.T, c *ecCluster) []byte {
 	t.Helper()
 	sec := &corev1.Secret{}
-	if err := c.env.Client.Get(context.Background(), client.ObjectKey{Namespace: registry.DefaultNamespace, Name: "couchestor-shard-client"}, sec); err != nil {
+	if err := c.env.Client.Get(context.Background(), client.ObjectKey{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret}, sec); err != nil {
 		t.Fatal(err)
 	}
 	return sec.Data[registry.SecretKeyCA]

@@ -51,7 +51,7 @@ func TestSIGTERMWithAFullJournalExits(t *testing.T) {
 	e.cmd = exec.Command(c.bin, "ec-volume", "serve", "--volume", vol, "--listen", e.addr, "--metrics-bind-address", e.metricsAddr,
 		"--cache-dir", filepath.Join(c.dir, "full-cache"), "--journal-dir", filepath.Join(c.dir, "full-journal"),
 		"--cache-memory-bytes", strconv.Itoa(4<<20), "--cache-disk-bytes", strconv.Itoa(8<<20), "--nbd-drain-timeout", "10s", "--lease-duration", "5s",
-		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/couchestor-shard-client")
+		"--kubeconfig", c.kubeconfig, "--shard-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret)
 	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,10 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"helm.sh/helm/v3/pkg/action"
-	"helm.sh/helm/v3/pkg/chartutil"
-
-	dataplanev1alpha1 "github.com/billyronks/couchestor/apis/dataplane/v1alpha1"
 	csicmd "github.com/billyronks/couchestor/internal/cmd/csi"
 	"github.com/billyronks/couchestor/pkg/registry"
 )
@@ -22,23 +18,7 @@ import (
 // (csi.shardSecret).
 func TestCSIDefaultShardSecretIsTheDataPlanes(t *testing.T) {
 	// What the data-plane chart writes for the DataPlane couchestor.
-	cfg := &action.Configuration{}
-	in := action.NewInstall(cfg)
-	in.DryRun, in.ClientOnly, in.Replace = true, true, true
-	in.ReleaseName, in.Namespace = "couchestor", registry.DefaultNamespace
-	in.KubeVersion = &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
-	rel, err := in.Run(loadChart(t, dataPlaneChart), dataPlaneValues(t, dataplanev1alpha1.DataPlaneSpec{ShardServers: []dataplanev1alpha1.ShardServer{{Node: "n1", DiskPool: "p1"}}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	written := ""
-	for _, h := range rel.Hooks {
-		for _, o := range decodeObjects(t, []byte(h.Manifest)) {
-			if o.GetKind() == "Secret" {
-				written = o.GetNamespace() + "/" + o.GetName()
-			}
-		}
-	}
+	written := dataPlaneSecret(t, "couchestor", registry.DefaultNamespace)
 	if written != registry.DefaultNamespace+"/"+csicmd.DefaultShardSecret {
 		t.Fatalf("the data-plane chart writes %q for the DataPlane couchestor; couchestor csi defaults to %s/%s", written, registry.DefaultNamespace, csicmd.DefaultShardSecret)
 	}
