@@ -37,6 +37,9 @@ func TestCluster(t *testing.T) {
 		{"LeaderFailover", testLeaderFailover},
 		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
 		{"DataPlaneChangeRollsShardServers", testDataPlaneChangeRollsShardServers},
+		// The tiering story against the Mayastor double and a real
+		// Prometheus (tiering_test.go).
+		{"TieringThroughPrometheus", testTieringThroughPrometheus},
 		// Erasure-coded volumes for pods (csi_test.go). After the rollout
 		// steps: they delete a shard-server pod for good, and a pool lost
 		// while still named in an idle volume's journal holds a rollout
@@ -81,21 +84,27 @@ func testHelmInstall(t *testing.T) {
 	// the operator's Role into it (dataPlaneNamespaces).
 	mustKubectl(t, "", "create", "namespace", dpns)
 	start := time.Now()
-	out, err := helm(t, "install", "couchestor", filepath.Join(root, "helm-charts", "couchestor"),
+	args := []string{"install", "couchestor", filepath.Join(root, "helm-charts", "couchestor"),
 		"--namespace", ns, "--create-namespace",
 		"--set", "replicaCount=2", "--set", "leaderElection.enabled=true",
 		"--set", "webhook.certMode=self-signed",
 		"--set", "image.pullPolicy=Never",
 		// The DataPlane of this story: its namespace and its hostPath
 		// under the cluster's run directory (the policy refuses others).
-		"--set-json", `dataPlaneNamespaces=["`+dpns+`"]`,
-		"--set-json", `dataPlanePolicy.allowedHostPathPrefixes=["`+shardHostPath()+`/"]`,
-		// No Prometheus in this cluster; the operator must start regardless.
-		"--set", "prometheusURL=http://127.0.0.1:9",
+		"--set-json", `dataPlaneNamespaces=["` + dpns + `"]`,
+		"--set-json", `dataPlanePolicy.allowedHostPathPrefixes=["` + shardHostPath() + `/"]`,
 		// The data plane of this story lives in couchestor-data; a lost
-		// pool is rebuilt after 20 s (default 10 min).
-		"--set-json", `extraArgs=["--shard-registry-namespace=`+dpns+`","--shard-client-secret=`+dpns+`/cold-shard-token","--ec-down-out-delay=20s"]`,
-		"--wait", "--timeout", "5m")
+		// pool is rebuilt after 20 s (default 10 min). Policies are
+		// evaluated every 5 s against a Prometheus scraping every second
+		// (testTieringThroughPrometheus).
+		"--set-json", `extraArgs=["--shard-registry-namespace=` + dpns + `","--shard-client-secret=` + dpns + `/cold-shard-token","--ec-down-out-delay=20s",` + tierEvalArgs + `]`,
+		"--wait", "--timeout", "5m"}
+	// Prometheus and the Mayastor double's REST API, on the node's address:
+	// nothing listens there until the tiering step; the operator must start
+	// and become Ready regardless.
+	pickTieringAddrs(t)
+	args = append(args, tieringHelmValues()...)
+	out, err := helm(t, args...)
 	if err != nil {
 		t.Fatalf("helm install: %v\n%s\n%s", err, out, diagnose(t))
 	}
@@ -109,6 +118,7 @@ func testHelmInstall(t *testing.T) {
 		return ready == 2, out
 	})
 	t.Logf("helm install → 2 operator pods Ready in %s", time.Since(start).Round(time.Second))
+	logImageFigure(t)
 }
 
 // testLeaderElection: exactly one of the two pods holds the Lease.
