@@ -111,8 +111,8 @@ test-cluster-if-possible:
 .PHONY: test-cluster
 test-cluster: image ## only tests/cluster: the charts installed with the real helm CLI in a real single-node Kubernetes (root)
 	@why="$$(hack/cluster.sh can)" || { echo "tests/cluster cannot run here: $$why"; exit 1; }; \
-	hack/cluster.sh bins >/dev/null; hack/cluster.sh helm >/dev/null; prom="$$(hack/prometheus.sh)"; \
-	COUCHESTOR_CLUSTER_TESTS=1 COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)" COUCHESTOR_PROMETHEUS="$$prom" go test -count=1 -timeout 40m -v ./tests/cluster/
+	hack/cluster.sh bins >/dev/null; hack/cluster.sh helm >/dev/null; \
+	COUCHESTOR_CLUSTER_TESTS=1 COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)" go test -count=1 -timeout 40m -v ./tests/cluster/
 
 ##@ Cluster
 

@@ -39,9 +39,6 @@ func TestCluster(t *testing.T) {
 		{"LeaderFailover", testLeaderFailover},
 		{"HelmUpgradeKeepsDataAndLeader", testHelmUpgradeKeepsDataAndLeader},
 		{"DataPlaneChangeRollsShardServers", testDataPlaneChangeRollsShardServers},
-		// The tiering story against the Mayastor double and a real
-		// Prometheus (tiering_test.go).
-		{"TieringThroughPrometheus", testTieringThroughPrometheus},
 		// Erasure-coded volumes for pods (csi_test.go). After the rollout
 		// steps: they delete a shard-server pod for good, and a pool lost
 		// while still named in an idle volume's journal holds a rollout
@@ -87,17 +84,11 @@ func testHelmInstall(t *testing.T) {
 	mustKubectl(t, "", "create", "namespace", dpns)
 	start := time.Now()
 	// The story's install (kit.InstallArgs: self-signed webhooks, imported
-	// images, the DataPlane's namespace, hostPath and Secret) with two
-	// replicas and leader election; a lost pool is rebuilt after 20 s
-	// (default 10 min); policies are evaluated every 5 s against a
-	// Prometheus scraping every second (testTieringThroughPrometheus).
-	args := append(kit.InstallArgs(root, runDir, append([]string{"--ec-down-out-delay=20s"}, tierEvalArgs...)...),
+	// images, the DataPlane's namespace, hostPath and Secret, no
+	// Prometheus) with two replicas and leader election; a lost pool is
+	// rebuilt after 20 s (default 10 min).
+	args := append(kit.InstallArgs(root, runDir, "--ec-down-out-delay=20s"),
 		"--set", "replicaCount=2", "--set", "leaderElection.enabled=true", "--wait", "--timeout", "5m")
-	// Prometheus and the Mayastor double's REST API, on the node's address:
-	// nothing listens there until the tiering step; the operator must start
-	// and become Ready regardless.
-	pickTieringAddrs(t)
-	args = append(args, tieringHelmValues()...)
 	out, err := helm(t, args...)
 	if err != nil {
 		t.Fatalf("helm install: %v\n%s\n%s", err, out, diagnose(t))
@@ -112,7 +103,6 @@ func testHelmInstall(t *testing.T) {
 		return ready == 2, out
 	})
 	t.Logf("helm install → 2 operator pods Ready in %s", time.Since(start).Round(time.Second))
-	logImageFigure(t)
 }
 
 // testLeaderElection: exactly one of the two pods holds the Lease.

@@ -3,8 +3,6 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -63,21 +61,4 @@ func logFigures(t *testing.T, when string) {
 	l, _ := leader(t)
 	t.Logf("FIGURE %s: operator leader %s; operator pods: %s; shard servers: %s", when, l,
 		podFigures(t, ns, "couchestor-"), podFigures(t, dpns, "cold-"))
-}
-
-// logImageFigure logs the size of the image archive the cluster imported
-// (make image; COUCHESTOR_IMAGE_ARCHIVE).
-func logImageFigure(t *testing.T) {
-	t.Helper()
-	p := os.Getenv("COUCHESTOR_IMAGE_ARCHIVE")
-	if p == "" {
-		t.Log("FIGURE image: COUCHESTOR_IMAGE_ARCHIVE is not set")
-		return
-	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		t.Logf("FIGURE image: %v", err)
-		return
-	}
-	t.Logf("FIGURE image: %s %d bytes (%.1f MiB)", filepath.Base(p), fi.Size(), float64(fi.Size())/(1<<20))
 }

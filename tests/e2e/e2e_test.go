@@ -238,8 +238,8 @@ func (s *suite) waitTiers(t *testing.T, timeout time.Duration, tiers map[string]
 			return false, err
 		}
 		for n, tier := range tiers {
-			if !testenv.OnTier(vs[n], tier, want) {
-				return false, fmt.Errorf("%s: %s", n, testenv.ReplicaPools(vs[n]))
+			if !onTier(vs[n], tier, want) {
+				return false, fmt.Errorf("%s: %s", n, replicaPools(vs[n]))
 			}
 		}
 		return true, nil
@@ -270,7 +270,7 @@ func (s *suite) sample(t *testing.T, policy string, names ...string) *sampler {
 			if vs, err := s.volumes(names...); err == nil {
 				sm.mu.Lock()
 				for n, v := range vs {
-					sm.minHealthy[n] = min(sm.minHealthy[n], testenv.HealthyReplicas(v))
+					sm.minHealthy[n] = min(sm.minHealthy[n], healthyReplicas(v))
 				}
 				sm.mu.Unlock()
 			}
@@ -517,7 +517,7 @@ func (s *suite) testMetricsReadyz(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, ok := testenv.MetricValue(m, "couchestor_migrations_total", `result="success"`); !ok || v < 2 {
+	if v, ok := metricValue(m, "couchestor_migrations_total", `result="success"`); !ok || v < 2 {
 		t.Errorf("couchestor_migrations_total{result=\"success\"} = %v (found %v), want >= 2 after the cycle", v, ok)
 	}
 	code, body, err := httpGet("http://" + o.probeAddr + "/readyz?verbose")
@@ -588,8 +588,8 @@ func (s *suite) testPrometheusRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for n, tier := range tiers {
-		if !testenv.OnTier(vs[n], tier, 2) {
-			t.Errorf("%s moved: %s", n, testenv.ReplicaPools(vs[n]))
+		if !onTier(vs[n], tier, 2) {
+			t.Errorf("%s moved: %s", n, replicaPools(vs[n]))
 		}
 	}
 	if p.Status.HotVolumes != 2 || p.Status.WarmVolumes != 1 {
@@ -669,7 +669,7 @@ func (s *suite) testLeaderElection(t *testing.T) {
 	s.waitTiers(t, 3*time.Minute, map[string]string{"leader-0": "hot"}, 2)
 	if m, err := b.metrics(); err != nil {
 		t.Fatal(err)
-	} else if v, _ := testenv.MetricValue(m, "couchestor_migrations_total"); v != 0 {
+	} else if v, _ := metricValue(m, "couchestor_migrations_total"); v != 0 {
 		t.Errorf("the follower counted %v migrations", v)
 	}
 	if b.isLeader() {
@@ -745,7 +745,7 @@ spec:
 		if err != nil {
 			return false, err
 		}
-		v, _ := testenv.MetricValue(m, "couchestor_migrations_total", `result="success"`)
+		v, _ := metricValue(m, "couchestor_migrations_total", `result="success"`)
 		return v >= 1, nil
 	})
 	// The migration counter moves when the move finishes; the history entry

@@ -9,12 +9,15 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
@@ -146,6 +149,41 @@ func httpGet(url string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
+// metricValue sums the samples of name whose label set contains every given
+// label (k="v" pairs), from a Prometheus text exposition. found is false when
+// no sample matched.
+func metricValue(exposition, name string, labels ...string) (sum float64, found bool) {
+	for _, line := range strings.Split(exposition, "\n") {
+		if !strings.HasPrefix(line, name) || strings.HasPrefix(line, "#") {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != '{' && rest[0] != ' ') {
+			continue // a longer metric name with the same prefix
+		}
+		match := true
+		for _, l := range labels {
+			if !strings.Contains(rest, l) {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		f := strings.Fields(rest[strings.LastIndex(rest, "}")+1:])
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
+}
+
 // operator is one couchestor process and its addresses.
 type operator struct {
 	*proc
@@ -166,7 +204,7 @@ func (o *operator) isLeader() bool {
 	if err != nil {
 		return false
 	}
-	v, ok := testenv.MetricValue(m, "leader_election_master_status")
+	v, ok := metricValue(m, "leader_election_master_status")
 	return ok && v == 1
 }
 
@@ -232,6 +270,44 @@ func (s *suite) volumes(names ...string) (map[string]*mayastorrest.Volume, error
 		out[n] = v
 	}
 	return out, nil
+}
+
+// healthyReplicas counts replicas holding a full copy: Online, their nexus
+// child Online and not rebuilding. (MAYASTOR.md's sync predicate also wants
+// the volume Online, which it is not while any replica rebuilds, so it would
+// count 0 full copies in the middle of every move.)
+func healthyReplicas(v *mayastorrest.Volume) int {
+	n := 0
+	for _, r := range v.State.ReplicaTopology {
+		if r.State == "Online" && ptr.Deref(r.ChildStatus, "") == "Online" && r.RebuildProgress == nil && ptr.Deref(r.Healthy, true) {
+			n++
+		}
+	}
+	return n
+}
+
+// onTier reports whether v has want replicas, all on pools of tier (pool
+// names end in -hot, -warm or -cold in the suite's scenario) and synced, and
+// asks for no more.
+func onTier(v *mayastorrest.Volume, tier string, want int) bool {
+	if len(v.State.ReplicaTopology) != want || int(v.Spec.NumReplicas) != want {
+		return false
+	}
+	for id, r := range v.State.ReplicaTopology {
+		if r.Pool == nil || !strings.HasSuffix(*r.Pool, "-"+tier) || r.State != "Online" || !mayastorrest.ReplicaSynced(*v, id) {
+			return false
+		}
+	}
+	return true
+}
+
+func replicaPools(v *mayastorrest.Volume) string {
+	var ps []string
+	for id, r := range v.State.ReplicaTopology {
+		ps = append(ps, fmt.Sprintf("%s(%s,synced=%v)", ptr.Deref(r.Pool, "?"), r.State, mayastorrest.ReplicaSynced(*v, id)))
+	}
+	sort.Strings(ps)
+	return fmt.Sprintf("%s num_replicas=%d", strings.Join(ps, " "), v.Spec.NumReplicas)
 }
 
 func waitTCPClosed(addr string, timeout time.Duration) error {

@@ -11,7 +11,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,8 +46,15 @@ const (
 )
 
 // prometheus is a real Prometheus server process that can be stopped and
-// started again on the same port and data directory (testenv.Prometheus).
-type prometheus = testenv.Prometheus
+// started again on the same port and data directory.
+type prometheus struct {
+	t      *testing.T
+	bin    string
+	dir    string
+	addr   string
+	cmd    *exec.Cmd
+	output *strings.Builder
+}
 
 func startPrometheus(t *testing.T, target string) *prometheus {
 	t.Helper()
@@ -51,9 +62,60 @@ func startPrometheus(t *testing.T, target string) *prometheus {
 	if bin == "" {
 		t.Skip("COUCHESTOR_PROMETHEUS is not set: run through `make test` (or export COUCHESTOR_PROMETHEUS=$(hack/prometheus.sh))")
 	}
-	return testenv.StartPrometheus(t, testenv.PrometheusOptions{
-		Bin: bin, Addr: testenv.Addr(testenv.FreePort(t)), Interval: scrapeInterval, Targets: []string{target},
-	})
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`global:
+  scrape_interval: %s
+  evaluation_interval: %s
+scrape_configs:
+  - job_name: mayastor-io-engine
+    static_configs:
+      - targets: [%q]
+`, scrapeInterval, scrapeInterval, target)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &prometheus{t: t, bin: bin, dir: dir, addr: testenv.Addr(testenv.FreePort(t))}
+	p.Start()
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func (p *prometheus) URL() string { return "http://" + p.addr }
+
+// Start runs the process and waits until it is ready.
+func (p *prometheus) Start() {
+	p.t.Helper()
+	p.output = &strings.Builder{}
+	p.cmd = exec.Command(p.bin,
+		"--config.file="+filepath.Join(p.dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(p.dir, "data"),
+		"--web.listen-address="+p.addr,
+		"--storage.tsdb.retention.time=1h",
+	)
+	p.cmd.Stdout, p.cmd.Stderr = p.output, p.output
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatalf("start prometheus: %v", err)
+	}
+	if err := testenv.WaitHTTP200(p.URL()+"/-/ready", time.Minute); err != nil {
+		p.t.Fatalf("prometheus not ready: %v\n%s", err, p.output.String())
+	}
+}
+
+// Stop terminates the process (idempotent).
+func (p *prometheus) Stop() {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+	p.cmd = nil
 }
 
 // recordingEngine stands in for the migration engine of tiering part 2: it
