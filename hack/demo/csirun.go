@@ -224,7 +224,7 @@ func (r *csiRun) install(ctx context.Context) error {
 		return func() (bool, string) {
 			out, err := r.k(ctx, "", "-n", ns, "get", "pods", "-l", sel,
 				"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
-			return err == nil && strings.Count(out, "=True") == n, out
+			return err == nil && strings.Count(out, "=True") >= n, out
 		}
 	}
 	if err := until(ctx, podsWait, "the operator pod Ready", ready(kit.OperatorNS, "control-plane=controller-manager", 1)); err != nil {
