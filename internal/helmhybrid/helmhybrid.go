@@ -170,7 +170,7 @@ func Setup(mgr ctrl.Manager, assets fs.FS, o Options) error {
 			return fmt.Errorf("set up helm reconciler for %s: %w", w.GroupVersionKind, err)
 		}
 	}
-	if err := (&ShardServerRollout{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorderFor("couchestor-dataplane")}).SetupWithManager(mgr); err != nil { //nolint:staticcheck // Eventf on a record.EventRecorder
+	if err := (&ShardServerRollout{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorderFor("couchestor-dataplane")}).SetupWithManager(mgr); err != nil { //nolint:staticcheck // Eventf on a record.EventRecorder
 		return fmt.Errorf("set up the DataPlane shard-server rollout: %w", err)
 	}
 	if o.Policy != nil {

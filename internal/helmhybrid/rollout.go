@@ -57,7 +57,12 @@ const rolloutPoll = 5 * time.Second
 // ShardServerRollout restarts a DataPlane's outdated shard-server pods one
 // at a time (see pkg/shardrollout).
 type ShardServerRollout struct {
-	Client   client.Client
+	Client client.Client
+	// Reader reads the shard-server pods and Leases from the API server,
+	// not the cache: right after this controller deleted a pod, the cache
+	// may still show it Ready and registered, and the rule would then
+	// restart a second server (two down at once). Nil: Client.
+	Reader   client.Reader
 	Recorder record.EventRecorder
 	Now      func() time.Time
 }
@@ -181,12 +186,16 @@ func (r *ShardServerRollout) inputs(ctx context.Context, dp *dataplanev1alpha1.D
 	if len(stss.Items) == 0 {
 		return in, false, nil
 	}
+	reader := r.Reader
+	if reader == nil {
+		reader = r.Client
+	}
 	var pods corev1.PodList
-	if err := r.Client.List(ctx, &pods, client.InNamespace(dp.Namespace), sel); err != nil {
+	if err := reader.List(ctx, &pods, client.InNamespace(dp.Namespace), sel); err != nil {
 		return in, false, fmt.Errorf("DataPlane %s/%s: list shard-server pods: %w", dp.Namespace, dp.Name, err)
 	}
 	var leases coordinationv1.LeaseList
-	if err := r.Client.List(ctx, &leases, client.InNamespace(dp.Namespace), client.MatchingLabels{registry.LabelShardServer: "true"}); err != nil {
+	if err := reader.List(ctx, &leases, client.InNamespace(dp.Namespace), client.MatchingLabels{registry.LabelShardServer: "true"}); err != nil {
 		return in, false, fmt.Errorf("DataPlane %s/%s: list shard-server Leases: %w", dp.Namespace, dp.Name, err)
 	}
 	var vols storagev1.ECVolumeList
