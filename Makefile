@@ -112,7 +112,8 @@ test-cluster-if-possible:
 test-cluster: image ## only tests/cluster: the charts installed with the real helm CLI in a real single-node Kubernetes (root)
 	@why="$$(hack/cluster.sh can)" || { echo "tests/cluster cannot run here: $$why"; exit 1; }; \
 	hack/cluster.sh bins >/dev/null; hack/cluster.sh helm >/dev/null; \
-	COUCHESTOR_CLUSTER_TESTS=1 COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)" go test -count=1 -timeout 40m -v ./tests/cluster/
+	prom="$$(hack/prometheus.sh)" || exit 1; \
+	COUCHESTOR_CLUSTER_TESTS=1 COUCHESTOR_PROMETHEUS="$$prom" COUCHESTOR_IMAGE_ARCHIVE="$(IMAGE_ARCHIVE)" go test -count=1 -timeout 40m -v ./tests/cluster/
 
 ##@ Cluster
 

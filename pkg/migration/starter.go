@@ -56,8 +56,10 @@ func (s *PolicyStarter) StartMigrations(ctx context.Context, pol *storagev1.Stor
 		case err == nil:
 			s.noteSkip(d.Volume, "")
 		case errors.Is(err, ErrAtCapacity):
+			logger.V(1).Info("migration waits for a free slot", "pv", d.Volume, "reason", err.Error())
 			return // the rest waits for the next evaluation
 		case errors.Is(err, ErrAlreadyActive), errors.Is(err, ErrNotRunning):
+			logger.V(1).Info("migration not started now", "pv", d.Volume, "reason", err.Error())
 		default:
 			if s.noteSkip(d.Volume, err.Error()) {
 				logger.Info("migration not started", "pv", d.Volume, "reason", err.Error())

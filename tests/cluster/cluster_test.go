@@ -48,6 +48,9 @@ func TestCluster(t *testing.T) {
 		{"CSIRawBlock", csiStep(testCSIRawBlock)},
 		{"CSIExpand", csiStep(testCSIExpand)},
 		{"CSIAttachElsewhereRefused", csiStep(testCSIAttachElsewhereRefused)},
+		// Tiering against the REST double of Mayastor 2.x and a real
+		// Prometheus (tiering_test.go).
+		{"TieringThroughPrometheus", testTieringThroughPrometheus},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
 		{"CertManagerModeInstall", testCertManagerModeInstall},
 		{"KustomizeInstall", testKustomizeInstall},
@@ -87,8 +90,13 @@ func testHelmInstall(t *testing.T) {
 	// images, the DataPlane's namespace, hostPath and Secret, no
 	// Prometheus) with two replicas and leader election; a lost pool is
 	// rebuilt after 20 s (default 10 min).
-	args := append(kit.InstallArgs(root, runDir, "--ec-down-out-delay=20s"),
+	// The tiering story's Mayastor double and Prometheus listen on the
+	// bridge (tiering_test.go); the operator is pointed at them now and
+	// must start while neither answers yet.
+	pickTieringAddrs(t)
+	args := append(kit.InstallArgs(root, runDir, append([]string{"--ec-down-out-delay=20s"}, tieringOperatorArgs...)...),
 		"--set", "replicaCount=2", "--set", "leaderElection.enabled=true", "--wait", "--timeout", "5m")
+	args = append(args, tieringHelmValues()...)
 	out, err := helm(t, args...)
 	if err != nil {
 		t.Fatalf("helm install: %v\n%s\n%s", err, out, diagnose(t))
