@@ -245,6 +245,10 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	ecMeter, err := o.tiering.NewECIOPSMeter()
+	if err != nil {
+		return err
+	}
 	// Tiering part 2: the migration engine runs on the leader only; on start
 	// it resumes or rolls back every migration persisted on the PVs.
 	if o.migrations.globalMax < 0 {
@@ -309,6 +313,7 @@ func run(ctx context.Context, o *options) error {
 		APIReader:          mgr.GetAPIReader(),
 		Recorder:           mgr.GetEventRecorder("couchestor-storagepolicy"),
 		Meter:              meter,
+		ECMeter:            ecMeter,
 		Backend:            backend,
 		Optional:           optional,
 		OptionalPoll:       o.mayastor.KindPoll,

@@ -83,6 +83,11 @@ type TieringOptions struct {
 	CoverageTemplate string
 	MaxGap           time.Duration
 	MetricsCacheTTL  time.Duration
+	// ECReadMetric, ECWriteMetric and ECVolumeLabel are the op counters of
+	// erasure-coded volumes' exports (heat-up).
+	ECReadMetric  string
+	ECWriteMetric string
+	ECVolumeLabel string
 	// HysteresisPercent is the default demotion margin of every policy (see
 	// pkg/tiering, Hysteresis); a policy's annotation overrides it.
 	HysteresisPercent  float64
@@ -103,6 +108,9 @@ func (o *TieringOptions) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.QueryTemplate, "iops-query-template", iops.DefaultQueryTemplate, "PromQL (Go text/template) giving IOPS per volume over the window. Fields: .Window (e.g. 5400s), .ReadMetric, .WriteMetric, .VolumeLabel.")
 	fs.StringVar(&o.CoverageTemplate, "iops-coverage-template", iops.DefaultCoverageTemplate, "Instant-vector selector (Go text/template, same fields) whose sample timestamps measure a volume's coverage of the window. \"-\" disables the coverage rule.")
 	fs.DurationVar(&o.MaxGap, "iops-max-gap", 0, "Longest gap between samples inside the window for a published volume's IOPS to count (its samples must also reach within 1.5 scrape intervals of both ends of the window); longer and they are unknown (never moved). 0: max(3 x scrape interval, scrape interval + 5s).")
+	fs.StringVar(&o.ECReadMetric, "ec-iops-read-metric", iops.ECVolumeReadMetric, "Cumulative read-operations counter of an erasure-coded volume's export (`ec-volume serve --metrics-bind-address`), which Prometheus must scrape: heat-up measures erasure-coded volumes by it.")
+	fs.StringVar(&o.ECWriteMetric, "ec-iops-write-metric", iops.ECVolumeWriteMetric, "Cumulative write-operations counter of an erasure-coded volume's export.")
+	fs.StringVar(&o.ECVolumeLabel, "ec-iops-volume-label", iops.ECVolumeLabel, "Label of the export's counters that holds the ECVolume's name (its PV's CSI volume handle).")
 	fs.Float64Var(&o.HysteresisPercent, "tiering-hysteresis-percent", tiering.DefaultHysteresisPercent, "Default demotion margin in percent: a volume leaves a tier downwards only when its IOPS are below the watermark by this margin. A StoragePolicy's annotation "+tiering.AnnotationHysteresis+" overrides it.")
 	fs.DurationVar(&o.MetricsCacheTTL, "metrics-cache-ttl", iops.DefaultCacheTTL, "How long a volume's measured IOPS are reused before Prometheus is asked again. 0 disables the cache.")
 	fs.DurationVar(&o.EvaluationInterval, "evaluation-interval", time.Minute, "How often each StoragePolicy is evaluated (also on changes of PVs, PVCs, MayastorVolumes and DiskPools).")
@@ -124,6 +132,26 @@ func (o *TieringOptions) NewIOPSMeter() (*iops.Meter, error) {
 	}
 	if _, err := tiering.ParseHysteresis(strconv.FormatFloat(o.HysteresisPercent, 'f', -1, 64)); err != nil {
 		return nil, fmt.Errorf("--tiering-hysteresis-percent=%v: %w", o.HysteresisPercent, err)
+	}
+	if o.ScrapeInterval <= 0 {
+		return nil, fmt.Errorf("--prometheus-scrape-interval=%v: must be positive", o.ScrapeInterval)
+	}
+	return &iops.Meter{Querier: src, Cache: iops.NewMetricsCache(o.MetricsCacheTTL, nil), ScrapeInterval: o.ScrapeInterval, MaxGap: o.MaxGap}, nil
+}
+
+// NewECIOPSMeter builds the meter of erasure-coded volumes (heat-up): the
+// same Prometheus, window rules and coverage rule as NewIOPSMeter, over the
+// exports' op counters, with a cache of its own.
+func (o *TieringOptions) NewECIOPSMeter() (*iops.Meter, error) {
+	src, err := iops.NewPrometheusSource(iops.PrometheusConfig{
+		Address: o.PrometheusURL, BearerTokenFile: o.BearerTokenFile, CAFile: o.CAFile, Timeout: o.QueryTimeout,
+		ReadMetric: o.ECReadMetric, WriteMetric: o.ECWriteMetric, VolumeLabel: o.ECVolumeLabel, ScrapeInterval: o.ScrapeInterval,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--prometheus-*/--ec-iops-* flags: %w", err)
+	}
+	if o.MaxGap < 0 {
+		return nil, fmt.Errorf("--iops-max-gap=%v: must not be negative", o.MaxGap)
 	}
 	if o.ScrapeInterval <= 0 {
 		return nil, fmt.Errorf("--prometheus-scrape-interval=%v: must be positive", o.ScrapeInterval)
@@ -169,6 +197,9 @@ type StoragePolicyReconciler struct {
 	// Converter converts cold volumes to erasure coding (pkg/conversion);
 	// nil: conversions are reported, never started.
 	Converter ConversionStarter
+	// ECMeter measures erasure-coded volumes through their exports' op
+	// counters (heat-up); nil: their IOPS are unknown and none converts back.
+	ECMeter IOPSMeter
 	// ConversionRetain is how long a converted volume's source is kept
 	// (--ec-conversion-retain).
 	ConversionRetain time.Duration
@@ -188,6 +219,7 @@ type policyMemory struct {
 	decisions map[string]string    // volume -> decision key of the last evaluation
 	dryRun    map[string]time.Time // volume -> last dry-run entry recorded
 	summary   string               // last summary Event key
+	heat      map[string]string    // erasure-coded PV -> last heat-up verdict key
 }
 
 func (r *StoragePolicyReconciler) now() time.Time {
@@ -205,7 +237,7 @@ func (r *StoragePolicyReconciler) memoryFor(p *storagev1.StoragePolicy) *policyM
 	}
 	m := r.memory[p.Name]
 	if m == nil || m.uid != p.UID {
-		m = &policyMemory{uid: p.UID, decisions: map[string]string{}, dryRun: map[string]time.Time{}}
+		m = &policyMemory{uid: p.UID, decisions: map[string]string{}, dryRun: map[string]time.Time{}, heat: map[string]string{}}
 		r.memory[p.Name] = m
 	}
 	return m
@@ -249,24 +281,24 @@ func (r *StoragePolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 
 // outcome is one evaluation, ready to be written into status.
 type outcome struct {
-	now            time.Time
-	phase          storagev1.StoragePolicyPhase
-	invalid        string // the spec's errors, when invalid
-	spec           *storagev1.StoragePolicySpec
-	dryRun         bool
-	window         time.Duration
-	cooldown       time.Duration
-	eval           tiering.Evaluation
-	report         iops.Report
-	volumes        int
-	conflicts      map[string]int // older owner policy -> volumes it takes from this one
-	ambiguous      []string       // pools matching several tier selectors
-	backend        string         // the backend's Describe
-	backendErr     error          // the backend could not be read: nothing evaluated
-	ecPolicyOK     bool
-	ecMissing      bool
-	ecPolicyReady  bool
-	ecPhase        storagev1.ErasureCodingPolicyPhase
+	now           time.Time
+	phase         storagev1.StoragePolicyPhase
+	invalid       string // the spec's errors, when invalid
+	spec          *storagev1.StoragePolicySpec
+	dryRun        bool
+	window        time.Duration
+	cooldown      time.Duration
+	eval          tiering.Evaluation
+	report        iops.Report
+	volumes       int
+	conflicts     map[string]int // older owner policy -> volumes it takes from this one
+	ambiguous     []string       // pools matching several tier selectors
+	backend       string         // the backend's Describe
+	backendErr    error          // the backend could not be read: nothing evaluated
+	ecPolicyOK    bool
+	ecMissing     bool
+	ecPolicyReady bool
+	ecPhase       storagev1.ErasureCodingPolicyPhase
 	// pvs and claims are the observed PV and bound PVC of each volume.
 	pvs    map[string]*corev1.PersistentVolume
 	claims map[string]*corev1.PersistentVolumeClaim
@@ -276,6 +308,13 @@ type outcome struct {
 	conversions []conversionVerdict
 	converted   int
 	converting  int
+	// ecVols are the erasure-coded volumes the policy owns, ecReport their
+	// IOPS, heatUps the verdicts on them; heatingUp counts those with a
+	// conversion back in progress.
+	ecVols         []ecVolume
+	ecReport       iops.Report
+	heatUps        []heatVerdict
+	heatingUp      int
 	engine         bool
 	converter      bool
 	scrapeInterval time.Duration
@@ -354,6 +393,9 @@ func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.S
 	o.report = r.Meter.Measure(ctx, o.window, ivols)
 	o.eval = tiering.Evaluate(policy, vols, o.report.Measurements, poolTiers, o.now)
 	o.volumes = len(vols)
+	if err := r.judgeHeatUps(ctx, o, heatRules(policy, o.cooldown)); err != nil {
+		return nil, "", err
+	}
 	if o.ecPolicyOK && o.report.Err == nil {
 		if err := r.judgeConversions(ctx, o, vols); err != nil {
 			return nil, "", err
@@ -457,6 +499,17 @@ func (r *StoragePolicyReconciler) observe(ctx context.Context, pol *storagev1.St
 			if c, ok := claims[types.NamespacedName{Namespace: cr.Namespace, Name: cr.Name}]; ok && (cr.UID == "" || cr.UID == c.UID) {
 				pvc, ref.HasPVC, ref.PVCLabels = c, true, c.Labels
 			}
+		}
+		if isErasureCodedPV(pv) {
+			ecRef := ecVolumeRef(pv, pvc)
+			switch owner := tiering.Owner(refs, ecRef); {
+			case !self.Selects(ecRef):
+			case owner != pol.Name:
+				o.conflicts[owner]++
+			default:
+				o.ecVols = append(o.ecVols, ecVolume{pv: pv, claim: pvc})
+			}
+			continue
 		}
 		if !self.Selects(ref) {
 			continue

@@ -16,7 +16,6 @@ import (
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/conversion"
-	"github.com/billyronks/couchestor/pkg/csi"
 	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
 )
@@ -50,10 +49,6 @@ func (r *StoragePolicyReconciler) judgeConversions(ctx context.Context, o *outco
 	for i, d := range o.eval.Decisions {
 		pv := o.pvs[d.Volume]
 		if pv == nil {
-			continue
-		}
-		if pv.Spec.CSI != nil && pv.Spec.CSI.Driver == csi.DriverName && pv.Annotations[conversion.AnnotationConvertedFrom] != "" {
-			o.converted++
 			continue
 		}
 		if d.From != tiering.Cold {
@@ -149,11 +144,11 @@ func setErasureCodingCondition(st *storagev1.StoragePolicyStatus, o *outcome, se
 		return
 	case o.ecMissing:
 		set(ConditionErasureCoding, metav1.ConditionFalse, "ECPolicyNotFound",
-			fmt.Sprintf("spec.ecPolicyRef %q: no ErasureCodingPolicy of that name exists", o.spec.ECPolicyRef))
+			fmt.Sprintf("spec.ecPolicyRef %q: no ErasureCodingPolicy of that name exists", o.spec.ECPolicyRef)+heatUpSummaryIf(o, converter))
 		return
 	case !o.ecPolicyReady:
 		set(ConditionErasureCoding, metav1.ConditionFalse, "ECPolicyNotReady",
-			fmt.Sprintf("ErasureCodingPolicy %s is %s, not Ready or Active: nothing converts", o.spec.ECPolicyRef, o.ecPhase))
+			fmt.Sprintf("ErasureCodingPolicy %s is %s, not Ready or Active: nothing converts to erasure coding", o.spec.ECPolicyRef, o.ecPhase)+heatUpSummaryIf(o, converter))
 		return
 	case !converter:
 		set(ConditionErasureCoding, metav1.ConditionFalse, "ConversionDisabled",
@@ -183,6 +178,52 @@ func setErasureCodingCondition(st *storagev1.StoragePolicyStatus, o *outcome, se
 	if len(waiting) > 0 {
 		msg += fmt.Sprintf("; %d waiting: %s", len(waiting), strings.Join(firstN(waiting, 5), "; "))
 	}
+	msg += heatUpSummary(o)
 	set(ConditionErasureCoding, metav1.ConditionTrue, "Converting", msg)
 }
 
+// heatUpSummaryIf is heatUpSummary when conversions run (heat-ups do not
+// need the ErasureCodingPolicy), else nothing.
+func heatUpSummaryIf(o *outcome, converter bool) string {
+	if !converter {
+		return ""
+	}
+	return heatUpSummary(o)
+}
+
+// heatUpSummary is the heat-up part of the ErasureCoding condition: what
+// converts back, what waits and why, what is in progress.
+func heatUpSummary(o *outcome) string {
+	var now, waiting []string
+	unknown := 0
+	for _, hv := range o.heatUps {
+		switch {
+		case hv.verdict.Convert():
+			now = append(now, hv.pv.Name+" (→ "+string(hv.verdict.To)+")")
+		case hv.verdict.Wait:
+			waiting = append(waiting, hv.pv.Name+" (→ "+string(hv.verdict.To)+": "+hv.verdict.Reason+")")
+		case hv.verdict.Code == conversion.CodeIOPSUnknown:
+			unknown++
+		}
+	}
+	if len(o.heatUps) == 0 {
+		return ""
+	}
+	sort.Strings(now)
+	sort.Strings(waiting)
+	verb := "converting back"
+	if o.dryRun {
+		verb = "would convert back (dry run)"
+	}
+	msg := fmt.Sprintf("; heat-up: %d in progress, %s %d", o.heatingUp, verb, len(now))
+	if len(now) > 0 {
+		msg += ": " + strings.Join(firstN(now, 5), ", ")
+	}
+	if len(waiting) > 0 {
+		msg += fmt.Sprintf("; %d heat-ups waiting: %s", len(waiting), strings.Join(firstN(waiting, 5), "; "))
+	}
+	if unknown > 0 {
+		msg += fmt.Sprintf("; IOPS of %d erasure-coded volumes unknown (never converted back on unknown IOPS)", unknown)
+	}
+	return msg
+}

@@ -16,11 +16,19 @@ import (
 func TestErasureCodingCondition(t *testing.T) {
 	spec := &storagev1.StoragePolicySpec{ECPolicyRef: "rs"}
 	storagev1.DefaultStoragePolicySpec(spec)
-	pv := func(n string) *corev1.PersistentVolume { return &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: n}} }
+	pv := func(n string) *corev1.PersistentVolume {
+		return &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: n}}
+	}
 	verdicts := []conversionVerdict{
 		{pv: pv("pvc-a"), verdict: conversion.Verdict{Code: conversion.CodeConvert}},
 		{pv: pv("pvc-b"), verdict: conversion.Verdict{Code: conversion.CodeInUse, Wait: true, Reason: "in use by pod apps/db-0"}},
 		{pv: pv("pvc-c"), verdict: conversion.Verdict{Code: conversion.CodeTooSmall, Reason: "small"}},
+	}
+	heats := []heatVerdict{
+		{pv: pv("ec-a"), verdict: conversion.HeatVerdict{Verdict: conversion.Verdict{Code: conversion.CodeConvert}, To: tiering.Warm}},
+		{pv: pv("ec-b"), verdict: conversion.HeatVerdict{Verdict: conversion.Verdict{Code: conversion.CodeInUse, Wait: true, Reason: "in use by pod apps/web-0"}, To: tiering.Hot}},
+		{pv: pv("ec-c"), verdict: conversion.HeatVerdict{Verdict: conversion.Verdict{Code: conversion.CodeIOPSUnknown}}},
+		{pv: pv("ec-d"), verdict: conversion.HeatVerdict{Verdict: conversion.Verdict{Code: conversion.CodeConverting}}},
 	}
 	cases := []struct {
 		name      string
@@ -36,6 +44,12 @@ func TestErasureCodingCondition(t *testing.T) {
 		{"converting", outcome{ecPolicyOK: true, ecPolicyReady: true, conversions: verdicts, converted: 2, converting: 1}, true, metav1.ConditionTrue, "Converting",
 			[]string{"2 converted, 1 in progress or retained, converting 1: pvc-a", "1 waiting: pvc-b (in use by pod apps/db-0)"}},
 		{"dry run", outcome{ecPolicyOK: true, ecPolicyReady: true, conversions: verdicts, dryRun: true}, true, metav1.ConditionTrue, "Converting", []string{"would convert (dry run) 1: pvc-a"}},
+		{"heat-ups", outcome{ecPolicyOK: true, ecPolicyReady: true, heatUps: heats, converted: 4, heatingUp: 1}, true, metav1.ConditionTrue, "Converting",
+			[]string{"4 converted", "heat-up: 1 in progress, converting back 1: ec-a (→ warm)", "1 heat-ups waiting: ec-b (→ hot: in use by pod apps/web-0)", "IOPS of 1 erasure-coded volumes unknown"}},
+		{"heat-ups in dry run", outcome{ecPolicyOK: true, ecPolicyReady: true, heatUps: heats, dryRun: true}, true, metav1.ConditionTrue, "Converting",
+			[]string{"would convert back (dry run) 1: ec-a (→ warm)"}},
+		{"heat-ups go on while the ErasureCodingPolicy is not ready", outcome{ecPolicyOK: true, ecPhase: storagev1.ECPolicyInvalid, heatUps: heats}, true, metav1.ConditionFalse, "ECPolicyNotReady",
+			[]string{"nothing converts to erasure coding", "converting back 1: ec-a"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

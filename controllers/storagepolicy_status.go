@@ -33,9 +33,9 @@ const (
 	// ConditionSamplingWindowAdequate is False when samplingWindow holds fewer
 	// than four scrape intervals (rate() then rests on two or three samples).
 	ConditionSamplingWindowAdequate = "SamplingWindowAdequate"
-	// ConditionErasureCoding (only with ecPolicyRef) counts the cold volumes
-	// that qualify for erasure coding. Converting them is not implemented: the
-	// condition says so instead of pretending.
+	// ConditionErasureCoding (only with ecPolicyRef) reports the conversions
+	// of cold volumes to erasure coding and the heat-ups back: what was
+	// converted, what converts now, what waits and why.
 	ConditionErasureCoding = "ErasureCoding"
 )
 
@@ -150,6 +150,13 @@ func applyStatus(st *storagev1.StoragePolicyStatus, gen int64, o *outcome, mem *
 			})
 		}
 		recorded = append(recorded, wouldConvert(o, func(v string) bool {
+			when := last[v]
+			if m := mem.dryRun[v]; m.After(when) {
+				when = m
+			}
+			return tiering.DryRunDue(when, o.now, o.cooldown)
+		}, now)...)
+		recorded = append(recorded, wouldConvertBack(o, func(v string) bool {
 			when := last[v]
 			if m := mem.dryRun[v]; m.After(when) {
 				when = m
@@ -351,7 +358,12 @@ func (r *StoragePolicyReconciler) afterWrite(ctx context.Context, pol *storagev1
 		}
 	}
 
-	r.startConversions(ctx, pol, o)
+	r.heatUpEvents(pol, o, mem)
+	// Heat-ups first: a hot volume on erasure coding costs its users
+	// latency now; a cold one on replicas only costs space.
+	if r.startHeatUps(ctx, pol, o) {
+		r.startConversions(ctx, pol, o)
+	}
 	if o.dryRun || r.Engine == nil || o.eval.Actions[tiering.Move] == 0 {
 		return
 	}

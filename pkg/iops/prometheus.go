@@ -32,6 +32,17 @@ const (
 	DefaultCoverageTemplate = `{{.ReadMetric}}`
 )
 
+// The op counters of an erasure-coded volume's export (`couchestor
+// ec-volume serve`, its --metrics-bind-address): what the StoragePolicy
+// controller measures erasure-coded volumes by (heat-up). The volume label
+// holds the ECVolume's name, which is its PV's CSI volume handle. Stable
+// API: the export registers them under these names.
+const (
+	ECVolumeReadMetric  = "couchestor_ecvolume_read_ops_total"
+	ECVolumeWriteMetric = "couchestor_ecvolume_write_ops_total"
+	ECVolumeLabel       = "volume"
+)
+
 // kindLabel tags each half of the combined query so one request carries both.
 const kindLabel = "couchestor_kind"
 

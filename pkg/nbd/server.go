@@ -27,6 +27,13 @@ type Export struct {
 	Backend     Backend
 	// ReadOnly advertises NBD_FLAG_READ_ONLY and refuses writes with EPERM.
 	ReadOnly bool
+	// Answered, when set, is called once for every command answered with
+	// success (errno 0), after its reply was handed to the connection:
+	// cmd is the command (CmdRead, CmdWrite, CmdFlush, CmdTrim,
+	// CmdWriteZeroes) and length its length in bytes. Refused and failed
+	// commands are not reported. It runs on the request's goroutine and
+	// must be fast and safe for concurrent use (the export's counters).
+	Answered func(cmd uint16, length uint32)
 }
 
 // Server serves Exports over NBD. Set its fields before Serve; it is safe to
@@ -714,6 +721,7 @@ func (c *conn) execute(ctx context.Context, exp *Export, r *request) {
 			c.reply(r.handle, errnoOf(err), nil)
 		} else {
 			c.reply(r.handle, 0, *buf)
+			c.answered(exp, r)
 		}
 		return
 	case CmdWrite:
@@ -740,6 +748,16 @@ func (c *conn) execute(ctx context.Context, exp *Export, r *request) {
 		c.logf(r, err)
 	}
 	c.reply(r.handle, errnoOf(err), nil)
+	if err == nil {
+		c.answered(exp, r)
+	}
+}
+
+// answered reports a command answered with success to the export's hook.
+func (c *conn) answered(exp *Export, r *request) {
+	if exp.Answered != nil {
+		exp.Answered(r.typ, r.length)
+	}
 }
 
 func (c *conn) logf(r *request, err error) {

@@ -639,3 +639,56 @@ func TestServeShutdownBoundsAStuckWrite(t *testing.T) {
 		t.Fatal("Serve still waiting for a stuck write 30s after shutdown")
 	}
 }
+
+// Answered sees every command answered with success, with its length, and
+// neither refused nor failed ones (the export's op counters rest on it).
+func TestAnsweredReportsOnlySuccessfulCommands(t *testing.T) {
+	be, err := NewMemoryBackend(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[uint16][]uint32{}
+	s := &Server{Exports: []Export{{Name: "vol", Backend: be, Answered: func(cmd uint16, n uint32) {
+		mu.Lock()
+		seen[cmd] = append(seen[cmd], n)
+		mu.Unlock()
+	}}}}
+	c := dial(t, startServer(t, s))
+	c.greet(flagCFixedNewstyle | flagCNoZeroes)
+	c.goExport("vol")
+	c.request(CmdWrite, 0, 1, 0, 4096, make([]byte, 4096))
+	if errno, _ := c.readReply(); errno != 0 {
+		t.Fatalf("write errno %d", errno)
+	}
+	c.request(CmdRead, 0, 2, 512, 1024, nil)
+	if errno, _ := c.readReply(); errno != 0 {
+		t.Fatalf("read errno %d", errno)
+	}
+	c.read(1024)
+	c.request(CmdWriteZeroes, 0, 3, 0, 8192, nil)
+	if errno, _ := c.readReply(); errno != 0 {
+		t.Fatalf("write zeroes errno %d", errno)
+	}
+	c.request(CmdFlush, 0, 4, 0, 0, nil)
+	if errno, _ := c.readReply(); errno != 0 {
+		t.Fatalf("flush errno %d", errno)
+	}
+	// Refused: out of range.
+	c.request(CmdRead, 0, 5, 1<<20, 4096, nil)
+	if errno, _ := c.readReply(); errno == 0 {
+		t.Fatal("out-of-range read answered with success")
+	}
+	c.request(CmdWrite, 0, 6, 1<<20, 512, make([]byte, 512))
+	if errno, _ := c.readReply(); errno == 0 {
+		t.Fatal("out-of-range write answered with success")
+	}
+	c.request(CmdDisc, 0, 7, 0, 0, nil)
+	c.expectClosed()
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[uint16][]uint32{CmdWrite: {4096}, CmdRead: {1024}, CmdWriteZeroes: {8192}, CmdFlush: {0}}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("answered %v, want %v", seen, want)
+	}
+}

@@ -61,6 +61,7 @@ type observer struct {
 	lastDestageOK    prometheus.Gauge
 	stripesDestaged  prometheus.Counter
 	stripeWriteHisto prometheus.Histogram
+	io               *IOCounters
 
 	mu         sync.Mutex
 	journal    *journal.Journal
@@ -86,6 +87,8 @@ func newObserver(volume string, kube client.Client) *observer {
 		Help: "Time to destage one stripe (read-merge, encode, shard writes, ECStripe update).", ConstLabels: labels,
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)})
 	o.reg.MustRegister(o.destageFailures, o.destageFailing, o.lastDestageOK, o.stripesDestaged, o.stripeWriteHisto)
+	o.io = NewIOCounters(volume)
+	o.reg.MustRegister(o.io.Collectors()...)
 	return o
 }
 

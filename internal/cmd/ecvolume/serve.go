@@ -348,7 +348,8 @@ func serve(ctx context.Context, f *serveFlags) error {
 	defer func() { stopConds(); <-condsDone }()
 	f.logf("serving %d bytes (policy %s, stripe %d bytes, journal %d replicas × %d bytes) over NBD on %s",
 		vol.Object.Spec.SizeBytes, pol.Name, vol.StripeSize, js.ReplicationFactor, js.SizeBytes, l.Addr())
-	srv := &nbd.Server{Exports: []nbd.Export{{Name: f.volume, Description: "ECVolume " + f.volume, Backend: fencedBackend{Backend: v, check: ls.holder.Check}}}, Logf: log.Printf,
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: f.volume, Description: "ECVolume " + f.volume, Backend: fencedBackend{Backend: v, check: ls.holder.Check},
+		Answered: obs.io.Answered}}, Logf: log.Printf,
 		MaxConns: f.nbdConns, MaxBufferedBytes: f.nbdBuffers, IdleTimeout: f.nbdIdle, IOTimeout: f.nbdIO, DrainTimeout: f.nbdDrain}
 	if err := srv.Serve(ls.ctx, l); err != nil {
 		return err

@@ -1,0 +1,176 @@
+package conversion
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/billyronks/couchestor/pkg/migration"
+	"github.com/billyronks/couchestor/pkg/tiering"
+)
+
+// Verdict codes of HeatUp beyond Eligible's (CodeConvert means "converts
+// back now").
+const (
+	CodeNotHot          = "NotHot"
+	CodeIOPSUnknown     = "IOPSUnknown"
+	CodePinned          = "Pinned"
+	CodeNoOriginalClass = "NoOriginalStorageClass"
+	CodeNoTier          = "NoTier"
+)
+
+// ECVolume is what HeatUp needs to know about one erasure-coded volume.
+type ECVolume struct {
+	// PV is the erasure-coded PersistentVolume (the CSI driver's); its
+	// annotations carry the cooldown, the opt-outs and the StorageClass
+	// it came from (AnnotationOriginalStorageClass).
+	PV *corev1.PersistentVolume
+	// Claim is the PVC bound to it (nil: none).
+	Claim *corev1.PersistentVolumeClaim
+	// UsedBy are the pods (namespace/name) that use the claim and have not
+	// ended; only asked for once the volume would convert back.
+	UsedBy []string
+	// IOPS of the export over the policy's sampling window, when known.
+	IOPS      float64
+	IOPSKnown bool
+	// Unknown says why the IOPS are unknown (no series, too short a
+	// history, Prometheus did not answer).
+	Unknown string
+}
+
+// HeatRules are the policy's settings heat-up applies.
+type HeatRules struct {
+	Watermarks tiering.Watermarks
+	// WarmTier and HotTier: the policy has a pool selector for the tier.
+	WarmTier, HotTier bool
+	// Residency is the policy's cooldownPeriod: an erasure-coded volume
+	// stays at least that long after the conversion rebound it (or its
+	// last move) before it converts back.
+	Residency time.Duration
+}
+
+// HeatVerdict is HeatUp's verdict; To is the tier the volume converts back
+// to (set when the IOPS or a pin name one, also while it waits).
+type HeatVerdict struct {
+	Verdict
+	To tiering.Tier
+}
+
+// HeatUp decides whether an erasure-coded volume converts back to a
+// replicated volume now, and to which tier. It is pure: every input is
+// passed in.
+//
+// The rule, as tiering promotes a cold volume: IOPS at or above
+// highWatermarkIOPS go to hot, at or above warmWatermarkIOPS to warm (only
+// when the policy has a warm tier; without one, IOPS between the warm and
+// high watermarks keep the volume erasure-coded, as they keep a replicated
+// volume cold). The watermark is compared raw: hysteresis lowers the
+// watermarks for demotions only, so a volume that came back does not turn
+// cold again (and erasure-coded) until its IOPS fall below
+// lowWatermarkIOPS by the margin. Unknown IOPS never heat a volume up; a
+// pin-tier annotation decides instead of the IOPS (cold: never). The
+// volume must have been left alone for cooldownPeriod, have no conversion
+// or migration in progress, not be excluded, and be unused by pods (the
+// copy needs it free: it waits, saying so).
+func HeatUp(v ECVolume, r HeatRules, now time.Time) HeatVerdict {
+	no := func(code, format string, a ...any) HeatVerdict {
+		return HeatVerdict{Verdict: Verdict{Code: code, Reason: fmt.Sprintf(format, a...)}}
+	}
+	ann := v.PV.Annotations
+	switch {
+	case ann[AnnotationConversion] != "":
+		return no(CodeConverting, "a conversion is in progress on it")
+	case ann[tiering.AnnotationExclude] == "true" || ann[AnnotationExcludeFromConversion] == "true":
+		return no(CodeExcluded, "excluded by annotation on the PV")
+	case v.Claim != nil && (v.Claim.Annotations[tiering.AnnotationExclude] == "true" || v.Claim.Annotations[AnnotationExcludeFromConversion] == "true"):
+		return no(CodeExcluded, "excluded by annotation on the PVC")
+	case ann[migration.AnnotationMigration] != "":
+		return no(CodeMigrating, "a tier migration is in progress")
+	case ann[AnnotationOriginalStorageClass] == "":
+		return no(CodeNoOriginalClass, "PV has no annotation %s: the StorageClass to provision the replicated volume from is unknown", AnnotationOriginalStorageClass)
+	}
+	to, why, pinned := tiering.None, "", false
+	pin := ""
+	if v.Claim != nil {
+		pin = v.Claim.Annotations[tiering.AnnotationPinTier]
+	}
+	if p, ok := ann[tiering.AnnotationPinTier]; ok {
+		pin = p // the PV's pin wins, as in tiering
+	}
+	if pin != "" {
+		t, err := tiering.ParseTier(pin)
+		if err != nil {
+			return no(CodeBadAnnotation, "annotation %s: %v", tiering.AnnotationPinTier, err)
+		}
+		if t == tiering.Cold {
+			return no(CodePinned, "pinned cold by %s", tiering.AnnotationPinTier)
+		}
+		to, why, pinned = t, "pinned "+string(t)+" by "+tiering.AnnotationPinTier, true
+	}
+	if !pinned {
+		w := r.Watermarks
+		switch {
+		case !v.IOPSKnown:
+			return no(CodeIOPSUnknown, "IOPS unknown (%s): an erasure-coded volume converts back only on measured IOPS", firstNonEmpty(v.Unknown, "no measurement"))
+		case v.IOPS >= w.High:
+			to, why = tiering.Hot, fmt.Sprintf("%.0f IOPS ≥ highWatermarkIOPS %.0f", v.IOPS, w.High)
+		case r.WarmTier && v.IOPS >= w.Warm:
+			to, why = tiering.Warm, fmt.Sprintf("%.0f IOPS ≥ warmWatermarkIOPS %.0f", v.IOPS, w.Warm)
+		case r.WarmTier:
+			return no(CodeNotHot, "%.0f IOPS, below warmWatermarkIOPS %.0f", v.IOPS, w.Warm)
+		default:
+			return no(CodeNotHot, "%.0f IOPS, below highWatermarkIOPS %.0f (the policy has no warm tier)", v.IOPS, w.High)
+		}
+	}
+	if (to == tiering.Hot && !r.HotTier) || (to == tiering.Warm && !r.WarmTier) {
+		return no(CodeNoTier, "%s, but the policy has no %s tier (no %sPoolSelector)", why, to, to)
+	}
+	out := func(code string, wait bool, format string, a ...any) HeatVerdict {
+		return HeatVerdict{Verdict: Verdict{Code: code, Wait: wait, Reason: fmt.Sprintf(format, a...)}, To: to}
+	}
+	if v.Claim == nil || v.Claim.Status.Phase != corev1.ClaimBound || v.Claim.Spec.VolumeName != v.PV.Name {
+		return out(CodeNoClaim, false, "%s, but no PVC is bound to it (converting back keeps a PVC's identity)", why)
+	}
+	until, err := tiering.Cooldown(ann, r.Residency)
+	if err != nil {
+		return out(CodeBadAnnotation, false, "%v", err)
+	}
+	if now.Before(until) {
+		return out(CodeResidency, true, "%s: converts back to %s after %s (cooldownPeriod since its conversion or last move)", why, to, until.UTC().Format(time.RFC3339))
+	}
+	if len(v.UsedBy) > 0 {
+		return out(CodeInUse, true, "%s: in use by pod %s; Kubernetes cannot swap a volume under a running pod, so it converts back to %s when no pod uses it", why, strings.Join(v.UsedBy, ", "), to)
+	}
+	return out(CodeConvert, false, "%s: converts back to %s", why, to)
+}
+
+// HeatUpTarget is the name of the PV a heat-up ends on: derived from the
+// conversion's ID ("cv-…-rep"), so it is short, unique per heat-up, and
+// does not grow when a volume goes cold and hot again (the PV that was
+// converted to erasure coding may still be retained under its own name).
+func HeatUpTarget(id string) string { return id + "-rep" }
+
+// HeatUpRecord is the record that starts converting an erasure-coded PV
+// back to a replicated volume of the StorageClass it came from (heat-up,
+// Direction ToReplicated, not an undo). pv must have a CSI source; claim
+// is the PVC bound to it.
+func HeatUpRecord(pv *corev1.PersistentVolume, claim *corev1.PersistentVolumeClaim, policy string, maxConcurrent int32,
+	to tiering.Tier, triggerIOPS float64, retain time.Duration, now time.Time) *Record {
+	size := int64(0)
+	if q, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok {
+		size = q.Value()
+	}
+	rec := &Record{
+		Direction: ToReplicated, Policy: policy, MaxConcurrent: maxConcurrent,
+		Step: StepPreparing, StartedAt: now.UTC().Truncate(time.Second), TriggerIOPS: triggerIOPS,
+		FromTier: TierErasureCoded, ToTier: string(to),
+		Source: pv.Name, SourceHandle: pv.Spec.CSI.VolumeHandle, SizeBytes: size,
+		SourceReclaimPolicy: pv.Spec.PersistentVolumeReclaimPolicy, Claim: ClaimOf(claim),
+		TargetStorageClass: pv.Annotations[AnnotationOriginalStorageClass], Retain: retain.String(),
+	}
+	rec.ID = ConversionID(rec.Source, rec.StartedAt)
+	rec.Target = HeatUpTarget(rec.ID)
+	return rec
+}
