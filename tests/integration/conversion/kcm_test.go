@@ -232,4 +232,3 @@ func (k *kcm) runJob(ctx context.Context, j *batchv1.Job, claims map[types.Names
 		k.t.Logf("Job %s status: %v", j.Name, err)
 	}
 }
-
