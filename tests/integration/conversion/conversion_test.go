@@ -80,7 +80,7 @@ func (b unusedBackend) SetReplicas(context.Context, string, int32, *migration.To
 	return b.fail()
 }
 func (b unusedBackend) ListPools(context.Context) ([]migration.Pool, error) { return nil, b.fail() }
-func (b unusedBackend) Rules() migration.Rules                             { return migration.Rules{} }
+func (b unusedBackend) Rules() migration.Rules                              { return migration.Rules{} }
 func (b unusedBackend) fail() error {
 	b.t.Error("the migration engine asked the Mayastor backend during a conversion test")
 	return errors.New("unused")
