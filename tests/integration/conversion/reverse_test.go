@@ -231,6 +231,10 @@ func TestUndoRefusedWithoutARetainedSource(t *testing.T) {
 	}
 	w.waitStep(rec.Source, conversion.StepRetaining)
 	w.clock.Step(25 * time.Hour)
+	// A retained record is looked at again within the hour (real time):
+	// a restarted operator looks at once.
+	op.kill()
+	op = w.startOperator(nil)
 	w.eventually("the source is deleted after the retention", func() error {
 		var pv corev1.PersistentVolume
 		if err := w.c.Get(ctx, types.NamespacedName{Name: rec.Source}, &pv); !apierrors.IsNotFound(err) {
