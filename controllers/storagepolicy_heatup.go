@@ -150,8 +150,10 @@ func (r *StoragePolicyReconciler) startHeatUps(ctx context.Context, pol *storage
 		if !hv.verdict.Convert() {
 			continue
 		}
-		rec := conversion.HeatUpRecord(hv.pv, hv.claim, pol.Name, *o.spec.MaxConcurrentMigrations, hv.verdict.To, hv.m.IOPS, r.ConversionRetain, o.now)
-		err := r.Converter.Start(ctx, rec, o.cooldown)
+		rec, err := conversion.HeatUpRecord(hv.pv, hv.claim, pol.Name, *o.spec.MaxConcurrentMigrations, hv.verdict.To, hv.m.IOPS, r.ConversionRetain, o.now)
+		if err == nil {
+			err = r.Converter.Start(ctx, rec, o.cooldown)
+		}
 		switch {
 		case err == nil:
 		case errors.Is(err, migration.ErrAtCapacity):

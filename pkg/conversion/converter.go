@@ -226,6 +226,9 @@ func (c *Converter) next(ctx context.Context, rec *Record, step Step, mutate fun
 		if cur.ID != rec.ID || cur.Step != rec.Step {
 			return false, fmt.Errorf("PV %s: conversion record changed under us (%s %s, expected %s %s)", pv.Name, cur.ID, cur.Step, rec.ID, rec.Step)
 		}
+		if step == StepDeletingSource && cur.UndoneBy != "" {
+			return false, fmt.Errorf("PV %s: undo %s copies back onto this source; its retention does not end", pv.Name, cur.UndoneBy)
+		}
 		if mutate != nil {
 			mutate(cur)
 		}
@@ -267,14 +270,17 @@ func (c *Converter) fail(ctx context.Context, rec *Record, why string) (reconcil
 // --- ToErasureCoded steps ---
 
 func (c *Converter) prepare(ctx context.Context, pv *corev1.PersistentVolume, rec *Record) (reconcile.Result, error) {
-	if rec.Direction != ToErasureCoded {
-		return c.fail(ctx, rec, "only conversions to erasure coding are built; this record asks for "+string(rec.Direction))
-	}
 	if pv.Spec.CSI == nil {
 		return c.fail(ctx, rec, "the source PV has no CSI source")
 	}
 	if err := c.setReclaim(ctx, pv.Name, corev1.PersistentVolumeReclaimRetain); err != nil {
 		return reconcile.Result{}, err
+	}
+	switch {
+	case rec.Undo:
+		return c.prepareUndo(ctx, rec)
+	case rec.provisioned():
+		return c.prepareNewVolume(ctx, rec)
 	}
 	want := rec.ECVolume()
 	var ev storagev1.ECVolume
@@ -331,11 +337,42 @@ func (c *Converter) copy(ctx context.Context, pv *corev1.PersistentVolume, rec *
 	fsType := src.FSType
 	aliases := []*corev1.PersistentVolume{
 		rec.AliasPV(rec.SourceAlias(), src, pv.Spec.NodeAffinity, rec.SizeBytes, c.Namespace, rec.SourceClaim()),
-		rec.AliasPV(rec.TargetAlias(), rec.ECSource(fsType), nil, rec.SizeBytes, c.Namespace, rec.TargetClaim()),
 	}
 	claims := []*corev1.PersistentVolumeClaim{
 		rec.TempClaim(c.Namespace, rec.SourceClaim(), rec.SourceAlias(), "", rec.SizeBytes),
-		rec.TempClaim(c.Namespace, rec.TargetClaim(), rec.TargetAlias(), "", rec.SizeBytes),
+	}
+	switch {
+	case rec.Direction == ToErasureCoded:
+		aliases = append(aliases, rec.AliasPV(rec.TargetAlias(), rec.ECSource(fsType), nil, rec.SizeBytes, c.Namespace, rec.TargetClaim()))
+		claims = append(claims, rec.TempClaim(c.Namespace, rec.TargetClaim(), rec.TargetAlias(), "", rec.SizeBytes))
+	case rec.Undo:
+		// The retained source of the conversion being undone.
+		var t corev1.PersistentVolume
+		if err := c.Client.Get(ctx, types.NamespacedName{Name: rec.Target}, &t); err != nil {
+			if apierrors.IsNotFound(err) {
+				return c.fail(ctx, rec, fmt.Sprintf("the retained source PV %s is gone", rec.Target))
+			}
+			return reconcile.Result{}, err
+		}
+		if t.Spec.CSI == nil {
+			return c.fail(ctx, rec, fmt.Sprintf("the retained source PV %s has no CSI source", rec.Target))
+		}
+		aliases = append(aliases, rec.AliasPV(rec.TargetAlias(), t.Spec.CSI, t.Spec.NodeAffinity, rec.SizeBytes, c.Namespace, rec.TargetClaim()))
+		claims = append(claims, rec.TempClaim(c.Namespace, rec.TargetClaim(), rec.TargetAlias(), "", rec.SizeBytes))
+	default:
+		// Heat-up: the target claim is the new volume's, provisioned in
+		// Preparing; it is never recreated here (that would be another,
+		// empty volume).
+		var got corev1.PersistentVolumeClaim
+		if err := c.Client.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: rec.TargetClaim()}, &got); err != nil {
+			if apierrors.IsNotFound(err) {
+				return c.fail(ctx, rec, fmt.Sprintf("the temporary PVC %s/%s of the new volume is gone", c.Namespace, rec.TargetClaim()))
+			}
+			return reconcile.Result{}, err
+		}
+		if got.Status.Phase != corev1.ClaimBound {
+			return c.waitFor(ctx, rec, "the new volume's temporary PVC is not bound")
+		}
 	}
 	for _, o := range aliases {
 		if err := c.Client.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -435,15 +472,29 @@ func (c *Converter) rebind(ctx context.Context, rec *Record) (reconcile.Result, 
 	if err := c.Client.Get(ctx, types.NamespacedName{Name: rec.Source}, &src); err != nil {
 		return reconcile.Result{}, err
 	}
-	final := rec.FinalPV(rec.ECSource(src.Spec.CSI.FSType), nil, rec.Claim.StorageClassName)
-	if err := c.Client.Create(ctx, final); err != nil && !apierrors.IsAlreadyExists(err) {
-		return reconcile.Result{}, fmt.Errorf("create PV %s: %w", final.Name, err)
+	switch {
+	case rec.Direction == ToErasureCoded:
+		final := rec.FinalPV(rec.ECSource(src.Spec.CSI.FSType), nil, rec.Claim.StorageClassName)
+		if err := c.Client.Create(ctx, final); err != nil && !apierrors.IsAlreadyExists(err) {
+			return reconcile.Result{}, fmt.Errorf("create PV %s: %w", final.Name, err)
+		}
+	case rec.provisioned():
+		if res, err := c.newVolumeFinalPV(ctx, rec, &src); err != nil || !res.IsZero() {
+			return res, err
+		}
 	}
 	var pvc corev1.PersistentVolumeClaim
 	err := c.Client.Get(ctx, types.NamespacedName{Namespace: rec.Claim.Namespace, Name: rec.Claim.Name}, &pvc)
 	switch {
 	case apierrors.IsNotFound(err):
-		if err := c.Client.Create(ctx, RecreatedClaim(rec.Claim, rec.Target)); err != nil && !apierrors.IsAlreadyExists(err) {
+		if rec.Undo {
+			// The retained source's claimRef still names the PVC the
+			// conversion deleted: pre-bind it to the claim by name.
+			if err := c.preBind(ctx, rec.Target, rec.Claim); err != nil {
+				return reconcile.Result{}, err
+			}
+		}
+		if err := c.Client.Create(ctx, rec.FinalClaim()); err != nil && !apierrors.IsAlreadyExists(err) {
 			return reconcile.Result{}, fmt.Errorf("recreate PVC %s/%s: %w", rec.Claim.Namespace, rec.Claim.Name, err)
 		}
 		return reconcile.Result{RequeueAfter: c.poll()}, nil
@@ -464,8 +515,8 @@ func (c *Converter) rebind(ctx context.Context, rec *Record) (reconcile.Result, 
 	// The live volume starts its cooldown (heat-up waits for it), then the
 	// result and the next step are one write on the source.
 	if err := c.updatePV(ctx, rec.Target, func(pv *corev1.PersistentVolume) (bool, error) {
-		if pv.Annotations[tiering.AnnotationLastMigration] != "" {
-			return false, nil
+		if last, err := time.Parse(time.RFC3339, pv.Annotations[tiering.AnnotationLastMigration]); err == nil && !last.Before(rec.StartedAt.Truncate(time.Second)) {
+			return false, nil // set by this conversion (before a crash)
 		}
 		pv.Annotations[tiering.AnnotationLastMigration] = now.UTC().Format(time.RFC3339)
 		return true, nil
@@ -474,6 +525,9 @@ func (c *Converter) rebind(ctx context.Context, rec *Record) (reconcile.Result, 
 	}
 	retain, _ := time.ParseDuration(rec.Retain)
 	result := rec.result(now, migration.Succeeded, "")
+	if rec.Undo {
+		return c.finishUndo(ctx, rec, result, now, retain)
+	}
 	if err := c.Engine.RecordResult(ctx, result, func(ann map[string]string) (bool, error) {
 		cur, err := Parse(ann[AnnotationConversion])
 		if err != nil || cur.ID != rec.ID || cur.Step != StepRebinding {
@@ -501,6 +555,11 @@ func (c *Converter) retain(ctx context.Context, rec *Record) (reconcile.Result, 
 	if now.Before(rec.RetainUntil) {
 		return reconcile.Result{RequeueAfter: min(rec.RetainUntil.Sub(now), time.Hour)}, nil
 	}
+	if rec.UndoneBy != "" {
+		// An undo copies the erasure-coded volume back onto this source:
+		// it ends this record (or clears UndoneBy when it rolls back).
+		return reconcile.Result{RequeueAfter: c.poll()}, nil
+	}
 	return c.next(ctx, rec, StepDeletingSource, nil)
 }
 
@@ -512,6 +571,11 @@ func (c *Converter) deleteSource(ctx context.Context, pv *corev1.PersistentVolum
 	}
 	if err := c.setReclaim(ctx, pv.Name, rec.SourceReclaimPolicy); err != nil {
 		return reconcile.Result{}, err
+	}
+	if rec.Direction == ToReplicated && (rec.Undo || rec.SourceReclaimPolicy == corev1.PersistentVolumeReclaimDelete) {
+		if err := c.deleteECVolume(ctx, pv); err != nil {
+			return reconcile.Result{}, err
+		}
 	}
 	if pv.DeletionTimestamp == nil {
 		if err := c.Client.Delete(ctx, pv, ctrl.Preconditions{UID: &pv.UID}); err != nil && !apierrors.IsNotFound(err) {
@@ -565,7 +629,8 @@ func (c *Converter) rollBack(ctx context.Context, rec *Record) (reconcile.Result
 	if err := c.setReclaim(ctx, rec.Source, rec.SourceReclaimPolicy); err != nil {
 		return reconcile.Result{}, err
 	}
-	if rec.Direction == ToErasureCoded {
+	switch {
+	case rec.Direction == ToErasureCoded:
 		var ev storagev1.ECVolume
 		if err := c.Client.Get(ctx, types.NamespacedName{Name: rec.Target}, &ev); err == nil && ev.Labels[LabelConversion] == rec.ID {
 			if err := c.Client.Delete(ctx, &ev, ctrl.Preconditions{UID: &ev.UID}); err != nil && !apierrors.IsNotFound(err) {
@@ -573,6 +638,25 @@ func (c *Converter) rollBack(ctx context.Context, rec *Record) (reconcile.Result
 			}
 		} else if err != nil && !apierrors.IsNotFound(err) {
 			return reconcile.Result{}, err
+		}
+	case rec.Undo:
+		// The retained source stays retained (it may hold part of the
+		// copy back; the erasure-coded volume is the live copy).
+		if err := c.releaseUndone(ctx, rec); err != nil {
+			return reconcile.Result{}, err
+		}
+	default:
+		// The new volume goes: its PV (Retain since Preparing, Released
+		// once its temporary PVC is gone) returns to Delete, so its
+		// provisioner deletes it.
+		np, err := c.newVolumePV(ctx, rec)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if np != nil {
+			if err := c.setReclaim(ctx, np.Name, corev1.PersistentVolumeReclaimDelete); err != nil {
+				return reconcile.Result{}, err
+			}
 		}
 	}
 	now := c.clock().Now()

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/billyronks/couchestor/pkg/csi"
 	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
 )
@@ -154,23 +155,38 @@ func HeatUpTarget(id string) string { return id + "-rep" }
 
 // HeatUpRecord is the record that starts converting an erasure-coded PV
 // back to a replicated volume of the StorageClass it came from (heat-up,
-// Direction ToReplicated, not an undo). pv must have a CSI source; claim
-// is the PVC bound to it.
+// Direction ToReplicated, not an undo): the new volume is provisioned from
+// pv's AnnotationOriginalStorageClass and ends on the PV HeatUpTarget(ID).
+// claim is the PVC bound to pv. The caller passes the record to
+// Converter.Start.
 func HeatUpRecord(pv *corev1.PersistentVolume, claim *corev1.PersistentVolumeClaim, policy string, maxConcurrent int32,
-	to tiering.Tier, triggerIOPS float64, retain time.Duration, now time.Time) *Record {
-	size := int64(0)
-	if q, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok {
-		size = q.Value()
+	to tiering.Tier, triggerIOPS float64, retain time.Duration, now time.Time) (*Record, error) {
+	switch {
+	case pv.Spec.CSI == nil || pv.Spec.CSI.Driver != csi.DriverName:
+		return nil, fmt.Errorf("PV %s: not an erasure-coded volume (CSI driver must be %s)", pv.Name, csi.DriverName)
+	case pv.Annotations[AnnotationOriginalStorageClass] == "":
+		return nil, fmt.Errorf("PV %s: annotation %s is empty: no StorageClass to provision the replicated volume from", pv.Name, AnnotationOriginalStorageClass)
+	case to == "" || string(to) == TierErasureCoded:
+		return nil, fmt.Errorf("heat-up of PV %s: toTier %q must name a replicated tier", pv.Name, to)
+	case retain < 0:
+		return nil, fmt.Errorf("heat-up of PV %s: retain %v must not be negative", pv.Name, retain)
+	}
+	q, ok := pv.Spec.Capacity[corev1.ResourceStorage]
+	if !ok {
+		return nil, fmt.Errorf("PV %s: spec.capacity.storage is missing: the size of the replicated volume is unknown", pv.Name)
 	}
 	rec := &Record{
 		Direction: ToReplicated, Policy: policy, MaxConcurrent: maxConcurrent,
 		Step: StepPreparing, StartedAt: now.UTC().Truncate(time.Second), TriggerIOPS: triggerIOPS,
 		FromTier: TierErasureCoded, ToTier: string(to),
-		Source: pv.Name, SourceHandle: pv.Spec.CSI.VolumeHandle, SizeBytes: size,
+		Source: pv.Name, SourceHandle: pv.Spec.CSI.VolumeHandle, SizeBytes: q.Value(),
 		SourceReclaimPolicy: pv.Spec.PersistentVolumeReclaimPolicy, Claim: ClaimOf(claim),
 		TargetStorageClass: pv.Annotations[AnnotationOriginalStorageClass], Retain: retain.String(),
 	}
 	rec.ID = ConversionID(rec.Source, rec.StartedAt)
 	rec.Target = HeatUpTarget(rec.ID)
-	return rec
+	if _, err := rec.Marshal(); err != nil {
+		return nil, fmt.Errorf("heat-up of PV %s: %w", pv.Name, err)
+	}
+	return rec, nil
 }

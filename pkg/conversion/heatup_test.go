@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/billyronks/couchestor/pkg/migration"
+	"github.com/billyronks/couchestor/pkg/csi"
 	"github.com/billyronks/couchestor/pkg/tiering"
 )
 
@@ -99,10 +100,13 @@ func TestHeatUpRecord(t *testing.T) {
 	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "ec-pvc-1", Annotations: map[string]string{AnnotationOriginalStorageClass: "mayastor-3"}},
 		Spec: corev1.PersistentVolumeSpec{Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimDelete,
-			PersistentVolumeSource:        corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: "ec.csi.billyronks.io", VolumeHandle: "ec-pvc-1"}}}}
+			PersistentVolumeSource:        corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: csi.DriverName, VolumeHandle: "ec-pvc-1"}}}}
 	claim := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "data", UID: "u1", Labels: map[string]string{"app": "db"}},
 		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, StorageClassName: ptr.To("mayastor-3")}}
-	rec := HeatUpRecord(pv, claim, "tiers", 2, tiering.Warm, 2500, 72*time.Hour, now)
+	rec, err := HeatUpRecord(pv, claim, "tiers", 2, tiering.Warm, 2500, 72*time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := Record{Direction: ToReplicated, Policy: "tiers", MaxConcurrent: 2, Step: StepPreparing, StartedAt: now.Truncate(time.Second),
 		TriggerIOPS: 2500, FromTier: TierErasureCoded, ToTier: "warm", Source: "ec-pvc-1", SourceHandle: "ec-pvc-1", SizeBytes: 1 << 30,
 		SourceReclaimPolicy: corev1.PersistentVolumeReclaimDelete, TargetStorageClass: "mayastor-3", Retain: "72h0m0s"}

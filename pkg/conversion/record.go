@@ -31,6 +31,11 @@ const (
 	// replicated volume from it).
 	AnnotationConvertedFrom        = "storage.billyronks.io/converted-from"
 	AnnotationOriginalStorageClass = "storage.billyronks.io/original-storage-class"
+	// AnnotationUndoConversion ("true") on a PVC asks to undo its
+	// conversion to erasure coding while the source is retained: the
+	// ECVolume's current bytes are copied back onto the retained source PV
+	// and the PVC is rebound to it (Converter, UndoReconciler).
+	AnnotationUndoConversion = "storage.billyronks.io/undo-conversion"
 	// LabelConversion marks every object a conversion creates (temporary
 	// PVCs, block aliases, the copy Job) with the conversion's ID.
 	LabelConversion = "storage.billyronks.io/conversion"
@@ -165,6 +170,10 @@ type Record struct {
 	RebindAt    time.Time `json:"rebindAt,omitzero"`
 	RetainUntil time.Time `json:"retainUntil,omitzero"`
 	Failure     string    `json:"failure,omitempty"`
+	// UndoneBy, on a retained conversion to erasure coding, is the ID of
+	// the undo that copies the ECVolume back onto this source: while it is
+	// set the retention never ends (the source is the undo's target).
+	UndoneBy string `json:"undoneBy,omitempty"`
 }
 
 // ConversionID names a conversion's temporary objects: short (it is in Job
@@ -217,6 +226,12 @@ func (r *Record) validate() error {
 		return errors.New("ecPolicy is empty for a conversion to erasure coding")
 	case r.Direction == ToReplicated && !r.Undo && r.TargetStorageClass == "":
 		return errors.New("targetStorageClass is empty for a heat-up")
+	case r.Direction == ToErasureCoded && r.Undo:
+		return errors.New("undo is set on a conversion to erasure coding (only a conversion back to replicated undoes)")
+	case r.Direction == ToReplicated && r.UndoneBy != "":
+		return fmt.Errorf("undoneBy %q is set on a conversion back to replicated (only a retained conversion to erasure coding is undone)", r.UndoneBy)
+	case r.Target == r.Source:
+		return fmt.Errorf("target %q is the source", r.Target)
 	case r.MaxConcurrent < 1:
 		return fmt.Errorf("maxConcurrent %d: must be > 0", r.MaxConcurrent)
 	case r.StartedAt.IsZero():

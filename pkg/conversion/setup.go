@@ -30,6 +30,27 @@ func (c *Converter) SetupWithManager(mgr ctrl.Manager, skipNameValidation bool) 
 		c.Reader = mgr.GetAPIReader()
 	}
 	hasRecord := func(o client.Object) bool { return o != nil && o.GetAnnotations()[AnnotationConversion] != "" }
+	asksUndo := func(o client.Object) bool {
+		if o == nil {
+			return false
+		}
+		_, ok := o.GetAnnotations()[AnnotationUndoConversion]
+		return ok
+	}
+	// Undos: PVCs that ask for one (the Converter then runs it as a PV
+	// with a record).
+	if err := ctrl.NewControllerManagedBy(mgr).
+		Named("conversion-undo").
+		For(&corev1.PersistentVolumeClaim{}, builder.WithPredicates(predicate.Funcs{
+			CreateFunc:  func(e event.CreateEvent) bool { return asksUndo(e.Object) },
+			UpdateFunc:  func(e event.UpdateEvent) bool { return asksUndo(e.ObjectNew) },
+			DeleteFunc:  func(event.DeleteEvent) bool { return false },
+			GenericFunc: func(e event.GenericEvent) bool { return asksUndo(e.Object) },
+		})).
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(skipNameValidation), MaxConcurrentReconciles: 1}).
+		Complete(UndoReconciler{Converter: c}); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("conversion").
 		For(&corev1.PersistentVolume{}, builder.WithPredicates(predicate.Funcs{

@@ -78,6 +78,7 @@ func (k *kcm) pass(ctx context.Context) {
 		}
 		return false
 	}
+	k.provision(ctx, pvcs.Items, pvs.Items)
 	// Binder.
 	for i := range pvs.Items {
 		pv := &pvs.Items[i]
@@ -230,5 +231,67 @@ func (k *kcm) runJob(ctx context.Context, j *batchv1.Job, claims map[types.Names
 	}
 	if err := k.c.Status().Update(ctx, j); err != nil {
 		k.t.Logf("Job %s status: %v", j.Name, err)
+	}
+}
+
+// provisionedClass is the StorageClass the stand-in provisions
+// dynamically (heat-up's new replicated volumes), as Mayastor's CSI
+// controller with external-provisioner would.
+const (
+	provisionedClass = "mayastor"
+	annProvisioned   = "test.billyronks.io/provisioned"
+)
+
+// provision plays the dynamic provisioner of provisionedClass: a PVC of
+// the class with no volume gets a new PV (handle "new-<uid>", a blank file
+// of the requested size, reclaim Delete) bound to it; a Released PV it
+// made whose reclaim policy is Delete is deleted with its file.
+func (k *kcm) provision(ctx context.Context, pvcs []corev1.PersistentVolumeClaim, pvs []corev1.PersistentVolume) {
+	for i := range pvcs {
+		pvc := &pvcs[i]
+		if pvc.Spec.VolumeName != "" || pvc.DeletionTimestamp != nil || pvc.Spec.StorageClassName == nil || *pvc.Spec.StorageClassName != provisionedClass {
+			continue
+		}
+		handle := "new-" + string(pvc.UID)
+		size := pvc.Spec.Resources.Requests.Storage().Value()
+		f := filepath.Join(k.dir, handle+".img")
+		if _, err := os.Stat(f); err != nil {
+			if err := os.WriteFile(f, make([]byte, size), 0o600); err != nil {
+				k.t.Logf("provision %s: %v", f, err)
+				continue
+			}
+		}
+		mode := corev1.PersistentVolumeFilesystem
+		if pvc.Spec.VolumeMode != nil {
+			mode = *pvc.Spec.VolumeMode
+		}
+		pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-" + string(pvc.UID),
+			Annotations: map[string]string{"pv.kubernetes.io/provisioned-by": "io.openebs.csi-mayastor", annProvisioned: "true"}},
+			Spec: corev1.PersistentVolumeSpec{
+				Capacity:                      corev1.ResourceList{corev1.ResourceStorage: *pvc.Spec.Resources.Requests.Storage()},
+				AccessModes:                   pvc.Spec.AccessModes,
+				StorageClassName:              provisionedClass,
+				PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimDelete,
+				VolumeMode:                    &mode,
+				PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: "io.openebs.csi-mayastor", VolumeHandle: handle,
+					VolumeAttributes: map[string]string{"protocol": "nvmf"}}},
+				ClaimRef: &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: pvc.Namespace, Name: pvc.Name, UID: pvc.UID},
+			}}
+		if err := k.c.Create(ctx, pv); err != nil && !apierrors.IsAlreadyExists(err) {
+			k.t.Logf("provision PV for PVC %s/%s: %v", pvc.Namespace, pvc.Name, err)
+			continue
+		}
+		pvc.Spec.VolumeName = pv.Name
+		_ = k.c.Update(ctx, pvc)
+	}
+	for i := range pvs {
+		pv := &pvs[i]
+		if pv.Annotations[annProvisioned] != "true" || pv.DeletionTimestamp != nil || pv.Status.Phase != corev1.VolumeReleased ||
+			pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+			continue
+		}
+		if err := k.c.Delete(ctx, pv); err == nil && pv.Spec.CSI != nil {
+			_ = os.Remove(filepath.Join(k.dir, pv.Spec.CSI.VolumeHandle+".img"))
+		}
 	}
 }
