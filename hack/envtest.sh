@@ -29,6 +29,16 @@ if complete "$DEST"; then
 fi
 mkdir -p "$DEST"
 
+# One builder at a time (two test runs started together on a cold machine
+# would otherwise write the same .tmp files); the second waits, then finds
+# the binaries complete.
+exec 9>"$CACHE/envtest/.lock"
+flock 9
+if complete "$DEST"; then
+  echo "$DEST"
+  exit 0
+fi
+
 # setup-envtest first: it is what users elsewhere expect and it is fast there.
 if [ -z "${COUCHESTOR_SKIP_SETUP_ENVTEST:-}" ]; then
   log "trying setup-envtest for Kubernetes ${K8S_VERSION} (needs its download site)"
