@@ -195,7 +195,7 @@ func (r *ECStripeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		r.Neighbours = x
 	}
-	r.Pools.setOnChange(func(pool string) { r.enqueuePool(context.Background(), pool) })
+	r.Pools.addOnChange(func(pool string) { r.enqueuePool(context.Background(), pool) })
 	if err := mgr.Add(r.Pools); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/billyronks/couchestor/pkg/ecstate"
+	"github.com/billyronks/couchestor/pkg/placement"
 	"github.com/billyronks/couchestor/pkg/rebuild"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/scrub"
@@ -42,6 +43,9 @@ type ErasureCodingOptions struct {
 	// client exists, so a rotation needs no operator restart.
 	ShardCredentialsReload  time.Duration
 	DisableShardServerProbe bool
+	// PlacementGroups is the number of placement groups a policy gets when
+	// it has none yet.
+	PlacementGroups int
 }
 
 // BindFlags registers the flags on fs.
@@ -57,6 +61,7 @@ func (o *ErasureCodingOptions) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.RegistryNamespace, "shard-registry-namespace", registry.DefaultNamespace, "Namespace of the shard-server Leases.")
 	fs.StringVar(&o.ShardSecret, "shard-client-secret", registry.DefaultNamespace+"/"+registry.DefaultShardSecret, "namespace/name of the Secret with the shard servers' ca.crt and token (read when first needed).")
 	fs.IntVar(&o.StripeReconcileWorkers, "ec-stripe-workers", 2, "Concurrent ECStripe reconciles.")
+	fs.IntVar(&o.PlacementGroups, "ec-placement-groups", 128, "Placement groups (ECPlacementGroup objects) an ErasureCodingPolicy gets when it has none yet; fixed for the policy afterwards (a stripe's group is a hash onto this count).")
 	fs.DurationVar(&o.ShardClientTimeout, "shard-client-timeout", 30*time.Second, "Timeout of one shard-server request attempt.")
 	fs.DurationVar(&o.ShardCredentialsReload, "shard-credentials-reload-interval", 30*time.Second, "How often the shard-client Secret is re-read (in the background, when the client is next used) so that a rotated CA bundle or token is picked up without a restart.")
 	fs.BoolVar(&o.DisableShardServerProbe, "ec-disable-shard-probe", false, "Judge pools by DiskPool state and registry Lease only, without probing shard servers.")
@@ -189,6 +194,16 @@ func SetupErasureCoding(mgr ctrl.Manager, o ErasureCodingOptions, mayastorNamesp
 	}
 	if err := stripes.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up ECStripe controller: %w", err)
+	}
+	if o.PlacementGroups < 1 || o.PlacementGroups > placement.MaxGroups {
+		return fmt.Errorf("--ec-placement-groups=%d: must be within [1, %d]", o.PlacementGroups, placement.MaxGroups)
+	}
+	if err := (&PlacementGroupReconciler{
+		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("couchestor-placement"),
+		MayastorNamespace: mayastorNamespace, Servers: lookup, Pools: monitor,
+		GroupCount: int32(o.PlacementGroups), Resync: o.PolicyValidationPeriod,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up ECPlacementGroup controller: %w", err)
 	}
 	verifier.Limiter = scrubLimiter
 	return mgr.Add(&scrub.Scrubber{

@@ -38,7 +38,7 @@ type PoolMonitor struct {
 	Interval time.Duration
 
 	mu       sync.Mutex
-	onChange func(pool string)
+	onChange []func(pool string)
 }
 
 // observe evaluates one pool now and records the result.
@@ -144,9 +144,9 @@ func (m *PoolMonitor) Sweep(ctx context.Context) {
 		if changed {
 			log.FromContext(ctx).Info("pool verdict changed", "pool", p, "verdict", v.State, "reason", v.Reason)
 			m.mu.Lock()
-			f := m.onChange
+			fs := m.onChange
 			m.mu.Unlock()
-			if f != nil {
+			for _, f := range fs {
 				f(p)
 			}
 		}
@@ -177,8 +177,10 @@ func (m *PoolMonitor) Start(ctx context.Context) error {
 // NeedLeaderElection: only the leader acts on verdicts.
 func (m *PoolMonitor) NeedLeaderElection() bool { return true }
 
-func (m *PoolMonitor) setOnChange(f func(pool string)) {
+// addOnChange subscribes f to verdict changes (the ECStripe and the
+// placement-group controllers).
+func (m *PoolMonitor) addOnChange(f func(pool string)) {
 	m.mu.Lock()
-	m.onChange = f
+	m.onChange = append(m.onChange[:len(m.onChange):len(m.onChange)], f)
 	m.mu.Unlock()
 }

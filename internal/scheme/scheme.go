@@ -12,6 +12,7 @@ import (
 	mayastorv1beta2 "github.com/billyronks/couchestor/apis/mayastor/v1beta2"
 	mayastorv1beta3 "github.com/billyronks/couchestor/apis/mayastor/v1beta3"
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	storagev1alpha1 "github.com/billyronks/couchestor/apis/storage/v1alpha1"
 )
 
 // New returns a scheme with every kind CoucheStor reads or writes.
@@ -19,6 +20,7 @@ func New() *runtime.Scheme {
 	s := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(s))
 	utilruntime.Must(storagev1.AddToScheme(s))
+	utilruntime.Must(storagev1alpha1.AddToScheme(s))
 	utilruntime.Must(dataplanev1alpha1.AddToScheme(s))
 	utilruntime.Must(mayastorv1beta2.AddToScheme(s))
 	utilruntime.Must(mayastorv1beta3.AddToScheme(s))

@@ -36,12 +36,17 @@ var managedResources = map[string][]v1alpha1.APIResourceReference{
 	},
 	"ErasureCodingPolicy": {
 		{Kind: "ECStripe", Name: "ecstripes", Version: "v1"},
+		{Kind: "ECPlacementGroup", Name: "ecplacementgroups", Version: "v1alpha1"},
 	},
 	"ECVolume": {
 		{Kind: "ECStripe", Name: "ecstripes", Version: "v1"},
 	},
 	"ECStripe": {
 		{Kind: "DiskPool", Name: "diskpools", Version: "v1beta2"},
+	},
+	"ECPlacementGroup": {
+		{Kind: "DiskPool", Name: "diskpools", Version: "v1beta2"},
+		{Kind: "Lease", Name: "leases", Version: "v1"},
 	},
 	"DataPlane": {
 		{Kind: "StatefulSet", Name: "statefulsets", Version: "v1"},

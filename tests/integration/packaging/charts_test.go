@@ -105,7 +105,7 @@ func renderMatrix(t *testing.T) []renderCase {
 	return []renderCase{
 		{name: "install/defaults", chart: installChart, values: map[string]any{}, check: func(t *testing.T, objs []*unstructured.Unstructured) {
 			k := kinds(objs)
-			if k["CustomResourceDefinition"] != 5 || k["Deployment"] != 1 || k["PodDisruptionBudget"] != 1 || k["NetworkPolicy"] != 1 ||
+			if k["CustomResourceDefinition"] != 6 || k["Deployment"] != 1 || k["PodDisruptionBudget"] != 1 || k["NetworkPolicy"] != 1 ||
 				k["MutatingWebhookConfiguration"] != 1 || k["ValidatingWebhookConfiguration"] != 1 || k["ServiceMonitor"] != 0 || k["Certificate"] != 0 {
 				t.Errorf("kinds %v", k)
 			}

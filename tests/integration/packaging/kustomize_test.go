@@ -36,7 +36,7 @@ func TestKustomizeBuildsAreAcceptedByTheAPIServer(t *testing.T) {
 	def := decodeObjects(t, builds["default"])
 	k := kinds(def)
 	for kind, want := range map[string]int{
-		"CustomResourceDefinition": 5, "Deployment": 1, "PodDisruptionBudget": 1, "NetworkPolicy": 1,
+		"CustomResourceDefinition": 6, "Deployment": 1, "PodDisruptionBudget": 1, "NetworkPolicy": 1,
 		"MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1, "Certificate": 1, "Issuer": 1,
 		"Namespace": 1, "ServiceAccount": 1,
 	} {

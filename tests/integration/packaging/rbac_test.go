@@ -111,7 +111,7 @@ var csiAllowList = map[string]map[string]struct {
 	},
 }
 
-var ownResources = regexp.MustCompile(`^(dataplanes|ecvolumes|ecstripes|erasurecodingpolicies|storagepolicies)(/status|/finalizers)?$`).MatchString
+var ownResources = regexp.MustCompile(`^(dataplanes|ecvolumes|ecstripes|ecplacementgroups|erasurecodingpolicies|storagepolicies)(/status|/finalizers)?$`).MatchString
 
 // rbacViolations judges every ClusterRole rule and every Role in objs:
 // wildcards anywhere, and cluster-wide grants outside the allow-list.
