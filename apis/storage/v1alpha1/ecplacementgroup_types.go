@@ -38,7 +38,7 @@ type PlacementMember struct {
 	// Node is the node of the member's shard server.
 	// +kubebuilder:validation:MaxLength=253
 	// +optional
-	Node string `json:"node,omitempty"`
+	Node  string      `json:"node,omitempty"`
 	State MemberState `json:"state"`
 	// Reason says why the member is not Up.
 	// +kubebuilder:validation:MaxLength=1024
