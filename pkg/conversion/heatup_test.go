@@ -11,8 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/csi"
+	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
 )
 
