@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -308,7 +309,7 @@ func TestPagesListAGroupInScanOrderWithinTheirBounds(t *testing.T) {
 				t.Fatal("paging does not end")
 			}
 		}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
+		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("limit %d budget %d: pages gave %d entries, Scan %d (or another order)", b.limit, b.budget, len(got), len(want))
 		}
 		// Every call examined at most budget entries of the 300.
