@@ -74,7 +74,9 @@ type span struct{ offset, length int64 }
 // after a crash every logged extent holds what was acknowledged, and an
 // unlogged range is free (its write was never acknowledged). Ranges are never
 // handed out twice: the in-memory map is the only allocator and it is rebuilt
-// from the log before serving.
+// from the log before serving. Beside the log, the stripe index (index.go)
+// records every slot's newest shard; it is committed before a write or free
+// is acknowledged and rebuilt from the headers when it disagrees with them.
 type Store struct {
 	dir      string
 	capacity int64
