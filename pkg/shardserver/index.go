@@ -99,12 +99,14 @@ func indexRecord(h *ShardHeader, off int64) (shardindex.Record, error) {
 	}, nil
 }
 
-// newestLocked is the newest durable extent with a header of slot k, or nil.
-// Caller holds mu.
-func (s *Store) newestLocked(k Key) *extent {
+// newestLocked is the newest durable extent with a header of h's slot and
+// index key (the store's slots are keyed by volume name, the index's by UID:
+// two volumes of one name are two index keys), or nil. Caller holds mu.
+func (s *Store) newestLocked(h *ShardHeader) *extent {
 	var best *extent
-	for _, e := range s.slots[k] {
-		if e.pending || e.header == nil {
+	vol := indexVolume(h)
+	for _, e := range s.slots[h.Key()] {
+		if e.pending || e.header == nil || indexVolume(e.header) != vol {
 			continue
 		}
 		if best == nil || e.header.Generation > best.header.Generation {
@@ -114,28 +116,37 @@ func (s *Store) newestLocked(k Key) *extent {
 	return best
 }
 
-// expectedIndex is what the index must hold: the newest generation of every
-// slot with a readable header. Called while opening (no concurrency).
-func (s *Store) expectedIndex() (map[shardindex.Key]shardindex.Entry, error) {
-	want := make(map[shardindex.Key]shardindex.Entry, len(s.slots))
-	for k := range s.slots {
-		e := s.newestLocked(k)
-		if e == nil {
+// expectedIndex is what the index must hold: for every index key, the
+// newest generation with a readable header. Called while opening (no
+// concurrency).
+func (s *Store) expectedIndex() (map[indexSlot]shardindex.Record, error) {
+	want := make(map[indexSlot]shardindex.Record, len(s.extents))
+	for _, e := range s.extents {
+		if e.header == nil || e.pending {
 			continue
 		}
 		r, err := indexRecord(e.header, e.offset)
 		if err != nil {
 			return nil, err
 		}
-		if _, dup := want[r.Key]; dup {
-			// Two volumes of one name, both without a UID: impossible to
-			// index apart (the store's slots are keyed by name, too).
-			return nil, fmt.Errorf("stripe index: %s is held twice", r.Key)
+		k := slotOf(r.Key)
+		if held, ok := want[k]; ok && held.Generation >= r.Generation {
+			continue
 		}
-		want[r.Key] = r.Entry
+		want[k] = r
 	}
 	return want, nil
 }
+
+// indexSlot is what the index keys an entry by (the group is in the value:
+// a newer generation may record another one).
+type indexSlot struct {
+	volume string
+	stripe uint64
+	shard  uint8
+}
+
+func slotOf(k shardindex.Key) indexSlot { return indexSlot{k.Volume, k.Stripe, k.Shard} }
 
 // openIndex opens the index and makes it agree with the shard headers,
 // rebuilding it from them when it does not.
@@ -189,7 +200,7 @@ func (s *Store) openIndex() error {
 // compareIndex says how x differs from want ("" when it does not). A file
 // damaged in ways bbolt does not check can panic a read: that is a
 // difference too.
-func compareIndex(x *shardindex.Index, want map[shardindex.Key]shardindex.Entry) (reason string) {
+func compareIndex(x *shardindex.Index, want map[indexSlot]shardindex.Record) (reason string) {
 	defer func() {
 		if p := recover(); p != nil {
 			reason = fmt.Sprintf("reading it failed: %v", p)
@@ -198,12 +209,12 @@ func compareIndex(x *shardindex.Index, want map[shardindex.Key]shardindex.Entry)
 	seen := 0
 	errDiffer := errors.New("differs")
 	err := x.ForEach(func(r shardindex.Record) error {
-		e, ok := want[r.Key]
+		w, ok := want[slotOf(r.Key)]
 		switch {
 		case !ok:
 			reason = fmt.Sprintf("it holds %s, which no shard header names", r.Key)
-		case e != r.Entry:
-			reason = fmt.Sprintf("its entry of %s is %+v, the shard header says %+v", r.Key, r.Entry, e)
+		case w != r:
+			reason = fmt.Sprintf("its entry of %s is %+v, the shard header says %s %+v", r.Key, r.Entry, w.Key, w.Entry)
 		default:
 			seen++
 			return nil
@@ -224,8 +235,8 @@ func compareIndex(x *shardindex.Index, want map[shardindex.Key]shardindex.Entry)
 		return fmt.Sprintf("its counts do not decode: %v", err)
 	}
 	wantCounts := map[uint32]uint64{}
-	for k := range want {
-		wantCounts[k.Group]++
+	for _, r := range want {
+		wantCounts[r.Group]++
 	}
 	for g, n := range wantCounts {
 		if counts[g] != n {
@@ -239,10 +250,10 @@ func compareIndex(x *shardindex.Index, want map[shardindex.Key]shardindex.Entry)
 }
 
 // fillIndex puts want into an empty index, in key order, 10,000 a commit.
-func fillIndex(x *shardindex.Index, want map[shardindex.Key]shardindex.Entry) error {
+func fillIndex(x *shardindex.Index, want map[indexSlot]shardindex.Record) error {
 	recs := make([]shardindex.Record, 0, len(want))
-	for k, e := range want {
-		recs = append(recs, shardindex.Record{Key: k, Entry: e})
+	for _, r := range want {
+		recs = append(recs, r)
 	}
 	sort.Slice(recs, func(i, j int) bool {
 		a, b := recs[i].Key, recs[j].Key

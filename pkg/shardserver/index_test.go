@@ -114,24 +114,37 @@ func TestIndexFollowsWritesAndFreesAndRebuildsEqual(t *testing.T) {
 	if e, ok, _ := s.index.Get(shardindex.Key{Group: GroupOfHeader(h3), Volume: testUID, Stripe: 2, Shard: 0}); !ok || e.Generation != 1 || e.Offset != uint64(live[4].loc.Offset) {
 		t.Fatalf("after the abandoned generation 5 was freed the index holds %+v %v, want generation 1 at %d", e, ok, live[4].loc.Offset)
 	}
+	// A later volume of the same name (another UID) writes a slot the
+	// first one still holds: two index entries.
+	h4 := uidHeader(6, 0, 3, p)
+	h4.VolumeUID = "0a1b2c3d-other-volume-of-the-same-name"
+	if _, err := s.Write(h4, p); err != nil {
+		t.Fatal(err)
+	}
+	// A newer generation under another group count moves the entry's group.
+	h5 := uidHeader(7, 0, 2, p)
+	h5.PlacementGroups = 1024
+	if _, err := s.Write(h5, p); err != nil {
+		t.Fatal(err)
+	}
 	// Free a whole stripe of an old writer.
 	if err := s.Free(live[10].loc.Offset, Expect{"old", 10, 0, 1}); err != nil {
 		t.Fatal(err)
 	}
 	want := dumpIndex(t, s)
-	if len(want) != 39 {
-		t.Fatalf("index holds %d entries, want 39 (40 written, one freed; an overwrite and an abandoned version add none)", len(want))
+	if len(want) != 40 {
+		t.Fatalf("index holds %d entries, want 40 (40 written, one freed, one of another UID; overwrites and an abandoned version add none)", len(want))
 	}
 	var total uint64
 	counts, _ := s.index.Counts()
 	for g, n := range counts {
-		if g != UnknownGroup && g >= 16 {
+		if g != UnknownGroup && g >= 16 && g != GroupOfHeader(h5) {
 			t.Fatalf("entries in group %d of 16", g)
 		}
 		total += n
 	}
-	if total != 39 || counts[UnknownGroup] != 7 {
-		t.Fatalf("counts %v: total %d want 39, unknown group %d want 7", counts, total, counts[UnknownGroup])
+	if total != 40 || counts[UnknownGroup] != 7 || counts[GroupOfHeader(h5)] == 0 {
+		t.Fatalf("counts %v: total %d want 40, unknown group %d want 7, group %d of stripe 7 empty", counts, total, counts[UnknownGroup], GroupOfHeader(h5))
 	}
 	s.Close()
 

@@ -729,7 +729,7 @@ func (s *Store) unindex(h *ShardHeader, off int64) error {
 		return s.indexFailed(fmt.Errorf("delete the entry of shard %s/%d/%d generation %d: %w", h.Volume, h.StripeID, h.ShardIndex, h.Generation, err))
 	}
 	s.mu.Lock()
-	prev := s.newestLocked(h.Key())
+	prev := s.newestLocked(h)
 	var back shardindex.Record
 	if prev != nil && prev.header.Generation < h.Generation {
 		back, err = indexRecord(prev.header, prev.offset)
