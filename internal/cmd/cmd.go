@@ -120,6 +120,9 @@ func ShardServer(ctx context.Context, args []string) error {
 		return err
 	}
 	defer store.Close()
+	if why := store.IndexRebuilt(); why != "" {
+		fmt.Fprintf(os.Stderr, "shard-server: %s\n", why)
+	}
 	srv, err := shardserver.NewServer(store, toks[0])
 	if err != nil {
 		return err

@@ -27,8 +27,8 @@ func BenchmarkIngest(b *testing.B) {
 	const vol = "8d7e3f0a-2f6b-4c1e-9a57-3b1f0c2d4e5f"
 	entry := func(s uint64, shard int) Record {
 		return Record{
-			Key:   Key{Group: placement.GroupOf(vol, s, groups), Volume: vol, Stripe: s},
-			Entry: Entry{Shard: uint8(shard), Generation: 1, Offset: s * 266240, Length: 266240, Checksum: s*0x9e3779b97f4a7c15 ^ uint64(shard), Epoch: 1},
+			Key:   Key{Group: placement.GroupOf(vol, s, groups), Volume: vol, Stripe: s, Shard: uint8(shard)},
+			Entry: Entry{Generation: 1, Offset: s * 266240, Length: 266240, Checksum: s*0x9e3779b97f4a7c15 ^ uint64(shard), Epoch: 1},
 		}
 	}
 	b.Run("bbolt", func(b *testing.B) {
@@ -116,6 +116,7 @@ func BenchmarkIngest(b *testing.B) {
 					buf = binary.BigEndian.AppendUint32(buf, r.Group)
 					buf = append(buf, r.Volume...)
 					buf = binary.BigEndian.AppendUint64(buf, r.Stripe)
+					buf = append(buf, r.Shard)
 					buf = append(buf, encode(r.Group, r.Entry)...)
 					if (s+1)%batch == 0 || s == stripes-1 {
 						if _, err := f.Write(buf); err != nil {

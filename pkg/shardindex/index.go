@@ -11,19 +11,22 @@
 // every Put is one transaction, durable (fsync) when Put returns, and
 // concurrent Puts share a commit (bbolt's Batch). An entry's key is the
 // volume's number on this server (4 bytes; the volumes bucket maps UIDs to
-// numbers) and the stripe id (8 bytes, big-endian), so a writer's stripes land
-// in order on a few pages and a commit rewrites only those; the value holds
-// the group and a compact varint encoding of the rest, about 50 bytes per
-// entry on disk. Keying by group first was measured and rejected: a batch of
-// stripes spreads over every group, and each commit rewrote a page per group
-// (3× the bytes per stripe, a third of the rate). Per-group entry counts are
-// kept in the same transactions, so counts are exact and O(1); a group's
-// entries are listed by one ordered scan (Scan), which a rebuild or a scrub
-// does once per pass.
+// numbers), the stripe id (8 bytes, big-endian) and the shard index (1 byte),
+// so a writer's stripes land in order on a few pages and a commit rewrites
+// only those; the value holds the group and a compact varint encoding of the
+// rest, about 50 bytes per entry on disk. One entry per shard slot: the
+// newest generation this server holds (generations only move forward).
+// Keying by group first was measured and rejected: a batch of stripes
+// spreads over every group, and each commit rewrote a page per group (3× the
+// bytes per stripe, a third of the rate). Per-group entry counts are kept in
+// the same transactions, so counts are exact and O(1); a group's entries are
+// listed by one ordered scan (Scan), or a page at a time with a bound on the
+// entries examined (Page), which a rebuild or a scrub does once per pass.
 //
-// Status: built and measured (BenchmarkIngest), not yet on the shard
-// server's write path; the shard store's allocation log and the ECStripe
-// objects are still the record today.
+// Status: on the shard server's write path (pkg/shardserver commits a
+// shard's entry after its bytes and allocation are durable and before the
+// write is acknowledged, and rebuilds the file from the shard headers when
+// it is missing or disagrees with them).
 //
 // What it owns: the index file's format and its rules (a stale generation is
 // refused, a damaged entry is an error naming its key, never a zero). What it
@@ -40,12 +43,14 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// MaxVolumeUIDLen bounds a volume key (a Kubernetes UID is 36 bytes).
-const MaxVolumeUIDLen = 128
+// MaxVolumeUIDLen bounds a volume key: a Kubernetes UID is 36 bytes, and a
+// shard server keys shards written without a UID by "name:" and the volume's
+// name (at most 253 bytes).
+const MaxVolumeUIDLen = 320
 
 var (
 	bucketVolumes = []byte("volumes") // volume UID → number (4 B)
-	bucketEntries = []byte("entries") // number (4 B) + stripe (8 B) → entry
+	bucketEntries = []byte("entries") // number (4 B) + stripe (8 B) + shard (1 B) → entry
 	bucketCounts  = []byte("counts")  // group (4 B) → entry count (8 B)
 )
 
@@ -56,20 +61,20 @@ var ErrStaleGeneration = errors.New("stale generation")
 // ErrDamaged: an entry or count in the file does not decode.
 var ErrDamaged = errors.New("damaged index entry")
 
-// Key names one stripe of one volume in one placement group.
+// Key names the shard of one stripe of one volume in one placement group.
 type Key struct {
 	Group  uint32
 	Volume string // the ECVolume's UID
 	Stripe uint64
+	Shard  uint8
 }
 
 func (k Key) String() string {
-	return fmt.Sprintf("group %d volume %s stripe %d", k.Group, k.Volume, k.Stripe)
+	return fmt.Sprintf("group %d volume %s stripe %d shard %d", k.Group, k.Volume, k.Stripe, k.Shard)
 }
 
-// Entry is what this server holds of a stripe.
+// Entry is what this server holds of a stripe's shard.
 type Entry struct {
-	Shard      uint8
 	Generation uint64
 	Offset     uint64
 	Length     uint64
@@ -147,11 +152,13 @@ func checkKey(k Key) error {
 	return nil
 }
 
-// encode: shard (1 B), then group, generation, offset, length, epoch as
-// uvarints, then the checksum (8 B, fixed: it is uniformly distributed).
+// entryKeyLen: volume number (4 B), stripe (8 B), shard (1 B).
+const entryKeyLen = 13
+
+// encode: group, generation, offset, length, epoch as uvarints, then the
+// checksum (8 B, fixed: it is uniformly distributed).
 func encode(g uint32, e Entry) []byte {
-	b := make([]byte, 0, 1+5*binary.MaxVarintLen64+8)
-	b = append(b, e.Shard)
+	b := make([]byte, 0, 5*binary.MaxVarintLen64+8)
 	b = binary.AppendUvarint(b, uint64(g))
 	b = binary.AppendUvarint(b, e.Generation)
 	b = binary.AppendUvarint(b, e.Offset)
@@ -160,15 +167,24 @@ func encode(g uint32, e Entry) []byte {
 	return binary.BigEndian.AppendUint64(b, e.Checksum)
 }
 
+// valueGroup is the group of an encoded entry (its first uvarint).
+func valueGroup(v []byte) (uint32, bool) {
+	g, n := binary.Uvarint(v)
+	if n <= 0 || g > 1<<32-1 {
+		return 0, false
+	}
+	return uint32(g), true
+}
+
 func decode(k Key, b []byte) (Entry, error) {
 	bad := func(what string) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: %s: %s (%d bytes)", ErrDamaged, k, what, len(b))
 	}
-	if len(b) < 1+5+8 {
+	if len(b) < 5+8 {
 		return bad("shorter than the smallest entry")
 	}
-	e := Entry{Shard: b[0]}
-	p := b[1:]
+	var e Entry
+	p := b
 	var g uint64
 	for _, f := range []*uint64{&g, &e.Generation, &e.Offset, &e.Length, &e.Epoch} {
 		v, n := binary.Uvarint(p)
@@ -210,8 +226,9 @@ func volumeNumber(tx *bolt.Tx, uid string, create bool) ([]byte, error) {
 	return n, vb.Put([]byte(uid), n)
 }
 
-func entryKey(vol []byte, stripe uint64) []byte {
-	return binary.BigEndian.AppendUint64(append(make([]byte, 0, 12), vol...), stripe)
+func entryKey(vol []byte, stripe uint64, shard uint8) []byte {
+	b := binary.BigEndian.AppendUint64(append(make([]byte, 0, entryKeyLen), vol...), stripe)
+	return append(b, shard)
 }
 
 // Put records recs in one durable transaction (concurrent Puts share it).
@@ -233,17 +250,25 @@ func (x *Index) Put(recs []Record) error {
 			if err != nil {
 				return err
 			}
-			ek := entryKey(vol, r.Stripe)
+			ek := entryKey(vol, r.Stripe, r.Shard)
 			if old := entries.Get(ek); old != nil {
-				held, err := decode(r.Key, old)
+				og, ok := valueGroup(old)
+				if !ok {
+					return fmt.Errorf("%w: %s: the group does not decode", ErrDamaged, r.Key)
+				}
+				held, err := decode(Key{og, r.Volume, r.Stripe, r.Shard}, old)
 				if err != nil {
 					return err
 				}
 				switch {
-				case held == r.Entry:
+				case og == r.Group && held == r.Entry:
 					continue
 				case r.Generation <= held.Generation:
 					return fmt.Errorf("%w: %s: generation %d refused, generation %d is held", ErrStaleGeneration, r.Key, r.Generation, held.Generation)
+				}
+				if og != r.Group { // a newer generation moved groups
+					added[og]--
+					added[r.Group]++
 				}
 			} else {
 				added[r.Group]++
@@ -279,7 +304,7 @@ func addCounts(counts *bolt.Bucket, delta map[uint32]int64) error {
 	return nil
 }
 
-// Get returns the entry of k, if held.
+// Get returns the entry of k, if held (in k's group).
 func (x *Index) Get(k Key) (e Entry, ok bool, err error) {
 	if err := checkKey(k); err != nil {
 		return Entry{}, false, err
@@ -289,7 +314,7 @@ func (x *Index) Get(k Key) (e Entry, ok bool, err error) {
 		if vol == nil || err != nil {
 			return err
 		}
-		v := tx.Bucket(bucketEntries).Get(entryKey(vol, k.Stripe))
+		v := tx.Bucket(bucketEntries).Get(entryKey(vol, k.Stripe, k.Shard))
 		if v == nil {
 			return nil
 		}
@@ -300,36 +325,46 @@ func (x *Index) Get(k Key) (e Entry, ok bool, err error) {
 	return e, ok, err
 }
 
-// Delete removes the entries of keys (absent ones are fine), durably.
-func (x *Index) Delete(keys []Key) error {
-	for _, k := range keys {
-		if err := checkKey(k); err != nil {
+// Delete removes, durably and in one transaction, the entry of every record
+// whose entry the index holds exactly (same group, generation, offset, …).
+// A record whose key holds another entry (a newer generation, say) or none
+// is skipped: freeing an old copy never drops the record of a newer one.
+func (x *Index) Delete(recs []Record) error {
+	for _, r := range recs {
+		if err := checkKey(r.Key); err != nil {
 			return err
 		}
 	}
 	return x.db.Batch(func(tx *bolt.Tx) error {
 		entries, counts := tx.Bucket(bucketEntries), tx.Bucket(bucketCounts)
 		removed := map[uint32]int64{}
-		for _, k := range keys {
-			vol, err := volumeNumber(tx, k.Volume, false)
+		for _, r := range recs {
+			vol, err := volumeNumber(tx, r.Volume, false)
 			if err != nil {
 				return err
 			}
 			if vol == nil {
 				continue
 			}
-			ek := entryKey(vol, k.Stripe)
+			ek := entryKey(vol, r.Stripe, r.Shard)
 			old := entries.Get(ek)
 			if old == nil {
 				continue
 			}
-			if _, err := decode(k, old); err != nil {
-				return err // another group's entry, or damaged: the count would lie
+			if og, ok := valueGroup(old); !ok || og != r.Group {
+				continue // another group's entry (a newer generation moved it)
+			}
+			held, err := decode(r.Key, old)
+			if err != nil {
+				return err // damaged: the count would lie
+			}
+			if held != r.Entry {
+				continue
 			}
 			if err := entries.Delete(ek); err != nil {
 				return err
 			}
-			removed[k.Group]--
+			removed[r.Group]--
 		}
 		return addCounts(counts, removed)
 	})
@@ -352,47 +387,144 @@ func (x *Index) Count(g uint32) (uint64, error) {
 	return n, err
 }
 
-// Scan calls fn for every entry of group g, by volume number then stripe id,
-// in one read transaction (a consistent snapshot; writers are not blocked).
-// It reads every entry of the server once (a rebuild or scrub pass lists all
-// the groups it needs in one Scan each). An entry that does not decode stops
-// the scan with ErrDamaged naming it.
-func (x *Index) Scan(g uint32, fn func(Record) error) error {
-	return x.db.View(func(tx *bolt.Tx) error {
-		uids := map[uint32]string{}
-		if err := tx.Bucket(bucketVolumes).ForEach(func(uid, n []byte) error {
-			if len(n) != 4 {
-				return fmt.Errorf("%w: volume %s has a number of %d bytes", ErrDamaged, uid, len(n))
+// Counts returns every group's count (groups without entries are absent).
+func (x *Index) Counts() (map[uint32]uint64, error) {
+	out := map[uint32]uint64{}
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketCounts).ForEach(func(k, v []byte) error {
+			if len(k) != 4 || len(v) != 8 {
+				return fmt.Errorf("%w: a count of %d bytes under a key of %d bytes", ErrDamaged, len(v), len(k))
 			}
-			uids[binary.BigEndian.Uint32(n)] = string(uid)
+			if n := binary.BigEndian.Uint64(v); n > 0 {
+				out[binary.BigEndian.Uint32(k)] = n
+			}
 			return nil
-		}); err != nil {
+		})
+	})
+	return out, err
+}
+
+func volumeUIDs(tx *bolt.Tx) (map[uint32]string, error) {
+	uids := map[uint32]string{}
+	err := tx.Bucket(bucketVolumes).ForEach(func(uid, n []byte) error {
+		if len(n) != 4 {
+			return fmt.Errorf("%w: volume %s has a number of %d bytes", ErrDamaged, uid, len(n))
+		}
+		uids[binary.BigEndian.Uint32(n)] = string(uid)
+		return nil
+	})
+	return uids, err
+}
+
+// visit decodes the entry under ek if it belongs to group g (all groups when
+// all); ok is false for another group's entry.
+func visit(uids map[uint32]string, ek, v []byte, g uint32, all bool) (r Record, ok bool, err error) {
+	if len(ek) != entryKeyLen {
+		return Record{}, false, fmt.Errorf("%w: an entry key of %d bytes", ErrDamaged, len(ek))
+	}
+	uid, known := uids[binary.BigEndian.Uint32(ek)]
+	if !known {
+		return Record{}, false, fmt.Errorf("%w: an entry of volume number %d, which has no UID", ErrDamaged, binary.BigEndian.Uint32(ek))
+	}
+	stripe, shard := binary.BigEndian.Uint64(ek[4:]), ek[12]
+	eg, gok := valueGroup(v)
+	if !gok {
+		return Record{}, false, fmt.Errorf("%w: volume %s stripe %d shard %d: the group does not decode", ErrDamaged, uid, stripe, shard)
+	}
+	if !all && eg != g {
+		return Record{}, false, nil
+	}
+	k := Key{Group: eg, Volume: uid, Stripe: stripe, Shard: shard}
+	e, err := decode(k, v)
+	if err != nil {
+		return Record{}, false, err
+	}
+	return Record{Key: k, Entry: e}, true, nil
+}
+
+// Scan calls fn for every entry of group g, by volume number, stripe id and
+// shard, in one read transaction (a consistent snapshot; writers are not
+// blocked). It reads every entry of the server once (a rebuild or scrub pass
+// lists all the groups it needs in one Scan each). An entry that does not
+// decode stops the scan with ErrDamaged naming it.
+func (x *Index) Scan(g uint32, fn func(Record) error) error {
+	return x.scan(g, false, fn)
+}
+
+// ForEach calls fn for every entry of every group, in key order, in one read
+// transaction.
+func (x *Index) ForEach(fn func(Record) error) error {
+	return x.scan(0, true, fn)
+}
+
+func (x *Index) scan(g uint32, all bool, fn func(Record) error) error {
+	return x.db.View(func(tx *bolt.Tx) error {
+		uids, err := volumeUIDs(tx)
+		if err != nil {
 			return err
 		}
 		return tx.Bucket(bucketEntries).ForEach(func(ek, v []byte) error {
-			if len(ek) != 12 {
-				return fmt.Errorf("%w: an entry key of %d bytes", ErrDamaged, len(ek))
+			r, ok, err := visit(uids, ek, v, g, all)
+			if err != nil || !ok {
+				return err
 			}
-			uid, ok := uids[binary.BigEndian.Uint32(ek)]
-			if !ok {
-				return fmt.Errorf("%w: an entry of volume number %d, which has no UID", ErrDamaged, binary.BigEndian.Uint32(ek))
+			return fn(r)
+		})
+	})
+}
+
+// Cursor is where a Page stopped: the key of the last entry it examined
+// (opaque to callers; nil starts at the beginning).
+type Cursor []byte
+
+// CursorLen is the length of a cursor that Page returns.
+const CursorLen = entryKeyLen
+
+// Page returns up to limit entries of group g after cursor, in Scan's
+// order, examining at most budget entries of the server (every group's
+// entries are interleaved in the file, so a page of a sparse group would
+// otherwise read the whole file). next is nil when the scan reached the end,
+// else where to continue; a page may hold fewer than limit entries (even
+// none) and still have a next.
+func (x *Index) Page(g uint32, after Cursor, limit, budget int) (recs []Record, next Cursor, err error) {
+	if limit < 1 || budget < limit {
+		return nil, nil, fmt.Errorf("stripe index: page limit %d and budget %d: want 1 <= limit <= budget", limit, budget)
+	}
+	if after != nil && len(after) != entryKeyLen {
+		return nil, nil, fmt.Errorf("stripe index: a cursor of %d bytes, want %d", len(after), entryKeyLen)
+	}
+	err = x.db.View(func(tx *bolt.Tx) error {
+		uids, err := volumeUIDs(tx)
+		if err != nil {
+			return err
+		}
+		c := tx.Bucket(bucketEntries).Cursor()
+		var ek, v []byte
+		if after == nil {
+			ek, v = c.First()
+		} else {
+			ek, v = c.Seek(after)
+			if ek != nil && string(ek) == string(after) {
+				ek, v = c.Next()
 			}
-			// The group is the value's first varint after the shard byte.
-			if len(v) < 2 {
-				return fmt.Errorf("%w: volume %s stripe %d: an entry of %d bytes", ErrDamaged, uid, binary.BigEndian.Uint64(ek[4:]), len(v))
+		}
+		var last []byte
+		for examined := 0; ek != nil; ek, v = c.Next() {
+			if examined == budget || len(recs) == limit {
+				next = Cursor(append([]byte(nil), last...)) // entries remain past last
+				return nil
 			}
-			if eg, n := binary.Uvarint(v[1:]); n <= 0 || eg != uint64(g) {
-				if n <= 0 {
-					return fmt.Errorf("%w: volume %s stripe %d: the group does not decode", ErrDamaged, uid, binary.BigEndian.Uint64(ek[4:]))
-				}
-				return nil // another group's
-			}
-			k := Key{Group: g, Volume: uid, Stripe: binary.BigEndian.Uint64(ek[4:])}
-			e, err := decode(k, v)
+			examined++
+			last = append(last[:0], ek...)
+			r, ok, err := visit(uids, ek, v, g, false)
 			if err != nil {
 				return err
 			}
-			return fn(Record{Key: k, Entry: e})
-		})
+			if ok {
+				recs = append(recs, r)
+			}
+		}
+		return nil
 	})
+	return recs, next, err
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,7 +29,7 @@ func open(t *testing.T, path string) *Index {
 }
 
 func rec(g uint32, stripe, gen uint64) Record {
-	return Record{Key{g, uid, stripe}, Entry{Shard: uint8(stripe % 6), Generation: gen, Offset: stripe << 20, Length: 262144 + 4096, Checksum: stripe*0x9e3779b97f4a7c15 + gen, Epoch: 3}}
+	return Record{Key{g, uid, stripe, uint8(stripe % 6)}, Entry{Generation: gen, Offset: stripe << 20, Length: 262144 + 4096, Checksum: stripe*0x9e3779b97f4a7c15 + gen, Epoch: 3}}
 }
 
 func TestPutGetScanCountSurviveReopen(t *testing.T) {
@@ -73,7 +74,7 @@ func TestPutGetScanCountSurviveReopen(t *testing.T) {
 			t.Fatalf("Scan(%d) saw %d entries, Count says 100", g, seen)
 		}
 	}
-	if _, ok, err := x.Get(Key{0, uid, 100000}); ok || err != nil {
+	if _, ok, err := x.Get(Key{0, uid, 100000, 0}); ok || err != nil {
 		t.Fatalf("Get of an absent stripe: ok %v err %v", ok, err)
 	}
 }
@@ -93,7 +94,7 @@ func TestGenerationsOnlyMoveForward(t *testing.T) {
 	sameGenOtherBytes.Offset++
 	for name, r := range map[string]Record{"older generation": older, "same generation, other entry": sameGenOtherBytes} {
 		err := x.Put([]Record{rec(7, 2, 1), r})
-		if !errors.Is(err, ErrStaleGeneration) || !strings.Contains(err.Error(), "group 7 volume "+uid+" stripe 1") {
+		if !errors.Is(err, ErrStaleGeneration) || !strings.Contains(err.Error(), "group 7 volume "+uid+" stripe 1 shard 1") {
 			t.Fatalf("%s: err %v, want ErrStaleGeneration naming the key", name, err)
 		}
 		// The whole Put failed: stripe 2 was not recorded either.
@@ -111,7 +112,15 @@ func TestGenerationsOnlyMoveForward(t *testing.T) {
 	if n, _ := x.Count(7); n != 1 {
 		t.Fatalf("Count after an overwrite = %d, want 1", n)
 	}
-	if err := x.Delete([]Key{rec(7, 1, 0).Key, rec(7, 99, 0).Key}); err != nil {
+	// Deleting an older generation's entry (its copy was freed after the
+	// newer one was recorded) leaves the newer one alone.
+	if err := x.Delete([]Record{rec(7, 1, 5)}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := x.Count(7); n != 1 {
+		t.Fatalf("Count after deleting a superseded generation = %d, want 1", n)
+	}
+	if err := x.Delete([]Record{rec(7, 1, 6), rec(7, 99, 1)}); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := x.Count(7); n != 0 {
@@ -133,7 +142,7 @@ func TestDamagedEntryIsAnErrorNamingItsKey(t *testing.T) {
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		vol := tx.Bucket(bucketVolumes).Get([]byte(uid))
-		return tx.Bucket(bucketEntries).Put(entryKey(vol, 9), []byte{1, 2, 3})
+		return tx.Bucket(bucketEntries).Put(entryKey(vol, 9, 9%6), []byte{2, 3}) // group 2, then too short
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -258,5 +267,67 @@ func child() {
 		}
 		fmt.Fprintf(w, "acked %d\n", s)
 		w.Flush()
+	}
+}
+
+func TestPagesListAGroupInScanOrderWithinTheirBounds(t *testing.T) {
+	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	defer x.Close()
+	var recs []Record
+	for s := uint64(0); s < 300; s++ {
+		recs = append(recs, rec(uint32(s%3), s, 1))
+	}
+	if err := x.Put(recs); err != nil {
+		t.Fatal(err)
+	}
+	var want []Record
+	if err := x.Scan(1, func(r Record) error { want = append(want, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []struct{ limit, budget int }{{7, 7}, {7, 20}, {1000, 1000}, {1, 2}} {
+		var got []Record
+		var cur Cursor
+		pages := 0
+		for {
+			page, next, err := x.Page(1, cur, b.limit, b.budget)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) > b.limit {
+				t.Fatalf("limit %d: a page of %d entries", b.limit, len(page))
+			}
+			got = append(got, page...)
+			pages++
+			if next == nil {
+				break
+			}
+			if len(next) != CursorLen {
+				t.Fatalf("a cursor of %d bytes", len(next))
+			}
+			cur = next
+			if pages > 1000 {
+				t.Fatal("paging does not end")
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("limit %d budget %d: pages gave %d entries, Scan %d (or another order)", b.limit, b.budget, len(got), len(want))
+		}
+		// Every call examined at most budget entries of the 300.
+		if minPages := 300 / b.budget; pages < minPages {
+			t.Fatalf("limit %d budget %d: %d pages over 300 entries, the budget allows no fewer than %d", b.limit, b.budget, pages, minPages)
+		}
+	}
+	for _, c := range []struct {
+		limit, budget int
+		cur           Cursor
+		want          string
+	}{
+		{0, 10, nil, "page limit 0 and budget 10"},
+		{10, 5, nil, "page limit 10 and budget 5"},
+		{1, 1, Cursor{1, 2}, "a cursor of 2 bytes, want 13"},
+	} {
+		if _, _, err := x.Page(1, c.cur, c.limit, c.budget); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Page(limit %d, budget %d, cursor %v) = %v, want an error containing %q", c.limit, c.budget, c.cur, err, c.want)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -263,6 +264,9 @@ func mapStatus(herr *httpError, body []byte) error {
 	case http.StatusInsufficientStorage:
 		return fmt.Errorf("%w (%v)", ErrNoSpace, herr)
 	case http.StatusBadRequest:
+		if strings.HasPrefix(herr.body, ErrBadIndexRequest.Error()) {
+			return fmt.Errorf("%w (%v)", ErrBadIndexRequest, herr)
+		}
 		return fmt.Errorf("%w (%v)", ErrBadShard, herr)
 	case http.StatusUnauthorized:
 		return fmt.Errorf("%w (%v)", ErrUnauthorized, herr)
@@ -360,4 +364,41 @@ func (c *Client) Space(ctx context.Context, addr string) (Space, error) {
 		return Space{}, fmt.Errorf("space of %s: decode: %w", addr, err)
 	}
 	return sp, nil
+}
+
+// CountGroup returns the number of stripe index entries (shards) of
+// placement group g on addr.
+func (c *Client) CountGroup(ctx context.Context, addr string, g uint32) (uint64, error) {
+	_, data, err := c.do(ctx, http.MethodGet, addr, "/v1/groups/"+strconv.FormatUint(uint64(g), 10)+"/count", nil, nil, nil)
+	if err != nil {
+		return 0, fmt.Errorf("count group %d on %s: %w", g, addr, err)
+	}
+	var gc GroupCount
+	if err := json.Unmarshal(data, &gc); err != nil {
+		return 0, fmt.Errorf("count group %d on %s: decode: %w", g, addr, err)
+	}
+	return gc.Entries, nil
+}
+
+// ListGroup returns one page of the stripe index entries of placement group
+// g on addr, after cursor ("" for the first page), at most limit (0: the
+// server's maximum, MaxGroupPageEntries). Continue with the page's Next
+// until it is empty.
+func (c *Client) ListGroup(ctx context.Context, addr string, g uint32, cursor string, limit int) (GroupPage, error) {
+	q := url.Values{}
+	if cursor != "" {
+		q.Set("after", cursor)
+	}
+	if limit != 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	_, data, err := c.do(ctx, http.MethodGet, addr, "/v1/groups/"+strconv.FormatUint(uint64(g), 10)+"/entries", q, nil, nil)
+	if err != nil {
+		return GroupPage{}, fmt.Errorf("list group %d on %s: %w", g, addr, err)
+	}
+	var p GroupPage
+	if err := json.Unmarshal(data, &p); err != nil {
+		return GroupPage{}, fmt.Errorf("list group %d on %s: decode: %w", g, addr, err)
+	}
+	return p, nil
 }

@@ -7,6 +7,9 @@ import (
 	"fmt"
 
 	"github.com/zeebo/xxh3"
+
+	"github.com/billyronks/couchestor/pkg/placement"
+	"github.com/billyronks/couchestor/pkg/shardindex"
 )
 
 // On-disk record of one shard inside the pool's store file:
@@ -64,6 +67,13 @@ type ShardHeader struct {
 	// (its volume Lease's, pkg/fence); 0 for writers that are not fenced.
 	// The server refuses a write below the highest epoch it saw (fence.go).
 	WriterEpoch uint64 `json:"writerEpoch,omitempty"`
+	// PlacementGroups is the group count of the volume's policy
+	// (pkg/placement), optional: with it and VolumeUID the server records
+	// the shard under placement.GroupOf(VolumeUID, StripeID,
+	// PlacementGroups) in its stripe index, and a rebuild of the index from
+	// the headers computes the same group. Without either (writers that
+	// predate placement groups) the shard is recorded under UnknownGroup.
+	PlacementGroups uint32 `json:"placementGroups,omitempty"`
 }
 
 // Validate checks the header fields a server relies on.
@@ -81,6 +91,10 @@ func (h *ShardHeader) Validate() error {
 		return fmt.Errorf("shard header: sizeBytes %d must be > 0", h.SizeBytes)
 	case h.Checksum == "":
 		return errors.New("shard header: checksum must not be empty")
+	case h.PlacementGroups > placement.MaxGroups:
+		return fmt.Errorf("shard header: placementGroups %d must be within [0, %d] (0: not sent)", h.PlacementGroups, placement.MaxGroups)
+	case len(indexVolume(h)) > shardindex.MaxVolumeUIDLen:
+		return fmt.Errorf("shard header: volumeUid %q (or, without one, volume %q) is too long for the stripe index: at most %d bytes", h.VolumeUID, h.Volume, shardindex.MaxVolumeUIDLen-len(nameKeyPrefix))
 	}
 	return nil
 }

@@ -13,11 +13,14 @@
 //	DELETE /v1/extents/{offset}       frees an extent without a valid header
 //	GET    /v1/shards?volume=         → []StoredShard
 //	GET    /v1/space                  → Space
+//	GET    /v1/groups/{group}/count   → GroupCount (stripe index, index.go)
+//	GET    /v1/groups/{group}/entries?limit=&after=   → GroupPage, at most MaxGroupPageEntries
 //	GET    /healthz                   → 200 when the store answers
 //	…      /v1/journals/{volume}/…    journal replicas (journal_server.go)
 //
 // Status codes: 404 ErrNotFound, 409 ErrStaleGeneration (body: StaleError
-// JSON), 507 ErrNoSpace, 400 ErrBadShard, 401 bad token.
+// JSON), 507 ErrNoSpace, 400 ErrBadShard and ErrBadIndexRequest, 401 bad
+// token, 503 ErrNoIndex and a store that stopped acknowledging.
 package shardserver
 
 import (
@@ -28,6 +31,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +72,8 @@ func NewServer(store *Store, token string) (*Server, error) {
 	s.mux.HandleFunc("DELETE /v1/extents/{offset}", s.auth(s.deleteExtent))
 	s.mux.HandleFunc("GET /v1/shards", s.auth(s.listShards))
 	s.mux.HandleFunc("GET /v1/space", s.auth(s.space))
+	s.mux.HandleFunc("GET /v1/groups/{group}/count", s.auth(s.groupCount))
+	s.mux.HandleFunc("GET /v1/groups/{group}/entries", s.auth(s.groupEntries))
 	s.registerJournalRoutes()
 	// /healthz is unauthenticated and cheap: it takes no store lock and
 	// walks nothing, it only reports a store that stopped acknowledging.
@@ -133,8 +140,10 @@ func writeErr(w http.ResponseWriter, err error) {
 		http.Error(w, err.Error(), http.StatusNotFound)
 	case errors.Is(err, ErrNoSpace):
 		http.Error(w, err.Error(), http.StatusInsufficientStorage)
-	case errors.Is(err, ErrBadShard):
+	case errors.Is(err, ErrBadShard), errors.Is(err, ErrBadIndexRequest):
 		http.Error(w, err.Error(), http.StatusBadRequest)
+	case errors.Is(err, ErrNoIndex):
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 	case errors.Is(err, errTooLarge):
 		http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
 	default:
@@ -285,4 +294,89 @@ func decodeHeaderParam(v string) (*ShardHeader, error) {
 		return nil, fmt.Errorf("%w: %s is not a shard header: %v", ErrBadShard, HeaderShard, err)
 	}
 	return h, nil
+}
+
+// maxIndexQueryBytes bounds a stripe index request's query string.
+const maxIndexQueryBytes = 256
+
+func parseGroup(r *http.Request) (uint32, error) {
+	v := r.PathValue("group")
+	g, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || len(v) > 10 {
+		return 0, fmt.Errorf("%w: group %q must be a placement group number within [0, %d] (%d: unknown group)", ErrBadIndexRequest, truncateParam(v), UnknownGroup, UnknownGroup)
+	}
+	return uint32(g), nil
+}
+
+func truncateParam(v string) string {
+	if len(v) > 64 {
+		return v[:64] + "…"
+	}
+	return v
+}
+
+// indexQuery parses the query of a stripe index request: at most
+// maxIndexQueryBytes, only the allowed parameters, each at most once.
+func indexQuery(r *http.Request, allowed ...string) (map[string]string, error) {
+	if n := len(r.URL.RawQuery); n > maxIndexQueryBytes {
+		return nil, fmt.Errorf("%w: a query of %d bytes, at most %d allowed", ErrBadIndexRequest, n, maxIndexQueryBytes)
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("%w: query %q does not parse: %v", ErrBadIndexRequest, r.URL.RawQuery, err)
+	}
+	out := map[string]string{}
+	for k, vs := range q {
+		if !slices.Contains(allowed, k) {
+			return nil, fmt.Errorf("%w: query parameter %q is not one of %s", ErrBadIndexRequest, truncateParam(k), strings.Join(allowed, ", "))
+		}
+		if len(vs) != 1 {
+			return nil, fmt.Errorf("%w: query parameter %s given %d times, at most once allowed", ErrBadIndexRequest, k, len(vs))
+		}
+		out[k] = vs[0]
+	}
+	return out, nil
+}
+
+func (s *Server) groupCount(w http.ResponseWriter, r *http.Request) {
+	g, err := parseGroup(r)
+	if err == nil {
+		_, err = indexQuery(r)
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	n, err := s.store.CountGroup(g)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, GroupCount{Group: g, Entries: n})
+}
+
+func (s *Server) groupEntries(w http.ResponseWriter, r *http.Request) {
+	g, err := parseGroup(r)
+	var q map[string]string
+	if err == nil {
+		q, err = indexQuery(r, "limit", "after")
+	}
+	limit := MaxGroupPageEntries
+	if v, ok := q["limit"]; ok && err == nil {
+		n, perr := strconv.Atoi(v)
+		if perr != nil || n < 1 || n > MaxGroupPageEntries {
+			err = fmt.Errorf("%w: limit=%q must be an integer within [1, %d]", ErrBadIndexRequest, truncateParam(v), MaxGroupPageEntries)
+		}
+		limit = n
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	p, err := s.store.ListGroup(g, q["after"], limit)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, p)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/billyronks/couchestor/pkg/dirlock"
 	"github.com/billyronks/couchestor/pkg/erasure"
+	"github.com/billyronks/couchestor/pkg/shardindex"
 )
 
 // Files of a pool's data directory.
@@ -73,7 +74,9 @@ type span struct{ offset, length int64 }
 // after a crash every logged extent holds what was acknowledged, and an
 // unlogged range is free (its write was never acknowledged). Ranges are never
 // handed out twice: the in-memory map is the only allocator and it is rebuilt
-// from the log before serving.
+// from the log before serving. Beside the log, the stripe index (index.go)
+// records every slot's newest shard; it is committed before a write or free
+// is acknowledged and rebuilt from the headers when it disagrees with them.
 type Store struct {
 	dir      string
 	capacity int64
@@ -101,6 +104,18 @@ type Store struct {
 	broken atomic.Pointer[error]
 	now    func() time.Time
 	fences *fences // writer epochs per volume (fence.go)
+
+	// index is the pool's stripe index (index.go); nil WithoutIndex.
+	index        *shardindex.Index
+	indexRebuilt string
+}
+
+// StoreOptions are OpenStoreWith's options.
+type StoreOptions struct {
+	// WithoutIndex keeps no stripe index: the write path as it was before
+	// the index, for benchmarks that measure the index's cost. Servers
+	// always keep one.
+	WithoutIndex bool
 }
 
 // Err reports why the store stopped acknowledging writes, or nil. It takes
@@ -143,9 +158,15 @@ type Space struct {
 }
 
 // OpenStore opens (or creates) the store in dir with room for capacity bytes
-// (headers included), replays and compacts the allocation log and indexes the
-// shard headers.
+// (headers included), replays and compacts the allocation log, reads the
+// shard headers and opens the stripe index (rebuilding it from the headers
+// when it is missing or disagrees with them: IndexRebuilt says why).
 func OpenStore(dir string, capacity int64) (*Store, error) {
+	return OpenStoreWith(dir, capacity, StoreOptions{})
+}
+
+// OpenStoreWith is OpenStore with options.
+func OpenStoreWith(dir string, capacity int64, opt StoreOptions) (*Store, error) {
 	if capacity <= 0 {
 		return nil, fmt.Errorf("open shard store %s: capacity %d must be > 0", dir, capacity)
 	}
@@ -177,12 +198,22 @@ func OpenStore(dir string, capacity int64) (*Store, error) {
 		return nil, err
 	}
 	s.rebuildFree()
+	if !opt.WithoutIndex {
+		if err := s.openIndex(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
 // Close closes the store's files.
 func (s *Store) Close() error {
-	return errors.Join(s.data.Close(), s.log.Close(), s.lock.Close())
+	var ierr error
+	if s.index != nil {
+		ierr = s.index.Close()
+	}
+	return errors.Join(s.data.Close(), s.log.Close(), ierr, s.lock.Close())
 }
 
 // log record: op(1) offset(8) length(8) unixNano(8) crc32c(4) = 29 bytes.
@@ -461,6 +492,10 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 		return Location{}, fmt.Errorf("%w: %v", ErrBadShard, err)
 	}
 	length := int64(len(hdr)) + h.SizeBytes
+	rec, err := indexRecord(h, 0)
+	if err != nil {
+		return Location{}, err
+	}
 
 	s.mu.Lock()
 	for _, e := range s.slots[h.Key()] {
@@ -481,6 +516,7 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 		s.mu.Unlock()
 		return Location{}, err
 	}
+	rec.Offset = uint64(off)
 	e := &extent{offset: off, length: length, allocated: s.now(), header: h, hdrLen: int64(len(hdr)), pending: true}
 	s.extents[off] = e
 	s.slots[h.Key()] = append(s.slots[h.Key()], e)
@@ -513,10 +549,40 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 		// (it is an orphan at worst) rather than risk handing it out twice.
 		return Location{}, err
 	}
+	if s.index != nil {
+		if err := s.index.Put([]shardindex.Record{rec}); err != nil {
+			return Location{}, s.unindexed(e, h, err)
+		}
+	}
 	s.mu.Lock()
 	e.pending = false
 	s.mu.Unlock()
 	return Location{Offset: off, SizeBytes: h.SizeBytes, Checksum: h.Checksum}, nil
+}
+
+// unindexed undoes a write whose index entry was not committed: its extent
+// is freed durably before the error is returned, so the shard never becomes
+// live. A newer generation in the index (a concurrent write of the slot
+// committed first) is a StaleError; any other failure stops the store.
+func (s *Store) unindexed(e *extent, h *ShardHeader, ierr error) error {
+	s.mu.Lock()
+	ferr := s.freeLocked(e)
+	var out error
+	if errors.Is(ierr, shardindex.ErrStaleGeneration) {
+		held := int64(-1)
+		if r, err := indexRecord(h, e.offset); err == nil {
+			if got, ok, err := s.index.Get(r.Key); err == nil && ok {
+				held = int64(got.Generation)
+			}
+		}
+		out = &StaleError{Key: h.Key(), Requested: h.Generation, HeldGeneration: held}
+	} else {
+		out = s.indexFailed(fmt.Errorf("commit the entry of shard %s/%d/%d generation %d: %w", h.Volume, h.StripeID, h.ShardIndex, h.Generation, ierr))
+	}
+	if ferr != nil {
+		return errors.Join(out, fmt.Errorf("free its extent at %d: %w", e.offset, ferr))
+	}
+	return out
 }
 
 // dropLocked removes e from the indexes (not from the free list). Caller holds mu.
@@ -640,7 +706,45 @@ func (s *Store) Free(off int64, x Expect) error {
 		s.mu.Unlock()
 		return err
 	}
-	return s.freeLocked(e)
+	h := e.header
+	if err := s.freeLocked(e); err != nil {
+		return err
+	}
+	if s.index == nil {
+		return nil
+	}
+	return s.unindex(h, off)
+}
+
+// unindex removes the entry of the freed shard h (at off) from the index,
+// if it is the one held, and records instead the newest generation of the
+// slot the store still holds, if older (a newer version was abandoned and
+// freed, the older one is live again).
+func (s *Store) unindex(h *ShardHeader, off int64) error {
+	rec, err := indexRecord(h, off)
+	if err != nil {
+		return s.indexFailed(err)
+	}
+	if err := s.index.Delete([]shardindex.Record{rec}); err != nil {
+		return s.indexFailed(fmt.Errorf("delete the entry of shard %s/%d/%d generation %d: %w", h.Volume, h.StripeID, h.ShardIndex, h.Generation, err))
+	}
+	s.mu.Lock()
+	prev := s.newestLocked(h)
+	var back shardindex.Record
+	if prev != nil && prev.header.Generation < h.Generation {
+		back, err = indexRecord(prev.header, prev.offset)
+	}
+	s.mu.Unlock()
+	if prev == nil || prev.header.Generation >= h.Generation {
+		return nil
+	}
+	if err == nil {
+		err = s.index.Put([]shardindex.Record{back})
+	}
+	if err != nil && !errors.Is(err, shardindex.ErrStaleGeneration) { // stale: a newer write came first
+		return s.indexFailed(fmt.Errorf("record generation %d of shard %s/%d/%d again: %w", prev.header.Generation, h.Volume, h.StripeID, h.ShardIndex, err))
+	}
+	return nil
 }
 
 // FreeUnreadable releases an allocated extent that carries no valid header.
