@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -13,10 +14,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
@@ -119,8 +123,15 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// Status counts the volume's stripes and follows its policy, so a change
 	// of a volume's stripe counts (told by the index once counted, per
 	// volume and window, not per stripe) and policy changes wake the volume.
+	// A volume's own status writes do not wake it (volumeUpdateMatters):
+	// during a destage each write would otherwise wake it at once, find the
+	// counts changed again and write again, one write per round trip.
 	if err := ctrl.NewControllerManagedBy(mgr).
-		For(&storagev1.ECVolume{}).
+		For(&storagev1.ECVolume{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*storagev1.ECVolume)
+			n, ok2 := e.ObjectNew.(*storagev1.ECVolume)
+			return !ok1 || !ok2 || volumeUpdateMatters(o, n)
+		}})).
 		WatchesRawSource(r.counts.source()).
 		Watches(&storagev1.ErasureCodingPolicy{}, handler.EnqueueRequestsFromMapFunc(r.volumesOfPolicy)).
 		Named("ecvolume").
@@ -213,6 +224,25 @@ func (r *ECVolumeReconciler) now() time.Time {
 	return time.Now()
 }
 
+// conflictRetry is how soon a status write that lost a conflict is retried.
+func (r *ECVolumeReconciler) conflictRetry() time.Duration {
+	if r.StripeEventWindow > 0 {
+		return r.StripeEventWindow
+	}
+	return time.Second
+}
+
+// volumeUpdateMatters reports whether an update of an ECVolume can change
+// what its reconcile does: its spec (generation), its deletion, its
+// finalizers or annotations (the journal pools the finalizer frees). A
+// status-only update, the controller's own write or a resync, does not.
+func volumeUpdateMatters(old, new *storagev1.ECVolume) bool {
+	return old.Generation != new.Generation ||
+		old.DeletionTimestamp.IsZero() != new.DeletionTimestamp.IsZero() ||
+		!slices.Equal(old.Finalizers, new.Finalizers) ||
+		!maps.Equal(old.Annotations, new.Annotations)
+}
+
 // markGC records that the volume's orphans are being collected now.
 func (r *ECVolumeReconciler) markGC(volume string) {
 	r.mu.Lock()
@@ -265,6 +295,12 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if st := computeVolumeStatus(ev); !volumeStatusEqual(&vol.Status, &st) {
 		vol.Status = st
 		if err := r.Client.Status().Update(ctx, vol); err != nil {
+			if apierrors.IsConflict(err) {
+				// The cache has not seen the last write yet: try again one
+				// window later (merged with the requests of that window)
+				// rather than with the queue's millisecond backoff.
+				return ctrl.Result{RequeueAfter: r.conflictRetry()}, nil
+			}
 			return ctrl.Result{}, fmt.Errorf("update ECVolume %s status: %w", vol.Name, err)
 		}
 	}

@@ -239,3 +239,34 @@ func TestOrphanCollectionWait(t *testing.T) {
 		})
 	}
 }
+
+// Only updates that can change what a reconcile does wake the volume; its
+// own status writes and resyncs do not.
+func TestVolumeUpdateMatters(t *testing.T) {
+	base := &storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v", Generation: 1, Finalizers: []string{storagev1.ECVolumeFinalizer},
+		Annotations: map[string]string{storagev1.ECVolumeAnnotationJournalPools: "p1,p2"}}}
+	now := metav1.Now()
+	for _, tc := range []struct {
+		name   string
+		change func(v *storagev1.ECVolume)
+		want   bool
+	}{
+		{"resync (same object)", func(*storagev1.ECVolume) {}, false},
+		{"status only", func(v *storagev1.ECVolume) { v.Status.Stripes = 7; v.ResourceVersion = "2" }, false},
+		{"labels only", func(v *storagev1.ECVolume) { v.Labels = map[string]string{"a": "b"} }, false},
+		{"spec (generation)", func(v *storagev1.ECVolume) { v.Generation = 2 }, true},
+		{"deletion", func(v *storagev1.ECVolume) { v.DeletionTimestamp = &now }, true},
+		{"finalizer removed", func(v *storagev1.ECVolume) { v.Finalizers = nil }, true},
+		{"journal pools annotation", func(v *storagev1.ECVolume) {
+			v.Annotations = map[string]string{storagev1.ECVolumeAnnotationJournalPools: "p1,p3"}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := base.DeepCopy()
+			tc.change(n)
+			if got := volumeUpdateMatters(base, n); got != tc.want {
+				t.Fatalf("volumeUpdateMatters = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
