@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -13,10 +14,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
@@ -35,7 +39,10 @@ import (
 // +kubebuilder:rbac:groups="",namespace=couchestor-system,resources=secrets,verbs=get
 
 // ECVolumeReconciler keeps an ECVolume's finalizer and status, and collects
-// orphaned shards of the volume. Deleting an ECVolume frees every shard of
+// orphaned shards of the volume (volumeOrphanCollector, a controller of its
+// own). Its status path costs O(1) per event: the counts come from the
+// shared stripe index (volumeStripeCounts), never from a List of the
+// volume's stripes or a walk of the shard servers. Deleting an ECVolume frees every shard of
 // it on the live shard servers and deletes its ECStripes before the
 // finalizer is removed: the only way stripes and their space go away.
 // It does so only once no export can still write the volume (its writer
@@ -56,6 +63,10 @@ type ECVolumeReconciler struct {
 	// per volume; default 5m.
 	OrphanGrace time.Duration
 	GCInterval  time.Duration
+	// StripeEventWindow: a change of a volume's stripe counts is reconciled
+	// this long after the first change, so the stripe events of one volume
+	// within the window cost one reconcile and one status write (default 1s).
+	StripeEventWindow time.Duration
 	// Store, when set, is used instead of one built from ShardSecret.
 	Store *stripe.Store
 	// CredentialsReload: how often ShardSecret is re-read once the store
@@ -89,6 +100,9 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.GCInterval == 0 {
 		r.GCInterval = 5 * time.Minute
 	}
+	if r.StripeEventWindow == 0 {
+		r.StripeEventWindow = time.Second
+	}
 	if r.ShardSecret.Name == "" {
 		r.ShardSecret = types.NamespacedName{Namespace: registry.DefaultNamespace, Name: registry.DefaultShardSecret}
 	}
@@ -105,17 +119,26 @@ func (r *ECVolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return fmt.Errorf("ECVolume reconciler: stripe counts: %w", err)
 		}
 	}
-	r.counts = newVolumeStripeCounts(r.Stripes)
+	r.counts = newVolumeStripeCounts(r.Stripes, r.StripeEventWindow)
 	// Status counts the volume's stripes and follows its policy, so a change
-	// of a volume's stripe counts (told by the index once counted) and policy
-	// changes wake the volume up; without them the count would only catch up
-	// at the next GC interval.
-	return ctrl.NewControllerManagedBy(mgr).
-		For(&storagev1.ECVolume{}).
+	// of a volume's stripe counts (told by the index once counted, per
+	// volume and window, not per stripe) and policy changes wake the volume.
+	// A volume's own status writes do not wake it (volumeUpdateMatters):
+	// during a destage each write would otherwise wake it at once, find the
+	// counts changed again and write again, one write per round trip.
+	if err := ctrl.NewControllerManagedBy(mgr).
+		For(&storagev1.ECVolume{}, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*storagev1.ECVolume)
+			n, ok2 := e.ObjectNew.(*storagev1.ECVolume)
+			return !ok1 || !ok2 || volumeUpdateMatters(o, n)
+		}})).
 		WatchesRawSource(r.counts.source()).
 		Watches(&storagev1.ErasureCodingPolicy{}, handler.EnqueueRequestsFromMapFunc(r.volumesOfPolicy)).
 		Named("ecvolume").
-		Complete(r)
+		Complete(r); err != nil {
+		return err
+	}
+	return (&volumeOrphanCollector{r: r}).setup(mgr)
 }
 
 // volumesOfPolicy maps an ErasureCodingPolicy event to the ECVolumes that
@@ -183,7 +206,7 @@ func (r *ECVolumeReconciler) stripeCounts() (*volumeStripeCounts, error) {
 		if r.Stripes == nil {
 			return nil, fmt.Errorf("ECVolume reconciler: no stripe index to count the volume's stripes from")
 		}
-		r.counts = newVolumeStripeCounts(r.Stripes)
+		r.counts = newVolumeStripeCounts(r.Stripes, r.StripeEventWindow)
 	}
 	return r.counts, nil
 }
@@ -201,20 +224,33 @@ func (r *ECVolumeReconciler) now() time.Time {
 	return time.Now()
 }
 
-// gcDue reports whether the volume's orphans are due for collection (at most
-// once per GCInterval, whatever wakes the volume), and marks them collected.
-func (r *ECVolumeReconciler) gcDue(volume string) bool {
+// conflictRetry is how soon a status write that lost a conflict is retried.
+func (r *ECVolumeReconciler) conflictRetry() time.Duration {
+	if r.StripeEventWindow > 0 {
+		return r.StripeEventWindow
+	}
+	return time.Second
+}
+
+// volumeUpdateMatters reports whether an update of an ECVolume can change
+// what its reconcile does: its spec (generation), its deletion, its
+// finalizers or annotations (the journal pools the finalizer frees). A
+// status-only update, the controller's own write or a resync, does not.
+func volumeUpdateMatters(old, new *storagev1.ECVolume) bool {
+	return old.Generation != new.Generation ||
+		old.DeletionTimestamp.IsZero() != new.DeletionTimestamp.IsZero() ||
+		!slices.Equal(old.Finalizers, new.Finalizers) ||
+		!maps.Equal(old.Annotations, new.Annotations)
+}
+
+// markGC records that the volume's orphans are being collected now.
+func (r *ECVolumeReconciler) markGC(volume string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.now()
-	if last, ok := r.lastGC[volume]; ok && now.Sub(last) < r.GCInterval {
-		return false
-	}
 	if r.lastGC == nil {
 		r.lastGC = map[string]time.Time{}
 	}
-	r.lastGC[volume] = now
-	return true
+	r.lastGC[volume] = r.now()
 }
 
 func (r *ECVolumeReconciler) forgetGC(volume string) {
@@ -225,7 +261,6 @@ func (r *ECVolumeReconciler) forgetGC(volume string) {
 
 // Reconcile handles one ECVolume.
 func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	logger := log.FromContext(ctx)
 	vol := &storagev1.ECVolume{}
 	if err := r.Client.Get(ctx, req.NamespacedName, vol); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -240,7 +275,6 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 
-	res := ctrl.Result{RequeueAfter: r.GCInterval}
 	ev := volumeEvidence{vol: vol}
 	pol := &storagev1.ErasureCodingPolicy{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: vol.Spec.PolicyRef}, pol); err == nil {
@@ -261,28 +295,17 @@ func (r *ECVolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if st := computeVolumeStatus(ev); !volumeStatusEqual(&vol.Status, &st) {
 		vol.Status = st
 		if err := r.Client.Status().Update(ctx, vol); err != nil {
+			if apierrors.IsConflict(err) {
+				// The cache has not seen the last write yet: try again one
+				// window later (merged with the requests of that window)
+				// rather than with the queue's millisecond backoff.
+				return ctrl.Result{RequeueAfter: r.conflictRetry()}, nil
+			}
 			return ctrl.Result{}, fmt.Errorf("update ECVolume %s status: %w", vol.Name, err)
 		}
 	}
-	if !r.gcDue(vol.Name) {
-		return res, nil
-	}
-	orphans := r.Orphans
-	if orphans == nil {
-		if st, err := r.store(ctx); err == nil {
-			orphans = st
-		} else {
-			r.forgetGC(vol.Name) // no shard servers yet: try again next time
-		}
-	}
-	if orphans != nil {
-		if rep, err := orphans.CollectOrphans(ctx, vol.Name, r.OrphanGrace); err != nil {
-			logger.Error(err, "collect orphaned shards", "volume", vol.Name)
-		} else if rep.Freed > 0 {
-			r.Recorder.Eventf(vol, nil, corev1.EventTypeNormal, "OrphansCollected", "CollectOrphans", "freed %d orphaned shards (%d bytes) no ECStripe references", rep.Freed, rep.FreedBytes)
-		}
-	}
-	return res, nil
+	// Nothing to requeue for: the index, the volume and its policy wake it.
+	return ctrl.Result{}, nil
 }
 
 func (r *ECVolumeReconciler) finalize(ctx context.Context, vol *storagev1.ECVolume) (ctrl.Result, error) {

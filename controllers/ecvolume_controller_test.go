@@ -127,18 +127,18 @@ func (o *orphanCounter) CollectOrphans(_ context.Context, volume string, _ time.
 }
 
 // A volume's status comes from the stripe index's counts: a reconcile per
-// ECStripe event costs no List of the volume's stripes, and orphaned shards
-// are collected at most once per GCInterval however often the volume wakes.
-func TestECVolumeStatusFromTheIndexAndOrphansOncePerInterval(t *testing.T) {
+// ECStripe event costs no List of the volume's stripes and never walks the
+// shard servers for orphans (that is the orphan collector's, on its own
+// schedule).
+func TestECVolumeStatusFromTheIndexWithoutAWalk(t *testing.T) {
 	pol := &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: "ec"}, Status: storagev1.ErasureCodingPolicyStatus{Phase: storagev1.ECPolicyReady}}
 	base := fake.NewClientBuilder().WithScheme(testScheme(t)).
 		WithObjects(&storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Spec: storagev1.ECVolumeSpec{SizeBytes: 8 << 20, PolicyRef: "ec"}}, pol).
 		WithStatusSubresource(&storagev1.ECVolume{}).Build()
 	c := &listCounter{Client: base}
 	x := stripeindex.NewStripeIndex()
-	now := time.Unix(1_000_000, 0)
 	orphans := &orphanCounter{}
-	r := &ECVolumeReconciler{Client: c, APIReader: c, GCInterval: 5 * time.Minute, Stripes: x, Orphans: orphans, Now: func() time.Time { return now }}
+	r := &ECVolumeReconciler{Client: c, APIReader: c, GCInterval: 5 * time.Minute, Stripes: x, Orphans: orphans}
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "v"}}
 	for i := int64(0); i < 8; i++ {
 		es := &storagev1.ECStripe{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("v-%d", i)}, Spec: storagev1.ECStripeSpec{
@@ -148,9 +148,8 @@ func TestECVolumeStatusFromTheIndexAndOrphansOncePerInterval(t *testing.T) {
 			es.Status.State = storagev1.StripeDegraded
 		}
 		x.Add(es)
-		now = now.Add(time.Second)
-		if _, err := r.Reconcile(context.Background(), req); err != nil {
-			t.Fatal(err)
+		if res, err := r.Reconcile(context.Background(), req); err != nil || res != (ctrl.Result{}) {
+			t.Fatalf("Reconcile: %+v, %v; want no error and no requeue (the index wakes the volume)", res, err)
 		}
 	}
 	var v storagev1.ECVolume
@@ -164,14 +163,110 @@ func TestECVolumeStatusFromTheIndexAndOrphansOncePerInterval(t *testing.T) {
 	if c.stripeLists != 0 {
 		t.Fatalf("8 reconciles listed ECStripes %d times; the counts come from the index", c.stripeLists)
 	}
-	if len(orphans.calls) != 1 {
-		t.Fatalf("orphans collected %d times in 8 s of reconciles; want once per 5 min", len(orphans.calls))
+	if len(orphans.calls) != 0 {
+		t.Fatalf("status reconciles collected orphans %d times; only the orphan collector walks", len(orphans.calls))
 	}
-	now = now.Add(5 * time.Minute)
-	if _, err := r.Reconcile(context.Background(), req); err != nil {
+}
+
+// The orphan collector walks a volume once per GCInterval however often it is
+// asked, asks again when the interval ends, and forgets a deleting volume
+// (its finalizer frees everything).
+func TestOrphanCollectorOncePerInterval(t *testing.T) {
+	c := fake.NewClientBuilder().WithScheme(testScheme(t)).
+		WithObjects(&storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v", Finalizers: []string{storagev1.ECVolumeFinalizer}}, Spec: storagev1.ECVolumeSpec{SizeBytes: 8 << 20, PolicyRef: "ec"}}).
+		Build()
+	now := time.Unix(1_000_000, 0)
+	orphans := &orphanCounter{}
+	r := &ECVolumeReconciler{Client: c, APIReader: c, GCInterval: 5 * time.Minute, Orphans: orphans, Now: func() time.Time { return now }}
+	oc := &volumeOrphanCollector{r: r}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Name: "v"}}
+	collect := func() ctrl.Result {
+		t.Helper()
+		res, err := oc.Reconcile(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := collect(); len(orphans.calls) != 1 || res.RequeueAfter != 5*time.Minute {
+		t.Fatalf("first collection: %d walks, requeue %v; want 1 walk and the next in 5m", len(orphans.calls), res.RequeueAfter)
+	}
+	now = now.Add(time.Minute)
+	if res := collect(); len(orphans.calls) != 1 || res.RequeueAfter != 4*time.Minute {
+		t.Fatalf("asked again after 1m: %d walks, requeue %v; want still 1 walk and a requeue in 4m", len(orphans.calls), res.RequeueAfter)
+	}
+	now = now.Add(4 * time.Minute)
+	if collect(); len(orphans.calls) != 2 {
+		t.Fatalf("after the interval: %d walks; want 2", len(orphans.calls))
+	}
+	var v storagev1.ECVolume
+	if err := c.Get(context.Background(), req.NamespacedName, &v); err != nil {
 		t.Fatal(err)
 	}
-	if len(orphans.calls) != 2 {
-		t.Fatalf("orphans collected %d times after the interval passed; want 2", len(orphans.calls))
+	if err := c.Delete(context.Background(), &v); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Hour)
+	if res := collect(); len(orphans.calls) != 2 || res != (ctrl.Result{}) {
+		t.Fatalf("deleting volume: %d walks, %+v; want no walk and no requeue", len(orphans.calls), res)
+	}
+	if _, ok := r.lastGC["v"]; ok {
+		t.Fatal("a deleting volume's last collection is still remembered")
+	}
+}
+
+func TestOrphanCollectionWait(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	const iv = 5 * time.Minute
+	for _, tc := range []struct {
+		name      string
+		last      time.Time
+		collected bool
+		now       time.Time
+		want      time.Duration
+	}{
+		{"never collected", time.Time{}, false, t0, 0},
+		{"just collected", t0, true, t0, iv},
+		{"one minute ago", t0, true, t0.Add(time.Minute), 4 * time.Minute},
+		{"exactly one interval ago", t0, true, t0.Add(iv), 0},
+		{"long ago", t0, true, t0.Add(24 * time.Hour), 0},
+		{"clock stepped back: at most one interval", t0, true, t0.Add(-time.Hour), iv},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := orphanCollectionWait(tc.last, tc.collected, tc.now, iv); got != tc.want {
+				t.Fatalf("orphanCollectionWait = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// Only updates that can change what a reconcile does wake the volume; its
+// own status writes and resyncs do not.
+func TestVolumeUpdateMatters(t *testing.T) {
+	base := &storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: "v", Generation: 1, Finalizers: []string{storagev1.ECVolumeFinalizer},
+		Annotations: map[string]string{storagev1.ECVolumeAnnotationJournalPools: "p1,p2"}}}
+	now := metav1.Now()
+	for _, tc := range []struct {
+		name   string
+		change func(v *storagev1.ECVolume)
+		want   bool
+	}{
+		{"resync (same object)", func(*storagev1.ECVolume) {}, false},
+		{"status only", func(v *storagev1.ECVolume) { v.Status.Stripes = 7; v.ResourceVersion = "2" }, false},
+		{"labels only", func(v *storagev1.ECVolume) { v.Labels = map[string]string{"a": "b"} }, false},
+		{"spec (generation)", func(v *storagev1.ECVolume) { v.Generation = 2 }, true},
+		{"deletion", func(v *storagev1.ECVolume) { v.DeletionTimestamp = &now }, true},
+		{"finalizer removed", func(v *storagev1.ECVolume) { v.Finalizers = nil }, true},
+		{"journal pools annotation", func(v *storagev1.ECVolume) {
+			v.Annotations = map[string]string{storagev1.ECVolumeAnnotationJournalPools: "p1,p3"}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := base.DeepCopy()
+			tc.change(n)
+			if got := volumeUpdateMatters(base, n); got != tc.want {
+				t.Fatalf("volumeUpdateMatters = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"time"
+
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/billyronks/couchestor/pkg/stripeindex"
@@ -14,15 +16,18 @@ import (
 //
 // It turns every change of a volume's counts into a reconcile request of that
 // volume, told by the index after the change is counted (so the reconcile
-// never reads counts older than the event that woke it), and deduplicated by
-// the work queue.
+// never reads counts older than the event that woke it), due window after the
+// first change and deduplicated by the work queue: the stripe events of one
+// volume within a window cost one reconcile and at most one status write.
+// Nothing here lists stripes or reaches a shard server; orphan collection has
+// its own controller (volumeOrphanCollector) that no ECStripe event wakes.
 type volumeStripeCounts struct {
 	index    *stripeindex.StripeIndex
 	requests pendingRequests
 }
 
-func newVolumeStripeCounts(x *stripeindex.StripeIndex) *volumeStripeCounts {
-	c := &volumeStripeCounts{index: x}
+func newVolumeStripeCounts(x *stripeindex.StripeIndex, window time.Duration) *volumeStripeCounts {
+	c := &volumeStripeCounts{index: x, requests: pendingRequests{window: window}}
 	x.OnVolumeChange(c.requests.add)
 	return c
 }

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"sync"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -13,7 +14,14 @@ import (
 // pendingRequests turns names told by an index's listener into reconcile
 // requests of cluster-scoped objects: names told before the controller's
 // source started are kept (deduplicated) and enqueued when it starts.
+//
+// With window > 0 a request is enqueued that long after the first name told
+// (the work queue keeps one request per name and the earliest time it is
+// due), so a burst of changes of one name within the window costs one
+// reconcile, not one per change.
 type pendingRequests struct {
+	window time.Duration
+
 	mu    sync.Mutex
 	queue workqueue.TypedRateLimitingInterface[reconcile.Request]
 	dirty map[string]struct{}
@@ -30,9 +38,15 @@ func (p *pendingRequests) add(name string) {
 		p.dirty[name] = struct{}{}
 	}
 	p.mu.Unlock()
-	if q != nil {
-		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: name}})
+	if q == nil {
+		return
 	}
+	req := reconcile.Request{NamespacedName: types.NamespacedName{Name: name}}
+	if p.window > 0 {
+		q.AddAfter(req, p.window)
+		return
+	}
+	q.Add(req)
 }
 
 // source is the controller's source of these requests.
