@@ -220,6 +220,7 @@ type policyMemory struct {
 	dryRun    map[string]time.Time // volume -> last dry-run entry recorded
 	summary   string               // last summary Event key
 	heat      map[string]string    // erasure-coded PV -> last heat-up verdict key
+	conv      map[string]string    // replicated PV -> last conversion wait verdict key
 }
 
 func (r *StoragePolicyReconciler) now() time.Time {
@@ -237,7 +238,7 @@ func (r *StoragePolicyReconciler) memoryFor(p *storagev1.StoragePolicy) *policyM
 	}
 	m := r.memory[p.Name]
 	if m == nil || m.uid != p.UID {
-		m = &policyMemory{uid: p.UID, decisions: map[string]string{}, dryRun: map[string]time.Time{}, heat: map[string]string{}}
+		m = &policyMemory{uid: p.UID, decisions: map[string]string{}, dryRun: map[string]time.Time{}, heat: map[string]string{}, conv: map[string]string{}}
 		r.memory[p.Name] = m
 	}
 	return m

@@ -121,6 +121,33 @@ func (r *StoragePolicyReconciler) startConversions(ctx context.Context, pol *sto
 	}
 }
 
+// conversionEvents tells, once per change, why a cold volume that qualifies
+// for erasure coding waits (a pod uses it, its residency), as the
+// ErasureCoding condition does for all of them at once.
+func (r *StoragePolicyReconciler) conversionEvents(pol *storagev1.StoragePolicy, o *outcome, mem *policyMemory) {
+	if mem.conv == nil {
+		mem.conv = map[string]string{}
+	}
+	seen := map[string]bool{}
+	for _, cv := range o.conversions {
+		if !cv.verdict.Wait {
+			continue
+		}
+		seen[cv.pv.Name] = true
+		key := cv.verdict.Code + "|" + cv.verdict.Reason
+		if mem.conv[cv.pv.Name] == key {
+			continue
+		}
+		mem.conv[cv.pv.Name] = key
+		r.event(pol, corev1.EventTypeNormal, "ConversionWaiting", "Convert", "PV %s (cold → erasure-coded) waits: %s", cv.pv.Name, cv.verdict.Reason)
+	}
+	for v := range mem.conv {
+		if !seen[v] {
+			delete(mem.conv, v)
+		}
+	}
+}
+
 // wouldConvert are the dry-run history entries of volumes that would
 // convert now.
 func wouldConvert(o *outcome, due func(volume string) bool, now metav1.Time) []storagev1.MigrationHistoryEntry {

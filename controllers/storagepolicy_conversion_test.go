@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
 	"github.com/billyronks/couchestor/pkg/conversion"
@@ -70,5 +71,48 @@ func TestErasureCodingCondition(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A cold volume that qualifies but waits (a pod uses it) is told once per
+// change of its verdict as a ConversionWaiting Event, and again after it
+// stopped waiting and waits anew.
+func TestConversionWaitingEvents(t *testing.T) {
+	rec := events.NewFakeRecorder(10)
+	r := &StoragePolicyReconciler{Recorder: rec}
+	pol := &storagev1.StoragePolicy{ObjectMeta: metav1.ObjectMeta{Name: "p"}}
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-b"}}
+	wait := func(reason string) *outcome {
+		return &outcome{conversions: []conversionVerdict{
+			{pv: pv, verdict: conversion.Verdict{Code: conversion.CodeInUse, Wait: true, Reason: reason}},
+			{pv: &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-c"}}, verdict: conversion.Verdict{Code: conversion.CodeTooSmall, Reason: "small"}},
+		}}
+	}
+	mem := &policyMemory{}
+	drain := func() []string {
+		var out []string
+		for {
+			select {
+			case e := <-rec.Events:
+				out = append(out, e)
+			default:
+				return out
+			}
+		}
+	}
+	r.conversionEvents(pol, wait("in use by pod apps/db-0"), mem)
+	r.conversionEvents(pol, wait("in use by pod apps/db-0"), mem)
+	got := drain()
+	if len(got) != 1 || !strings.Contains(got[0], "ConversionWaiting") || !strings.Contains(got[0], "PV pvc-b (cold → erasure-coded) waits: in use by pod apps/db-0") {
+		t.Fatalf("first evaluations: events %q, want one ConversionWaiting naming the pod", got)
+	}
+	r.conversionEvents(pol, wait("in use by pod apps/db-1"), mem)
+	if got := drain(); len(got) != 1 || !strings.Contains(got[0], "apps/db-1") {
+		t.Fatalf("another pod: events %q, want one naming apps/db-1", got)
+	}
+	r.conversionEvents(pol, &outcome{}, mem)
+	r.conversionEvents(pol, wait("in use by pod apps/db-1"), mem)
+	if got := drain(); len(got) != 1 {
+		t.Fatalf("waiting again after it stopped: events %q, want one", got)
 	}
 }

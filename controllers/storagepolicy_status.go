@@ -359,6 +359,7 @@ func (r *StoragePolicyReconciler) afterWrite(ctx context.Context, pol *storagev1
 	}
 
 	r.heatUpEvents(pol, o, mem)
+	r.conversionEvents(pol, o, mem)
 	// Heat-ups first: a hot volume on erasure coding costs its users
 	// latency now; a cold one on replicas only costs space.
 	if r.startHeatUps(ctx, pol, o) {

@@ -51,11 +51,19 @@ func TestCluster(t *testing.T) {
 		// Tiering against the REST double of Mayastor 2.x and a real
 		// Prometheus (tiering_test.go).
 		{"TieringThroughPrometheus", testTieringThroughPrometheus},
+		// Cold Mayastor volumes (the REST double, its bytes served by the
+		// Mayastor CSI stand-in) converted to erasure coding by the
+		// operator pods, and undone (conversion_test.go). After the
+		// tiering step: the same bridge addresses for the double and
+		// Prometheus, which the operator was given at install.
+		{"ConversionToErasureCoding", csiStep(testConversionToErasureCoding)},
+		{"ConversionUndo", csiStep(testConversionUndo)},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
 		{"CertManagerModeInstall", testCertManagerModeInstall},
 		{"KustomizeInstall", testKustomizeInstall},
 	}
 	t.Cleanup(stopCertManagerDouble)
+	t.Cleanup(stopConversionStory)
 	for _, s := range steps {
 		if !t.Run(s.name, s.fn) {
 			return

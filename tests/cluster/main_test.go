@@ -77,6 +77,9 @@ func run(m *testing.M) (code int) {
 		select {
 		case s := <-sig:
 			fmt.Fprintf(os.Stderr, "tests/cluster: %v: taking the cluster down\n", s)
+			// Processes of the story on the node first: they inherit the
+			// cluster lock's descriptor from flock and would hold it.
+			stopConversionStory()
 			down(true)
 			os.Exit(1)
 		case <-done:
