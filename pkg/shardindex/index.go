@@ -96,14 +96,24 @@ type Index struct {
 
 // Open opens (creating if needed) the index file at path. A second process on
 // the same file is refused after timeout.
-func Open(path string, timeout time.Duration) (*Index, error) {
+//
+// The freelist is rebuilt on open (bbolt's walk of every reachable page)
+// instead of written on every commit; that walk runs in a goroutine of
+// bbolt's own, where a damaged page is an unrecoverable panic, so a file
+// not known to be sound is first read whole by OpenReadOnly (no walk there)
+// under recover, as the shard server does.
+func Open(path string, timeout time.Duration) (x *Index, err error) {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
+	defer func() {
+		if p := recover(); p != nil {
+			x, err = nil, fmt.Errorf("open stripe index %s: the file is damaged: %v", path, p)
+		}
+	}()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout: timeout,
-		// The freelist is rebuilt on open instead of written on every
-		// commit: one page write less per transaction.
+		// One page write less per transaction.
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
 	})
@@ -129,6 +139,40 @@ func Open(path string, timeout time.Duration) (*Index, error) {
 		return nil, fmt.Errorf("init stripe index %s: %w", path, err)
 	}
 	return &Index{db: db, path: path}, nil
+}
+
+// OpenReadOnly opens an existing index for reading only (a shared lock, no
+// freelist walk, no bucket created): to check a file before Open trusts it.
+// Every read of a damaged file may panic; the caller recovers.
+func OpenReadOnly(path string, timeout time.Duration) (x *Index, err error) {
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			x, err = nil, fmt.Errorf("open stripe index %s read-only: the file is damaged: %v", path, p)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, ReadOnly: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return nil, fmt.Errorf("open stripe index %s read-only: %w", path, err)
+	}
+	return &Index{db: db, path: path}, nil
+}
+
+// Verify reads every key and value of every bucket (a damaged page
+// panics inside the read, and is returned as an error naming it).
+func (x *Index) Verify() (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("stripe index %s is damaged: %v", x.path, p)
+		}
+	}()
+	return x.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error { return nil })
+		})
+	})
 }
 
 // Close closes the file.

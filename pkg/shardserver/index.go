@@ -158,22 +158,33 @@ func (s *Store) openIndex() error {
 	path := filepath.Join(s.dir, indexFileName)
 	_, statErr := os.Stat(path)
 	existed := statErr == nil
-	x, err := shardindex.Open(path, time.Second)
+	// An existing file is read whole, read-only, before Open trusts it:
+	// Open's freelist walk panics on a damaged page where nothing can
+	// recover (shardindex.Open).
 	var reason string
 	switch {
-	case err != nil:
-		reason = fmt.Sprintf("it does not open: %v", err)
-	case !existed && len(want) > 0:
+	case existed:
+		ro, err := shardindex.OpenReadOnly(path, time.Second)
+		if err != nil {
+			reason = fmt.Sprintf("it does not open: %v", err)
+			break
+		}
+		if err := ro.Verify(); err != nil {
+			reason = fmt.Sprintf("it does not read: %v", err)
+		} else {
+			reason = compareIndex(ro, want)
+		}
+		_ = ro.Close()
+	case len(want) > 0:
 		reason = "the file was missing"
-	default:
-		reason = compareIndex(x, want)
 	}
 	if reason == "" {
-		s.index = x
-		return nil
-	}
-	if x != nil {
-		_ = x.Close()
+		x, err := shardindex.Open(path, time.Second)
+		if err == nil {
+			s.index = x
+			return nil
+		}
+		reason = fmt.Sprintf("it does not open: %v", err)
 	}
 	if existed {
 		if err := os.Rename(path, path+".damaged"); err != nil {
@@ -182,7 +193,8 @@ func (s *Store) openIndex() error {
 	} else if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("stripe index %s: %w", path, err)
 	}
-	if x, err = shardindex.Open(path, time.Second); err != nil {
+	x, err := shardindex.Open(path, time.Second)
+	if err != nil {
 		return err
 	}
 	if err := fillIndex(x, want); err != nil {
@@ -342,6 +354,11 @@ const (
 
 // CountGroup returns the exact number of entries of group g.
 func (s *Store) CountGroup(g uint32) (uint64, error) {
+	// A store that stopped acknowledging may hold an index known to be
+	// wrong: it answers nothing from it until a restart rebuilds it.
+	if err := s.Err(); err != nil {
+		return 0, err
+	}
 	if s.index == nil {
 		return 0, ErrNoIndex
 	}
@@ -350,6 +367,11 @@ func (s *Store) CountGroup(g uint32) (uint64, error) {
 
 // ListGroup returns up to limit entries of group g after cursor ("" first).
 func (s *Store) ListGroup(g uint32, cursor string, limit int) (GroupPage, error) {
+	// A store that stopped acknowledging may hold an index known to be
+	// wrong: it answers nothing from it until a restart rebuilds it.
+	if err := s.Err(); err != nil {
+		return GroupPage{}, err
+	}
 	if s.index == nil {
 		return GroupPage{}, ErrNoIndex
 	}

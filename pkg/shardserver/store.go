@@ -108,6 +108,10 @@ type Store struct {
 	// index is the pool's stripe index (index.go); nil WithoutIndex.
 	index        *shardindex.Index
 	indexRebuilt string
+	// unindexMu makes a free's delete of its entry and the put-back of the
+	// slot's older generation one step: two frees of one slot's generations
+	// at once would otherwise put back a generation the other just freed.
+	unindexMu sync.Mutex
 }
 
 // StoreOptions are OpenStoreWith's options.
@@ -721,6 +725,8 @@ func (s *Store) Free(off int64, x Expect) error {
 // slot the store still holds, if older (a newer version was abandoned and
 // freed, the older one is live again).
 func (s *Store) unindex(h *ShardHeader, off int64) error {
+	s.unindexMu.Lock()
+	defer s.unindexMu.Unlock()
 	rec, err := indexRecord(h, off)
 	if err != nil {
 		return s.indexFailed(err)
@@ -738,6 +744,9 @@ func (s *Store) unindex(h *ShardHeader, off int64) error {
 	if prev == nil || prev.header.Generation >= h.Generation {
 		return nil
 	}
+	if unindexHook != nil {
+		unindexHook()
+	}
 	if err == nil {
 		err = s.index.Put([]shardindex.Record{back})
 	}
@@ -746,6 +755,10 @@ func (s *Store) unindex(h *ShardHeader, off int64) error {
 	}
 	return nil
 }
+
+// unindexHook, when set (tests only), runs in unindex between choosing the
+// generation to put back and putting it.
+var unindexHook func()
 
 // FreeUnreadable releases an allocated extent that carries no valid header.
 func (s *Store) FreeUnreadable(off int64) error {
