@@ -79,6 +79,9 @@ type Driver struct {
 	// secret, namespaces, cache sizes).
 	ExportCommand []string
 	ExportArgs    []string
+	// ExportMetrics gives each export a loopback metrics address
+	// (--metrics-bind-address), which MetricsHandler passes on.
+	ExportMetrics bool
 	// Attach forces "kernel" or "nbdfuse"; empty picks kernel when a
 	// /dev/nbd* device and nbd-client exist, else nbdfuse.
 	Attach string

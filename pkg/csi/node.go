@@ -91,6 +91,16 @@ func (d *Driver) ensureExport(ctx context.Context, st *VolumeState) error {
 	}
 	argv := append(slices.Clone(d.ExportCommand), "--volume", st.Volume, "--listen", st.ExportAddr, "--cache-dir", d.cacheDir(st.Volume))
 	argv = append(argv, d.ExportArgs...)
+	if d.ExportMetrics {
+		// Read back from the command line by MetricsHandler; a port taken
+		// meanwhile fails the export's start, and the kubelet's retry picks
+		// another.
+		maddr, err := freeLoopbackAddr()
+		if err != nil {
+			return err
+		}
+		argv = append(argv, "--metrics-bind-address", maddr)
+	}
 	if err := os.MkdirAll(d.cacheDir(st.Volume), 0o700); err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -49,6 +51,7 @@ func Command(ctx context.Context, args []string) error {
 	caFile := fs.String("ca-file", "", "CA bundle of the shard servers (PEM).")
 	tokenFile := fs.String("token-file", "", "Bearer token file of the shard servers.")
 	attach := fs.String("attach", "", "How the node attaches an export: kernel (nbd-client on /dev/nbd*), nbdfuse (nbdfuse and a loop device), or empty to pick kernel when /dev/nbd0 and nbd-client exist.")
+	metricsAddr := fs.String("metrics-bind-address", "0", "With --node: address of the node plugin's /metrics, which carries the couchestor_ecvolume_* counters of every export it runs (heat-up measures erasure-coded volumes by them; scrape it), e.g. :9810. \"0\" disables it, and the exports then serve no metrics.")
 	var exportArgs repeated
 	fs.Var(&exportArgs, "export-arg", "Extra argument for each `couchestor ec-volume serve` the node runs (repeatable), e.g. --export-arg=--cache-memory-bytes=67108864.")
 	if err := fs.Parse(args); err != nil {
@@ -73,6 +76,15 @@ func Command(ctx context.Context, args []string) error {
 	}
 	if *credsReload <= 0 {
 		return fmt.Errorf("--shard-credentials-reload-interval %v must be positive", *credsReload)
+	}
+	exportMetrics := *metricsAddr != "" && *metricsAddr != "0"
+	if exportMetrics && !*node {
+		return fmt.Errorf("--metrics-bind-address %s: only the node service (--node) runs exports to serve the metrics of", *metricsAddr)
+	}
+	for _, a := range exportArgs {
+		if exportMetrics && strings.HasPrefix(a, "--metrics-bind-address") {
+			return fmt.Errorf("--export-arg=%s: with --metrics-bind-address the node plugin gives each export its own metrics address", a)
+		}
 	}
 	kc, err := clients.Kube{Kubeconfig: *kubeconfig, RequestTimeout: *kubeTimeout}.Client()
 	if err != nil {
@@ -110,6 +122,25 @@ func Command(ctx context.Context, args []string) error {
 	xargs = append(append(xargs, shardFlags...), exportArgs...)
 	d := &pkgcsi.Driver{Version: Version, Controller: *controller, Node: *node, Client: kc,
 		RegistryNamespace: *registryNS, Shards: sc, NodeID: *nodeID, StateDir: *stateDir,
-		ExportCommand: []string{self, "ec-volume", "serve"}, ExportArgs: xargs, Attach: *attach}
+		ExportCommand: []string{self, "ec-volume", "serve"}, ExportArgs: xargs, Attach: *attach, ExportMetrics: exportMetrics}
+	if exportMetrics {
+		l, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-bind-address %s: %w", *metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", d.MetricsHandler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			<-ctx.Done()
+			_ = srv.Close()
+		}()
+		go func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Printf("csi: metrics server: %v", err)
+			}
+		}()
+		log.Printf("csi: the exports' metrics on http://%s/metrics", l.Addr())
+	}
 	return d.Serve(ctx, *endpoint)
 }
