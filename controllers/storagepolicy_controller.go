@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	"github.com/billyronks/couchestor/pkg/conversion"
 	"github.com/billyronks/couchestor/pkg/iops"
 	"github.com/billyronks/couchestor/pkg/migration"
 	"github.com/billyronks/couchestor/pkg/tiering"
@@ -221,6 +222,11 @@ type policyMemory struct {
 	summary   string               // last summary Event key
 	heat      map[string]string    // erasure-coded PV -> last heat-up verdict key
 	conv      map[string]string    // replicated PV -> last conversion wait verdict key
+	// hotSeen: erasure-coded PV -> the measurement that last found it hot
+	// while a pod used it (conversion.Recall: its export stops with the
+	// pod). Kept by the leader only; after a failover a volume waits for
+	// its next use to be found hot again.
+	hotSeen map[string]*conversion.HeatSeen
 }
 
 func (r *StoragePolicyReconciler) now() time.Time {
@@ -238,7 +244,7 @@ func (r *StoragePolicyReconciler) memoryFor(p *storagev1.StoragePolicy) *policyM
 	}
 	m := r.memory[p.Name]
 	if m == nil || m.uid != p.UID {
-		m = &policyMemory{uid: p.UID, decisions: map[string]string{}, dryRun: map[string]time.Time{}, heat: map[string]string{}, conv: map[string]string{}}
+		m = &policyMemory{uid: p.UID, decisions: map[string]string{}, dryRun: map[string]time.Time{}, heat: map[string]string{}, conv: map[string]string{}, hotSeen: map[string]*conversion.HeatSeen{}}
 		r.memory[p.Name] = m
 	}
 	return m
@@ -394,7 +400,7 @@ func (r *StoragePolicyReconciler) evaluate(ctx context.Context, pol *storagev1.S
 	o.report = r.Meter.Measure(ctx, o.window, ivols)
 	o.eval = tiering.Evaluate(policy, vols, o.report.Measurements, poolTiers, o.now)
 	o.volumes = len(vols)
-	if err := r.judgeHeatUps(ctx, o, heatRules(policy, o.cooldown)); err != nil {
+	if err := r.judgeHeatUps(ctx, o, heatRules(policy, o.cooldown), r.memoryFor(pol)); err != nil {
 		return nil, "", err
 	}
 	if o.ecPolicyOK && o.report.Err == nil {

@@ -59,17 +59,36 @@ func ecVolumeRef(pv *corev1.PersistentVolume, claim *corev1.PersistentVolumeClai
 	return ref
 }
 
+// heatMemoryFloor is the least time a hot-while-in-use measurement is
+// recalled for.
+const heatMemoryFloor = 10 * time.Minute
+
 // noECMeter is the measurement of every erasure-coded volume when the
 // operator has no meter for them.
 var noECMeter = iops.Measurement{Reason: "NoECMeter"}
 
 // judgeHeatUps measures the policy's erasure-coded volumes and decides
 // which convert back now.
-func (r *StoragePolicyReconciler) judgeHeatUps(ctx context.Context, o *outcome, rules conversion.HeatRules) error {
+func (r *StoragePolicyReconciler) judgeHeatUps(ctx context.Context, o *outcome, rules conversion.HeatRules, mem *policyMemory) error {
 	o.converted = len(o.ecVols)
+	// mem is this policy's: its reconciles never run at once.
+	seen := map[string]bool{}
+	defer func() {
+		for pv := range mem.hotSeen {
+			if !seen[pv] {
+				delete(mem.hotSeen, pv)
+			}
+		}
+	}()
 	if len(o.ecVols) == 0 {
 		return nil
 	}
+	// A measurement made while a pod used the volume is recalled for one
+	// samplingWindow, at least heatMemoryFloor and three evaluations: the
+	// pod's teardown (grace period, unmount, the export's stop) happens
+	// between its last measured window and the evaluation that finds it
+	// gone (conversion.Recall).
+	memory := max(o.window, heatMemoryFloor, 3*r.EvaluationInterval)
 	if r.ECMeter != nil {
 		vols := make([]iops.Volume, len(o.ecVols))
 		for i, ev := range o.ecVols {
@@ -86,7 +105,12 @@ func (r *StoragePolicyReconciler) judgeHeatUps(ctx context.Context, o *outcome, 
 		if r.ECMeter == nil || !ok {
 			m = noECMeter
 		}
+		seen[ev.pv.Name] = true
 		in := conversion.ECVolume{PV: ev.pv, Claim: ev.claim, IOPS: m.IOPS, IOPSKnown: m.Known, Unknown: describeUnknown(m.Reason)}
+		in = conversion.Recall(in, mem.hotSeen[ev.pv.Name], o.now, memory)
+		if !in.MeasuredAt.IsZero() {
+			m = iops.Measurement{IOPS: in.IOPS, Known: true}
+		}
 		hv := heatVerdict{pv: ev.pv, claim: ev.claim, m: m, verdict: conversion.HeatUp(in, rules, o.now)}
 		if hv.verdict.Convert() {
 			used, err := pods.using(ctx, ev.claim)
@@ -95,6 +119,11 @@ func (r *StoragePolicyReconciler) judgeHeatUps(ctx context.Context, o *outcome, 
 			}
 			in.UsedBy = used
 			hv.verdict = conversion.HeatUp(in, rules, o.now)
+		}
+		if s := conversion.Remember(in, hv.verdict, mem.hotSeen[ev.pv.Name], o.now); s != nil {
+			mem.hotSeen[ev.pv.Name] = s
+		} else {
+			delete(mem.hotSeen, ev.pv.Name)
 		}
 		if hv.verdict.Code == conversion.CodeConverting {
 			o.heatingUp++

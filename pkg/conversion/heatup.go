@@ -39,6 +39,52 @@ type ECVolume struct {
 	// Unknown says why the IOPS are unknown (no series, too short a
 	// history, Prometheus did not answer).
 	Unknown string
+	// MeasuredAt is set when IOPS are recalled (Recall): measured then,
+	// while a pod used the volume, not over the latest window.
+	MeasuredAt time.Time
+}
+
+// HeatSeen is the last measurement that found an erasure-coded volume hot
+// while a pod used it (verdict CodeInUse on known IOPS).
+type HeatSeen struct {
+	IOPS float64
+	At   time.Time
+}
+
+// Recall is how heat-up sees a volume whose pod has gone. An erasure-coded
+// volume is measured by its export, which runs only while a pod uses the
+// volume: while the pod runs the volume cannot convert (it waits, in use),
+// and once the pod is gone its export is stopped and its IOPS are unknown
+// (the series ends), so on the latest window alone a volume that is hot
+// whenever it is used would never convert back. Recall gives v the IOPS of
+// seen, measured while a pod used it, when v's own are unknown and seen is
+// at most memory old (the caller passes the policy's samplingWindow, at
+// least a few evaluation intervals): "hot within the last window". Known
+// IOPS always win (a volume used again is judged afresh). v unchanged
+// otherwise.
+func Recall(v ECVolume, seen *HeatSeen, now time.Time, memory time.Duration) ECVolume {
+	if v.IOPSKnown || seen == nil || seen.At.After(now) || now.Sub(seen.At) > memory {
+		return v
+	}
+	v.IOPS, v.IOPSKnown, v.Unknown, v.MeasuredAt = seen.IOPS, true, "", seen.At
+	return v
+}
+
+// Remember is what heat-up keeps of a verdict for Recall: the measurement
+// when it found the volume hot while in use; nil (forget) when the IOPS
+// were measured and the verdict is anything else; prev when the IOPS were
+// unknown or recalled (nothing new was learnt).
+func Remember(v ECVolume, verdict HeatVerdict, prev *HeatSeen, now time.Time) *HeatSeen {
+	switch {
+	case !v.IOPSKnown || !v.MeasuredAt.IsZero():
+		if verdict.Code == CodeConverting || verdict.Convert() {
+			return nil // it converts: nothing left to recall
+		}
+		return prev
+	case verdict.Code == CodeInUse:
+		return &HeatSeen{IOPS: v.IOPS, At: now}
+	}
+	return nil
 }
 
 // HeatRules are the policy's settings heat-up applies.
@@ -116,9 +162,9 @@ func HeatUp(v ECVolume, r HeatRules, now time.Time) HeatVerdict {
 		case !v.IOPSKnown:
 			return no(CodeIOPSUnknown, "IOPS unknown (%s): an erasure-coded volume converts back only on measured IOPS", firstNonEmpty(v.Unknown, "no measurement"))
 		case v.IOPS >= w.High:
-			to, why = tiering.Hot, fmt.Sprintf("%.0f IOPS ≥ highWatermarkIOPS %.0f", v.IOPS, w.High)
+			to, why = tiering.Hot, fmt.Sprintf("%.0f IOPS%s ≥ highWatermarkIOPS %.0f", v.IOPS, measuredAt(v), w.High)
 		case r.WarmTier && v.IOPS >= w.Warm:
-			to, why = tiering.Warm, fmt.Sprintf("%.0f IOPS ≥ warmWatermarkIOPS %.0f", v.IOPS, w.Warm)
+			to, why = tiering.Warm, fmt.Sprintf("%.0f IOPS%s ≥ warmWatermarkIOPS %.0f", v.IOPS, measuredAt(v), w.Warm)
 		case r.WarmTier:
 			return no(CodeNotHot, "%.0f IOPS, below warmWatermarkIOPS %.0f", v.IOPS, w.Warm)
 		default:
@@ -145,6 +191,13 @@ func HeatUp(v ECVolume, r HeatRules, now time.Time) HeatVerdict {
 		return out(CodeInUse, true, "%s: in use by pod %s; Kubernetes cannot swap a volume under a running pod, so it converts back to %s when no pod uses it", why, strings.Join(v.UsedBy, ", "), to)
 	}
 	return out(CodeConvert, false, "%s: converts back to %s", why, to)
+}
+
+func measuredAt(v ECVolume) string {
+	if v.MeasuredAt.IsZero() {
+		return ""
+	}
+	return " (measured at " + v.MeasuredAt.UTC().Format(time.RFC3339) + " while a pod used it)"
 }
 
 // HeatUpTarget is the name of the PV a heat-up ends on: derived from the

@@ -93,6 +93,67 @@ func TestHeatUp(t *testing.T) {
 	}
 }
 
+// A volume found hot while its pod ran converts back once the pod is gone
+// and its export stopped (its IOPS unknown), within the memory; known IOPS
+// always win; what is remembered follows the verdicts.
+func TestRecallAndRemember(t *testing.T) {
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "ec-pvc-1", Annotations: map[string]string{AnnotationOriginalStorageClass: "mayastor-3"}}}
+	claim := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "data"},
+		Spec: corev1.PersistentVolumeClaimSpec{VolumeName: "ec-pvc-1"}, Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound}}
+	rules := HeatRules{Watermarks: tiering.Watermarks{High: 5000, Warm: 2000, Low: 500}, WarmTier: true, HotTier: true}
+	unknown := ECVolume{PV: pv, Claim: claim, Unknown: "InsufficientCoverage"}
+	seen := &HeatSeen{IOPS: 6000, At: now.Add(-time.Minute)}
+	recall := []struct {
+		name   string
+		v      ECVolume
+		seen   *HeatSeen
+		memory time.Duration
+		code   string
+		in     string
+	}{
+		{"pod gone, export stopped: recalled, converts back to hot", unknown, seen, 10 * time.Minute, CodeConvert, "6000 IOPS (measured at 2026-12-05T11:59:00Z while a pod used it) ≥ highWatermarkIOPS"},
+		{"recalled but a pod uses it again: waits", ECVolume{PV: pv, Claim: claim, UsedBy: []string{"apps/db-0"}}, seen, 10 * time.Minute, CodeInUse, "in use by pod apps/db-0"},
+		{"memory ran out: unknown again", unknown, seen, 30 * time.Second, CodeIOPSUnknown, "InsufficientCoverage"},
+		{"at the edge of the memory: recalled", unknown, seen, time.Minute, CodeConvert, ""},
+		{"nothing seen: unknown", unknown, nil, time.Hour, CodeIOPSUnknown, ""},
+		{"seen in the future (clock step): not trusted", unknown, &HeatSeen{IOPS: 6000, At: now.Add(time.Minute)}, time.Hour, CodeIOPSUnknown, ""},
+		{"known IOPS win over the memory", ECVolume{PV: pv, Claim: claim, IOPS: 10, IOPSKnown: true}, seen, time.Hour, CodeNotHot, "10 IOPS"},
+	}
+	for _, tc := range recall {
+		t.Run(tc.name, func(t *testing.T) {
+			got := HeatUp(Recall(tc.v, tc.seen, now, tc.memory), rules, now)
+			if got.Code != tc.code || !strings.Contains(got.Reason, tc.in) {
+				t.Errorf("HeatUp(Recall) = %+v, want code %s with %q", got, tc.code, tc.in)
+			}
+		})
+	}
+	hotInUse := ECVolume{PV: pv, Claim: claim, IOPS: 7000, IOPSKnown: true, UsedBy: []string{"apps/db-0"}}
+	cold := ECVolume{PV: pv, Claim: claim, IOPS: 10, IOPSKnown: true}
+	recalled := Recall(unknown, seen, now, time.Hour)
+	remember := []struct {
+		name string
+		v    ECVolume
+		prev *HeatSeen
+		want *HeatSeen
+	}{
+		{"hot while in use: remembered now", hotInUse, nil, &HeatSeen{IOPS: 7000, At: now}},
+		{"hot while in use again: refreshed", hotInUse, seen, &HeatSeen{IOPS: 7000, At: now}},
+		{"measured and not hot: forgotten", cold, seen, nil},
+		{"unknown: kept", unknown, seen, seen},
+		{"recalled and converting now: forgotten", recalled, seen, nil},
+		{"recalled and in use again: kept, not refreshed", Recall(ECVolume{PV: pv, Claim: claim, UsedBy: []string{"apps/db-0"}}, seen, now, time.Hour), seen, seen},
+	}
+	for _, tc := range remember {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Remember(tc.v, HeatUp(tc.v, rules, now), tc.prev, now)
+			if (got == nil) != (tc.want == nil) || (got != nil && *got != *tc.want) {
+				t.Errorf("Remember = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
 // The heat-up record names the StorageClass the volume came from, the tier
 // the IOPS chose, and passes the record's own validation.
 func TestHeatUpRecord(t *testing.T) {
