@@ -34,6 +34,8 @@
 package shardindex
 
 import (
+	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,6 +54,8 @@ var (
 	bucketVolumes = []byte("volumes") // volume UID → number (4 B)
 	bucketEntries = []byte("entries") // number (4 B) + stripe (8 B) + shard (1 B) → entry
 	bucketCounts  = []byte("counts")  // group (4 B) → entry count (8 B)
+	bucketMeta    = []byte("meta")    // "id" → the file's random id (8 B)
+	keyFileID     = []byte("id")
 )
 
 // ErrStaleGeneration: the index already holds a newer generation for the key,
@@ -60,6 +64,14 @@ var ErrStaleGeneration = errors.New("stale generation")
 
 // ErrDamaged: an entry or count in the file does not decode.
 var ErrDamaged = errors.New("damaged index entry")
+
+// ErrForeignCursor: a Page cursor from another index file (the index was
+// rebuilt since the page was served, which renumbers volumes): a pass
+// continued with it would skip or repeat entries, so it must start again.
+var ErrForeignCursor = errors.New("cursor of another index file")
+
+// fileIDLen is the length of the file's id, the first bytes of a cursor.
+const fileIDLen = 8
 
 // Key names the shard of one stripe of one volume in one placement group.
 type Key struct {
@@ -92,6 +104,7 @@ type Record struct {
 type Index struct {
 	db   *bolt.DB
 	path string
+	id   []byte // the file's id (bucketMeta), set by Open
 }
 
 // Open opens (creating if needed) the index file at path. A second process on
@@ -127,18 +140,28 @@ func Open(path string, timeout time.Duration) (x *Index, err error) {
 	// Grow the file 1 MiB at a time past its first MiB instead of bbolt's
 	// doubling up to 16 MiB chunks: the file stays within 1 MiB of its pages.
 	db.AllocSize = 1 << 20
+	var id []byte
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketVolumes, bucketEntries, bucketCounts} {
+		for _, b := range [][]byte{bucketVolumes, bucketEntries, bucketCounts, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keyFileID); len(v) == fileIDLen {
+			id = append([]byte(nil), v...)
+			return nil
+		}
+		id = make([]byte, fileIDLen)
+		if _, err := rand.Read(id); err != nil {
+			return err
+		}
+		return meta.Put(keyFileID, id)
 	}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("init stripe index %s: %w", path, err)
 	}
-	return &Index{db: db, path: path}, nil
+	return &Index{db: db, path: path, id: id}, nil
 }
 
 // OpenReadOnly opens an existing index for reading only (a shared lock, no
@@ -517,12 +540,12 @@ func (x *Index) scan(g uint32, all bool, fn func(Record) error) error {
 	})
 }
 
-// Cursor is where a Page stopped: the key of the last entry it examined
-// (opaque to callers; nil starts at the beginning).
+// Cursor is where a Page stopped: the file's id and the key of the last
+// entry it examined (opaque to callers; nil starts at the beginning).
 type Cursor []byte
 
 // CursorLen is the length of a cursor that Page returns.
-const CursorLen = entryKeyLen
+const CursorLen = fileIDLen + entryKeyLen
 
 // Page returns up to limit entries of group g after cursor, in Scan's
 // order, examining at most budget entries of the server (every group's
@@ -534,8 +557,14 @@ func (x *Index) Page(g uint32, after Cursor, limit, budget int) (recs []Record, 
 	if limit < 1 || budget < limit {
 		return nil, nil, fmt.Errorf("stripe index: page limit %d and budget %d: want 1 <= limit <= budget", limit, budget)
 	}
-	if after != nil && len(after) != entryKeyLen {
-		return nil, nil, fmt.Errorf("stripe index: a cursor of %d bytes, want %d", len(after), entryKeyLen)
+	if after != nil && len(after) != CursorLen {
+		return nil, nil, fmt.Errorf("stripe index: a cursor of %d bytes, want %d", len(after), CursorLen)
+	}
+	if after != nil {
+		if x.id == nil || !bytes.Equal(after[:fileIDLen], x.id) {
+			return nil, nil, fmt.Errorf("stripe index %s: %w: start the pass again", x.path, ErrForeignCursor)
+		}
+		after = after[fileIDLen:]
 	}
 	err = x.db.View(func(tx *bolt.Tx) error {
 		uids, err := volumeUIDs(tx)
@@ -555,7 +584,7 @@ func (x *Index) Page(g uint32, after Cursor, limit, budget int) (recs []Record, 
 		var last []byte
 		for examined := 0; ek != nil; ek, v = c.Next() {
 			if examined == budget || len(recs) == limit {
-				next = Cursor(append([]byte(nil), last...)) // entries remain past last
+				next = Cursor(append(append([]byte(nil), x.id...), last...)) // entries remain past last
 				return nil
 			}
 			examined++

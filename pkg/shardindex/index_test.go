@@ -324,10 +324,44 @@ func TestPagesListAGroupInScanOrderWithinTheirBounds(t *testing.T) {
 	}{
 		{0, 10, nil, "page limit 0 and budget 10"},
 		{10, 5, nil, "page limit 10 and budget 5"},
-		{1, 1, Cursor{1, 2}, "a cursor of 2 bytes, want 13"},
+		{1, 1, Cursor{1, 2}, "a cursor of 2 bytes, want 21"},
 	} {
 		if _, _, err := x.Page(1, c.cur, c.limit, c.budget); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Page(limit %d, budget %d, cursor %v) = %v, want an error containing %q", c.limit, c.budget, c.cur, err, c.want)
 		}
+	}
+}
+
+// A cursor names its file: it continues across a reopen of that file, and
+// a file built afresh (a rebuild renumbers the volumes) refuses it rather
+// than continue at another volume's entries.
+func TestCursorOfAnotherFileIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	recs := make([]Record, 0, 50)
+	for s := uint64(0); s < 50; s++ {
+		recs = append(recs, rec(1, s, 1))
+	}
+	a := open(t, filepath.Join(dir, "a.db"))
+	if err := a.Put(recs); err != nil {
+		t.Fatal(err)
+	}
+	first, cur, err := a.Page(1, nil, 10, 10)
+	if err != nil || len(first) != 10 || cur == nil {
+		t.Fatalf("first page: %d entries, next %x, %v", len(first), cur, err)
+	}
+	a.Close()
+	a = open(t, filepath.Join(dir, "a.db"))
+	defer a.Close()
+	second, _, err := a.Page(1, cur, 10, 10)
+	if err != nil || len(second) != 10 || second[0].Stripe != first[9].Stripe+1 {
+		t.Fatalf("after a reopen the cursor continues: %d entries from stripe %v, %v", len(second), second, err)
+	}
+	b := open(t, filepath.Join(dir, "b.db"))
+	defer b.Close()
+	if err := b.Put(recs); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Page(1, cur, 10, 10); !errors.Is(err, ErrForeignCursor) {
+		t.Fatalf("a cursor of another file: %v, want ErrForeignCursor", err)
 	}
 }

@@ -384,6 +384,9 @@ func (s *Store) ListGroup(g uint32, cursor string, limit int) (GroupPage, error)
 		after = b
 	}
 	recs, next, err := s.index.Page(g, after, limit, groupPageBudget)
+	if errors.Is(err, shardindex.ErrForeignCursor) {
+		return GroupPage{}, fmt.Errorf("%w: after=%q is a cursor of an index since rebuilt (which renumbers its volumes): list the group again from the start", ErrBadIndexRequest, cursor)
+	}
 	if err != nil {
 		return GroupPage{}, err
 	}

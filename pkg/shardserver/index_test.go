@@ -382,7 +382,7 @@ func TestGroupEndpoints(t *testing.T) {
 		{"/v1/groups/3/entries?limit=1001", `limit="1001" must be an integer within [1, 1000]`},
 		{"/v1/groups/3/entries?limit=ten", `limit="ten" must be an integer within [1, 1000]`},
 		{"/v1/groups/3/entries?limit=1&limit=2", "query parameter limit given 2 times, at most once allowed"},
-		{"/v1/groups/3/entries?after=zz", `after="zz" must be a cursor a previous page returned (26 lower-case hex digits)`},
+		{"/v1/groups/3/entries?after=zz", `after="zz" must be a cursor a previous page returned (42 lower-case hex digits)`},
 		{"/v1/groups/3/entries?after=" + strings.Repeat("AB", 13), `after="ABAB`},
 		{"/v1/groups/3/entries?volume=v", `query parameter "volume" is not one of limit, after`},
 		{"/v1/groups/3/entries?after=" + strings.Repeat("a", 300), "a query of 306 bytes, at most 256 allowed"},
