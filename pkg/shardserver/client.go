@@ -270,6 +270,10 @@ func mapStatus(herr *httpError, body []byte) error {
 		return fmt.Errorf("%w (%v)", ErrBadShard, herr)
 	case http.StatusUnauthorized:
 		return fmt.Errorf("%w (%v)", ErrUnauthorized, herr)
+	case http.StatusServiceUnavailable:
+		if strings.HasPrefix(herr.body, ErrNoIndex.Error()) {
+			return fmt.Errorf("%w (%v)", ErrNoIndex, herr)
+		}
 	}
 	return herr
 }

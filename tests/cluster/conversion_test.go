@@ -69,6 +69,8 @@ var convStory struct {
 	procs   []*hostProcess
 	written map[string]string // claim -> treeio output of what it holds
 	figures []string
+	// heatedPV is the replicated PV the heat-up ended on.
+	heatedPV string
 }
 
 func convFigure(t *testing.T, format string, a ...any) {
@@ -662,8 +664,32 @@ func startStoryPrometheus(t *testing.T, dir string) *hostProcess {
 	if bin == "" {
 		t.Fatal("COUCHESTOR_PROMETHEUS is not set: `make test-cluster` sets it (hack/prometheus.sh)")
 	}
-	cfg := fmt.Sprintf("global:\n  scrape_interval: %s\n  evaluation_interval: %s\nscrape_configs:\n  - job_name: mayastor-io-engine\n    static_configs:\n      - targets: [%q]\n",
-		tieringScrape, tieringScrape, simAddr)
+	// The CSI node plugin's /metrics (every export's op counters, which
+	// heat-up reads) is found as a real Prometheus without the operator
+	// finds it: the pods' prometheus.io annotations, through the API.
+	cfg := fmt.Sprintf(`global:
+  scrape_interval: %[1]s
+  evaluation_interval: %[1]s
+scrape_configs:
+  - job_name: mayastor-io-engine
+    static_configs:
+      - targets: [%[2]q]
+  - job_name: couchestor-csi-node
+    kubernetes_sd_configs:
+      - role: pod
+        kubeconfig_file: %[3]q
+        namespaces: {names: [%[4]q]}
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+        action: keep
+        regex: "true"
+      - source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port]
+        regex: (.+);(.+)
+        replacement: $1:$2
+        target_label: __address__
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+`, tieringScrape, simAddr, kubeconfig, csiNodeNS)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -714,6 +740,9 @@ func testConversionUndo(t *testing.T) {
 func cleanupConversion(t *testing.T) {
 	_, _ = kubectl(t, "", "delete", "storagepolicy", convPolicy, "--ignore-not-found", "--wait=false")
 	_, _ = kubectl(t, "", "delete", "namespace", convNS, "--ignore-not-found", "--wait=true", "--timeout=180s")
+	if convStory.heatedPV != "" {
+		_, _ = kubectl(t, "", "delete", "pv", convStory.heatedPV, "--ignore-not-found", "--wait=false")
+	}
 	for _, v := range []sim.VolumeSpec{convArchive, convBusy} {
 		_, _ = kubectl(t, "", "delete", "pv", v.Name, "ec-"+v.Name, "--ignore-not-found", "--wait=false")
 		_, _ = kubectl(t, "", "delete", "ecvolume", "ec-"+v.Name, "--ignore-not-found", "--wait=false")
