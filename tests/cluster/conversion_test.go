@@ -69,8 +69,6 @@ var convStory struct {
 	procs   []*hostProcess
 	written map[string]string // claim -> treeio output of what it holds
 	figures []string
-	// heatedPV is the replicated PV the heat-up ended on.
-	heatedPV string
 }
 
 func convFigure(t *testing.T, format string, a ...any) {
@@ -665,8 +663,13 @@ func startStoryPrometheus(t *testing.T, dir string) *hostProcess {
 		t.Fatal("COUCHESTOR_PROMETHEUS is not set: `make test-cluster` sets it (hack/prometheus.sh)")
 	}
 	// The CSI node plugin's /metrics (every export's op counters, which
-	// heat-up reads) is found as a real Prometheus without the operator
-	// finds it: the pods' prometheus.io annotations, through the API.
+	// heat-up reads): its pods' prometheus.io annotations name the port, as
+	// a Prometheus with Kubernetes discovery would read them; this one
+	// (maybe built without discovery plugins) is given them by a file.
+	targets := csiNodeTargets(t)
+	if err := os.WriteFile(filepath.Join(dir, "csi-node.json"), []byte(targets), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := fmt.Sprintf(`global:
   scrape_interval: %[1]s
   evaluation_interval: %[1]s
@@ -675,21 +678,9 @@ scrape_configs:
     static_configs:
       - targets: [%[2]q]
   - job_name: couchestor-csi-node
-    kubernetes_sd_configs:
-      - role: pod
-        kubeconfig_file: %[3]q
-        namespaces: {names: [%[4]q]}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
-        action: keep
-        regex: "true"
-      - source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port]
-        regex: (.+);(.+)
-        replacement: $1:$2
-        target_label: __address__
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
-`, tieringScrape, simAddr, kubeconfig, csiNodeNS)
+    file_sd_configs:
+      - files: [%[3]q]
+`, tieringScrape, simAddr, filepath.Join(dir, "csi-node.json"))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -700,6 +691,33 @@ scrape_configs:
 		return err == nil, fmt.Sprintf("%v %s\n%s", err, out, p.output())
 	})
 	return p
+}
+
+// csiNodeTargets are the CSI node pods that ask to be scraped
+// (prometheus.io/scrape), as file_sd JSON: pod IP and the annotated port.
+func csiNodeTargets(t *testing.T) string {
+	t.Helper()
+	out := mustKubectl(t, "", "-n", csiNodeNS, "get", "pods", "-l", "app.kubernetes.io/component=csi-node", "-o",
+		`jsonpath={range .items[*]}{.metadata.annotations.prometheus\.io/scrape} {.status.podIP} {.metadata.annotations.prometheus\.io/port} {.metadata.name}{"\n"}{end}`)
+	type group struct {
+		Targets []string          `json:"targets"`
+		Labels  map[string]string `json:"labels"`
+	}
+	var groups []group
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 4 && f[0] == "true" {
+			groups = append(groups, group{Targets: []string{f[1] + ":" + f[2]}, Labels: map[string]string{"pod": f[3]}})
+		}
+	}
+	if len(groups) == 0 {
+		t.Fatalf("no CSI node pod asks to be scraped (prometheus.io/scrape, podIP, port):\n%s", out)
+	}
+	b, err := json.Marshal(groups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // testConversionUndo: within the retention, a pod writes new data on the
@@ -740,9 +758,6 @@ func testConversionUndo(t *testing.T) {
 func cleanupConversion(t *testing.T) {
 	_, _ = kubectl(t, "", "delete", "storagepolicy", convPolicy, "--ignore-not-found", "--wait=false")
 	_, _ = kubectl(t, "", "delete", "namespace", convNS, "--ignore-not-found", "--wait=true", "--timeout=180s")
-	if convStory.heatedPV != "" {
-		_, _ = kubectl(t, "", "delete", "pv", convStory.heatedPV, "--ignore-not-found", "--wait=false")
-	}
 	for _, v := range []sim.VolumeSpec{convArchive, convBusy} {
 		_, _ = kubectl(t, "", "delete", "pv", v.Name, "ec-"+v.Name, "--ignore-not-found", "--wait=false")
 		_, _ = kubectl(t, "", "delete", "ecvolume", "ec-"+v.Name, "--ignore-not-found", "--wait=false")
