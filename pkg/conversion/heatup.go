@@ -72,14 +72,15 @@ func Recall(v ECVolume, seen *HeatSeen, now time.Time, memory time.Duration) ECV
 
 // Remember is what heat-up keeps of a verdict for Recall: the measurement
 // when it found the volume hot while in use; nil (forget) when the IOPS
-// were measured and the verdict is anything else; prev when the IOPS were
-// unknown or recalled (nothing new was learnt).
+// were measured and the verdict is anything else, or once a conversion is
+// on the volume; prev when the IOPS were unknown or recalled (nothing new
+// was learnt; a recalled "converts now" is kept until its conversion has
+// started, since the start may wait for a free slot).
 func Remember(v ECVolume, verdict HeatVerdict, prev *HeatSeen, now time.Time) *HeatSeen {
 	switch {
+	case verdict.Code == CodeConverting:
+		return nil // a conversion is on it: nothing left to recall
 	case !v.IOPSKnown || !v.MeasuredAt.IsZero():
-		if verdict.Code == CodeConverting || verdict.Convert() {
-			return nil // it converts: nothing left to recall
-		}
 		return prev
 	case verdict.Code == CodeInUse:
 		return &HeatSeen{IOPS: v.IOPS, At: now}

@@ -141,7 +141,13 @@ func TestRecallAndRemember(t *testing.T) {
 		{"hot while in use again: refreshed", hotInUse, seen, &HeatSeen{IOPS: 7000, At: now}},
 		{"measured and not hot: forgotten", cold, seen, nil},
 		{"unknown: kept", unknown, seen, seen},
-		{"recalled and converting now: forgotten", recalled, seen, nil},
+		{"recalled and converting now: kept until its conversion started (the start may wait for a slot)", recalled, seen, seen},
+		{"a conversion on it: forgotten", func() ECVolume {
+			v := recalled
+			v.PV = pv.DeepCopy()
+			v.PV.Annotations[AnnotationConversion] = "{}"
+			return v
+		}(), seen, nil},
 		{"recalled and in use again: kept, not refreshed", Recall(ECVolume{PV: pv, Claim: claim, UsedBy: []string{"apps/db-0"}}, seen, now, time.Hour), seen, seen},
 	}
 	for _, tc := range remember {
