@@ -133,6 +133,9 @@ type Store struct {
 	// index is the pool's stripe index (index.go); nil WithoutIndex.
 	index        *shardindex.Index
 	indexRebuilt string
+	// unindexable holds, by offset, why the index cannot hold the header
+	// of a stored shard (errUnindexable; found on open, never written).
+	unindexable map[int64]string
 	// unindexMu makes a free's delete of its entry and the put-back of the
 	// slot's older generation one step: two frees of one slot's generations
 	// at once would otherwise put back a generation the other just freed.
@@ -184,6 +187,9 @@ type Space struct {
 	Shards        int   `json:"shards"`
 	// Unreadable counts allocated extents without a valid header.
 	Unreadable int `json:"unreadable"`
+	// Unindexable counts shards (of Shards) held without a stripe index
+	// entry: their headers cannot be indexed (Store.UnindexableReport).
+	Unindexable int `json:"unindexable"`
 }
 
 // OpenStore opens (or creates) the store in dir with room for capacity bytes
@@ -211,7 +217,7 @@ func OpenStoreWith(dir string, capacity int64, opt StoreOptions) (*Store, error)
 		lock.Close()
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now, fences: newFences(dir)}
+	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, unindexable: map[int64]string{}, now: time.Now, fences: newFences(dir)}
 	if err := s.replayLog(); err != nil {
 		data.Close()
 		lock.Close()
@@ -652,6 +658,7 @@ func (s *Store) dropLocked(e *extent) {
 	if e.header == nil {
 		s.unreadable--
 	}
+	delete(s.unindexable, e.offset)
 	if e.header != nil {
 		k := e.header.Key()
 		list := s.slots[k]
@@ -784,6 +791,9 @@ func (s *Store) unindex(h *ShardHeader, off int64) error {
 	s.unindexMu.Lock()
 	defer s.unindexMu.Unlock()
 	rec, err := indexRecord(h, off)
+	if errors.Is(err, errUnindexable) {
+		return nil // never indexed (expectedIndex): no entry to delete
+	}
 	if err != nil {
 		return s.indexFailed(err)
 	}
@@ -802,6 +812,9 @@ func (s *Store) unindex(h *ShardHeader, off int64) error {
 	}
 	if unindexHook != nil {
 		unindexHook()
+	}
+	if errors.Is(err, errUnindexable) {
+		return nil // the older generation stays without an entry, as on open
 	}
 	if err == nil {
 		err = s.index.Put([]shardindex.Record{back})
@@ -873,5 +886,5 @@ func (s *Store) Space() Space {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Space{CapacityBytes: s.capacity, UsedBytes: s.used, FreeBytes: s.capacity - s.used,
-		Shards: len(s.extents) - s.unreadable, Unreadable: s.unreadable}
+		Shards: len(s.extents) - s.unreadable, Unreadable: s.unreadable, Unindexable: len(s.unindexable)}
 }
