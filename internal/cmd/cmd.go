@@ -123,6 +123,9 @@ func ShardServer(ctx context.Context, args []string) error {
 	if why := store.IndexRebuilt(); why != "" {
 		fmt.Fprintf(os.Stderr, "shard-server: %s\n", why)
 	}
+	if r := store.UnindexableReport(); r != "" {
+		fmt.Fprintf(os.Stderr, "shard-server: %s\n", r)
+	}
 	srv, err := shardserver.NewServer(store, toks[0])
 	if err != nil {
 		return err

@@ -270,11 +270,18 @@ func child() {
 	}
 }
 
+// Pages list a group in Scan's order, and every Page call examines at most
+// budget entries of the file and stops early only for its limit or its
+// budget. The entries a call examined are counted from where its cursors
+// fall in the file's key order, so the bound is checked for every call of
+// every case: the file holds 3,000 entries (1,000 of the group), more than
+// every case's budget.
 func TestPagesListAGroupInScanOrderWithinTheirBounds(t *testing.T) {
 	x := open(t, filepath.Join(t.TempDir(), "index.db"))
 	defer x.Close()
+	const total = 3000
 	var recs []Record
-	for s := uint64(0); s < 300; s++ {
+	for s := uint64(0); s < total; s++ {
 		recs = append(recs, rec(uint32(s%3), s, 1))
 	}
 	if err := x.Put(recs); err != nil {
@@ -283,6 +290,26 @@ func TestPagesListAGroupInScanOrderWithinTheirBounds(t *testing.T) {
 	var want []Record
 	if err := x.Scan(1, func(r Record) error { want = append(want, r); return nil }); err != nil {
 		t.Fatal(err)
+	}
+	// pos is the place of every entry key in the file's order.
+	pos := map[string]int{}
+	if err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketEntries).ForEach(func(k, _ []byte) error { pos[string(k)] = len(pos); return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(pos) != total {
+		t.Fatalf("the file holds %d entries, want %d", len(pos), total)
+	}
+	at := func(c Cursor) int { // entries before the one after c
+		if c == nil {
+			return 0
+		}
+		p, ok := pos[string(c[fileIDLen:])]
+		if !ok {
+			t.Fatalf("cursor %x names no entry of the file", c)
+		}
+		return p + 1
 	}
 	for _, b := range []struct{ limit, budget int }{{7, 7}, {7, 20}, {1000, 1000}, {1, 2}} {
 		var got []Record
@@ -296,25 +323,32 @@ func TestPagesListAGroupInScanOrderWithinTheirBounds(t *testing.T) {
 			if len(page) > b.limit {
 				t.Fatalf("limit %d: a page of %d entries", b.limit, len(page))
 			}
+			if next != nil && len(next) != CursorLen {
+				t.Fatalf("a cursor of %d bytes", len(next))
+			}
+			end := total
+			if next != nil {
+				end = at(next)
+			}
+			examined := end - at(cur)
+			if examined > b.budget {
+				t.Fatalf("limit %d budget %d: page %d examined %d entries (from %d to %d of %d)", b.limit, b.budget, pages, examined, at(cur), end, total)
+			}
+			if next != nil && len(page) < b.limit && examined < b.budget {
+				t.Fatalf("limit %d budget %d: page %d stopped after %d entries and %d examined, within both bounds", b.limit, b.budget, pages, len(page), examined)
+			}
 			got = append(got, page...)
 			pages++
 			if next == nil {
 				break
 			}
-			if len(next) != CursorLen {
-				t.Fatalf("a cursor of %d bytes", len(next))
-			}
 			cur = next
-			if pages > 1000 {
+			if pages > 2*total {
 				t.Fatal("paging does not end")
 			}
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("limit %d budget %d: pages gave %d entries, Scan %d (or another order)", b.limit, b.budget, len(got), len(want))
-		}
-		// Every call examined at most budget entries of the 300.
-		if minPages := 300 / b.budget; pages < minPages {
-			t.Fatalf("limit %d budget %d: %d pages over 300 entries, the budget allows no fewer than %d", b.limit, b.budget, pages, minPages)
 		}
 	}
 	for _, c := range []struct {

@@ -186,7 +186,7 @@ func (c *Client) doInto(ctx context.Context, method, addr, path string, q url.Va
 				return resp, data, nil
 			}
 			herr := &httpError{code: resp.StatusCode, body: string(bytes.TrimSpace(data))}
-			if resp.StatusCode < 500 || resp.StatusCode == http.StatusInsufficientStorage {
+			if resp.StatusCode < 500 || resp.StatusCode == http.StatusInsufficientStorage || final5xx(herr) {
 				return resp, data, mapStatus(herr, data)
 			}
 			last = herr
@@ -240,6 +240,13 @@ func (c *Client) once(ctx context.Context, method, u string, hdr http.Header, bo
 		return nil, nil, fmt.Errorf("read answer: %w", err)
 	}
 	return resp, data, nil
+}
+
+// final5xx: a 5xx answer no retry can change. ErrNoIndex is how the server
+// was started (a store opened WithoutIndex): retried, it was returned as
+// "n attempts failed" and never mapped to ErrNoIndex.
+func final5xx(herr *httpError) bool {
+	return herr.code == http.StatusServiceUnavailable && strings.HasPrefix(herr.body, ErrNoIndex.Error())
 }
 
 // maxAnswerPrealloc bounds the buffer allocated up front from an answer's

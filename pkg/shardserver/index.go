@@ -31,6 +31,18 @@ package shardserver
 // extent until it is freed, and a lost index could only be rebuilt by
 // scanning the whole store file for headers, where a freed extent's header
 // still reads as valid; keeping both, with the index derived, needs neither.
+//
+// Headers the index cannot hold. Writes refuse a header the index cannot
+// key (ShardHeader.Validate), but a store may hold shards of writers that
+// predate those checks: a volume UID beyond shardindex.MaxVolumeUIDLen, a
+// checksum of another form, a shard index beyond a byte. One such header
+// used to fail the whole store's open (the rebuild's Put refused it), so
+// every other shard of the pool became unreadable with it. Now OpenStore
+// leaves such a shard out of the index and keeps it as it was: allocated in
+// the log, listed by GET /v1/shards, readable and freeable (its free has no
+// entry to delete); it is only missing from the group counts and listings.
+// It is reported, never dropped: Space.Unindexable counts them and
+// UnindexableReport names them (the shard server logs it on start).
 
 import (
 	"errors"
@@ -86,11 +98,33 @@ func formatShardChecksum(d uint64) string {
 	return fmt.Sprintf("%s%016x", erasure.ShardChecksumPrefix, d)
 }
 
+// errUnindexable: a shard header the stripe index cannot key or hold (a
+// legacy or odd header: a volume key of more than MaxVolumeUIDLen bytes, a
+// shard index beyond a byte, a negative stripe or generation, a checksum of
+// another form). Writes refuse such headers (Validate); one found on open is
+// kept and served without an index entry (Store.UnindexableReport).
+var errUnindexable = errors.New("the stripe index cannot hold this shard header")
+
 // indexRecord is the index entry of the shard with header h at offset off.
 func indexRecord(h *ShardHeader, off int64) (shardindex.Record, error) {
+	bad := func(format string, args ...any) (shardindex.Record, error) {
+		return shardindex.Record{}, fmt.Errorf("%w: %w: shard %s/%d/%d: %s", ErrBadShard, errUnindexable, h.Volume, h.StripeID, h.ShardIndex, fmt.Sprintf(format, args...))
+	}
+	switch v := indexVolume(h); {
+	case h.VolumeUID == "" && h.Volume == "":
+		return bad("neither volumeUid nor volume is set")
+	case len(v) > shardindex.MaxVolumeUIDLen:
+		return bad("volume key %.40q… of %d bytes, the index holds at most %d", v, len(v), shardindex.MaxVolumeUIDLen)
+	case h.ShardIndex < 0 || h.ShardIndex > 254:
+		return bad("shardIndex %d is not within [0, 254]", h.ShardIndex)
+	case h.StripeID < 0:
+		return bad("stripeId %d is negative", h.StripeID)
+	case h.Generation < 0:
+		return bad("generation %d is negative", h.Generation)
+	}
 	sum, err := parseShardChecksum(h.Checksum)
 	if err != nil {
-		return shardindex.Record{}, fmt.Errorf("%w: shard %s/%d/%d: %v", ErrBadShard, h.Volume, h.StripeID, h.ShardIndex, err)
+		return bad("%v", err)
 	}
 	return shardindex.Record{
 		Key: shardindex.Key{Group: GroupOfHeader(h), Volume: indexVolume(h), Stripe: uint64(h.StripeID), Shard: uint8(h.ShardIndex)},
@@ -117,8 +151,10 @@ func (s *Store) newestLocked(h *ShardHeader) *extent {
 }
 
 // expectedIndex is what the index must hold: for every index key, the
-// newest generation with a readable header. Called while opening (no
-// concurrency).
+// newest generation with a readable header. A header the index cannot hold
+// (errUnindexable) is left out and recorded in s.unindexable: one odd
+// legacy header must not make the whole store unreadable. Called while
+// opening (no concurrency).
 func (s *Store) expectedIndex() (map[indexSlot]shardindex.Record, error) {
 	want := make(map[indexSlot]shardindex.Record, len(s.extents))
 	for _, e := range s.extents {
@@ -126,6 +162,10 @@ func (s *Store) expectedIndex() (map[indexSlot]shardindex.Record, error) {
 			continue
 		}
 		r, err := indexRecord(e.header, e.offset)
+		if errors.Is(err, errUnindexable) {
+			s.unindexable[e.offset] = err.Error()
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -290,6 +330,35 @@ func fillIndex(x *shardindex.Index, want map[indexSlot]shardindex.Record) error 
 // IndexRebuilt says why OpenStore rebuilt the stripe index from the shard
 // headers ("" when it was found consistent, or the store keeps no index).
 func (s *Store) IndexRebuilt() string { return s.indexRebuilt }
+
+// UnindexableReport says which shards the store holds without a stripe
+// index entry because their headers cannot be indexed (errUnindexable): ""
+// when there are none. They are stored, listed (List), readable and freed
+// like any other shard, through the allocation log; they are missing from
+// the group counts and listings only. Space.Unindexable counts them.
+func (s *Store) UnindexableReport() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.unindexable) == 0 {
+		return ""
+	}
+	offs := make([]int64, 0, len(s.unindexable))
+	for off := range s.unindexable {
+		offs = append(offs, off)
+	}
+	sort.Slice(offs, func(i, j int) bool { return offs[i] < offs[j] })
+	const shown = 3
+	var b strings.Builder
+	fmt.Fprintf(&b, "stripe index %s cannot hold the headers of %d stored shards; they are kept, listed, readable and freeable, but missing from the group counts and listings:", filepath.Join(s.dir, indexFileName), len(offs))
+	for i, off := range offs {
+		if i == shown {
+			fmt.Fprintf(&b, "; and %d more", len(offs)-shown)
+			break
+		}
+		fmt.Fprintf(&b, " [offset %d: %s]", off, s.unindexable[off])
+	}
+	return b.String()
+}
 
 // IndexSizeBytes is the stripe index file's size (0 without an index).
 func (s *Store) IndexSizeBytes() (int64, error) {

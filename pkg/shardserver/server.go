@@ -19,7 +19,7 @@
 //	…      /v1/journals/{volume}/…    journal replicas (journal_server.go)
 //
 // Status codes: 404 ErrNotFound, 409 ErrStaleGeneration (body: StaleError
-// JSON), 507 ErrNoSpace, 400 ErrBadShard and ErrBadIndexRequest, 401 bad
+// JSON; HeldUnknown when the held generation could not be read), 507 ErrNoSpace, 400 ErrBadShard and ErrBadIndexRequest, 401 bad
 // token, 503 ErrNoIndex and a store that stopped acknowledging.
 package shardserver
 

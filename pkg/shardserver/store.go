@@ -38,14 +38,39 @@ var (
 	ErrBadShard = errors.New("invalid shard")
 )
 
-// StaleError carries the generation already held for the slot.
+// StaleError carries the generation already held for the slot. It crosses
+// the wire as the JSON body of a 409.
 type StaleError struct {
 	Key            Key
 	Requested      int64
 	HeldGeneration int64
+	// HeldUnknown: a newer generation is held (the stripe index refused
+	// the write) but the server could not read which one; HeldGeneration is
+	// then -1 and means nothing. Use Held, which also reads a negative
+	// HeldGeneration (what servers sent before this field) as unknown.
+	HeldUnknown bool `json:",omitempty"`
+	// Why says why the held generation is unknown.
+	Why string `json:",omitempty"`
+}
+
+// Held is the generation held for the slot; ok is false when the server
+// does not know it. A writer must not step past an unknown generation by
+// guessing one: held+1 of an unknown -1 is 0, not a generation past it.
+func (e *StaleError) Held() (gen int64, ok bool) {
+	if e.HeldUnknown || e.HeldGeneration < 0 {
+		return 0, false
+	}
+	return e.HeldGeneration, true
 }
 
 func (e *StaleError) Error() string {
+	if _, ok := e.Held(); !ok {
+		why := e.Why
+		if why == "" {
+			why = "the server did not say why"
+		}
+		return fmt.Sprintf("shard %s/%d/%d: generation %d refused, a newer generation is stored but which one is unknown (%s)", e.Key.Volume, e.Key.StripeID, e.Key.ShardIndex, e.Requested, why)
+	}
 	return fmt.Sprintf("shard %s/%d/%d: generation %d refused, generation %d is already stored", e.Key.Volume, e.Key.StripeID, e.Key.ShardIndex, e.Requested, e.HeldGeneration)
 }
 
@@ -108,6 +133,9 @@ type Store struct {
 	// index is the pool's stripe index (index.go); nil WithoutIndex.
 	index        *shardindex.Index
 	indexRebuilt string
+	// unindexable holds, by offset, why the index cannot hold the header
+	// of a stored shard (errUnindexable; found on open, never written).
+	unindexable map[int64]string
 	// unindexMu makes a free's delete of its entry and the put-back of the
 	// slot's older generation one step: two frees of one slot's generations
 	// at once would otherwise put back a generation the other just freed.
@@ -159,6 +187,9 @@ type Space struct {
 	Shards        int   `json:"shards"`
 	// Unreadable counts allocated extents without a valid header.
 	Unreadable int `json:"unreadable"`
+	// Unindexable counts shards (of Shards) held without a stripe index
+	// entry: their headers cannot be indexed (Store.UnindexableReport).
+	Unindexable int `json:"unindexable"`
 }
 
 // OpenStore opens (or creates) the store in dir with room for capacity bytes
@@ -186,7 +217,7 @@ func OpenStoreWith(dir string, capacity int64, opt StoreOptions) (*Store, error)
 		lock.Close()
 		return nil, fmt.Errorf("open shard store: %w", err)
 	}
-	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, now: time.Now, fences: newFences(dir)}
+	s := &Store{dir: dir, capacity: capacity, data: data, lock: lock, extents: map[int64]*extent{}, slots: map[Key][]*extent{}, unindexable: map[int64]string{}, now: time.Now, fences: newFences(dir)}
 	if err := s.replayLog(); err != nil {
 		data.Close()
 		lock.Close()
@@ -573,13 +604,7 @@ func (s *Store) unindexed(e *extent, h *ShardHeader, ierr error) error {
 	ferr := s.freeLocked(e)
 	var out error
 	if errors.Is(ierr, shardindex.ErrStaleGeneration) {
-		held := int64(-1)
-		if r, err := indexRecord(h, e.offset); err == nil {
-			if got, ok, err := s.index.Get(r.Key); err == nil && ok {
-				held = int64(got.Generation)
-			}
-		}
-		out = &StaleError{Key: h.Key(), Requested: h.Generation, HeldGeneration: held}
+		out = s.heldBy(h, e.offset)
 	} else {
 		out = s.indexFailed(fmt.Errorf("commit the entry of shard %s/%d/%d generation %d: %w", h.Volume, h.StripeID, h.ShardIndex, h.Generation, ierr))
 	}
@@ -589,6 +614,43 @@ func (s *Store) unindexed(e *extent, h *ShardHeader, ierr error) error {
 	return out
 }
 
+// heldBy is the StaleError of a write of h the stripe index refused as
+// stale: the generation the index holds for the slot or, when it cannot be
+// read (or was freed since), the newest the store holds of the slot if that
+// is not older than h. Otherwise the held generation is unknown and the
+// error says so: a writer reading a guess as the held generation would step
+// to a generation it has not established is past it.
+func (s *Store) heldBy(h *ShardHeader, off int64) *StaleError {
+	if staleHook != nil {
+		staleHook()
+	}
+	se := &StaleError{Key: h.Key(), Requested: h.Generation, HeldGeneration: -1}
+	var why string
+	if r, err := indexRecord(h, off); err != nil {
+		why = fmt.Sprintf("its index key: %v", err)
+	} else if got, ok, err := s.index.Get(r.Key); err != nil {
+		why = fmt.Sprintf("reading the index entry of %s: %v", r.Key, err)
+	} else if ok {
+		se.HeldGeneration = int64(got.Generation)
+		return se
+	} else {
+		why = fmt.Sprintf("the index holds no entry of %s any more", r.Key)
+	}
+	s.mu.Lock()
+	prev := s.newestLocked(h)
+	s.mu.Unlock()
+	if prev != nil && prev.header.Generation >= h.Generation {
+		se.HeldGeneration = prev.header.Generation
+		return se
+	}
+	se.HeldUnknown, se.Why = true, why+", and the store holds no generation of the slot at or past it"
+	return se
+}
+
+// staleHook, when set (tests only), runs in heldBy before the held
+// generation is read.
+var staleHook func()
+
 // dropLocked removes e from the indexes (not from the free list). Caller holds mu.
 func (s *Store) dropLocked(e *extent) {
 	delete(s.extents, e.offset)
@@ -596,6 +658,7 @@ func (s *Store) dropLocked(e *extent) {
 	if e.header == nil {
 		s.unreadable--
 	}
+	delete(s.unindexable, e.offset)
 	if e.header != nil {
 		k := e.header.Key()
 		list := s.slots[k]
@@ -728,6 +791,9 @@ func (s *Store) unindex(h *ShardHeader, off int64) error {
 	s.unindexMu.Lock()
 	defer s.unindexMu.Unlock()
 	rec, err := indexRecord(h, off)
+	if errors.Is(err, errUnindexable) {
+		return nil // never indexed (expectedIndex): no entry to delete
+	}
 	if err != nil {
 		return s.indexFailed(err)
 	}
@@ -746,6 +812,9 @@ func (s *Store) unindex(h *ShardHeader, off int64) error {
 	}
 	if unindexHook != nil {
 		unindexHook()
+	}
+	if errors.Is(err, errUnindexable) {
+		return nil // the older generation stays without an entry, as on open
 	}
 	if err == nil {
 		err = s.index.Put([]shardindex.Record{back})
@@ -817,5 +886,5 @@ func (s *Store) Space() Space {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Space{CapacityBytes: s.capacity, UsedBytes: s.used, FreeBytes: s.capacity - s.used,
-		Shards: len(s.extents) - s.unreadable, Unreadable: s.unreadable}
+		Shards: len(s.extents) - s.unreadable, Unreadable: s.unreadable, Unindexable: len(s.unindexable)}
 }

@@ -119,9 +119,16 @@ func (s *Store) writeStripe(ctx context.Context, v *Volume, pl *placer, id int64
 		var stale *shardserver.StaleError
 		if errors.As(err, &stale) {
 			// A dead writer's orphan (or a racing writer) holds this
-			// generation: step past it.
+			// generation: step past it, if the server said which one it
+			// holds. A guess could be a generation the server holds too,
+			// or one below it: the write fails instead, and is tried
+			// again from the ECStripe by its caller.
 			s.freeWritten(ctx, v, id, gen, writes)
-			minGen = stale.HeldGeneration + 1
+			held, ok := stale.Held()
+			if !ok {
+				return fmt.Errorf("stripe %d: generation %d refused and the generation held could not be learnt, so no generation is known to be past it: %w", id, gen, err)
+			}
+			minGen = held + 1
 			continue
 		}
 		if err != nil {
@@ -341,12 +348,29 @@ func (s *Store) putShards(ctx context.Context, v *Volume, pl *placer, id, gen in
 	for _, c := range chosen {
 		used[c.Pool] = true
 	}
-	ok := 0
+	// A stale shard fails the version: the writer steps past the newest
+	// generation held, so the error returned is the one naming it, or one
+	// whose held generation is unknown (the writer must not guess past it).
+	var staleErr error
+	var newest int64 = -1
 	for i := range writes {
 		var stale *shardserver.StaleError
-		if errors.As(writes[i].err, &stale) {
-			return writes, stale
+		if !errors.As(writes[i].err, &stale) {
+			continue
 		}
+		held, known := stale.Held()
+		if !known {
+			return writes, writes[i].err
+		}
+		if held > newest {
+			staleErr, newest = writes[i].err, held
+		}
+	}
+	if staleErr != nil {
+		return writes, staleErr
+	}
+	ok := 0
+	for i := range writes {
 		if errors.Is(writes[i].err, shardserver.ErrFenced) {
 			// A newer export holds the volume: no other pool may take it.
 			return writes, writes[i].err
