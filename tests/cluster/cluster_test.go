@@ -57,6 +57,7 @@ func TestCluster(t *testing.T) {
 		// tiering step: the same bridge addresses for the double and
 		// Prometheus, which the operator was given at install.
 		{"ConversionToErasureCoding", csiStep(testConversionToErasureCoding)},
+		{"ConversionHeatUp", csiStep(testConversionHeatUp)},
 		{"ConversionUndo", csiStep(testConversionUndo)},
 		{"UninstallKeepsCRDsAndData", testUninstallKeepsCRDsAndData},
 		{"CertManagerModeInstall", testCertManagerModeInstall},

@@ -69,6 +69,13 @@ var convStory struct {
 	procs   []*hostProcess
 	written map[string]string // claim -> treeio output of what it holds
 	figures []string
+	// dir holds the story's files (Prometheus's TSDB, the double's
+	// scenario): its processes outlive the step that starts them, so not
+	// a step's t.TempDir (removed, under a running Prometheus, when that
+	// step ends). Removed by stopConversionStory.
+	dir string
+	// heatedPV is the replicated PV the heat-up ended on.
+	heatedPV string
 }
 
 func convFigure(t *testing.T, format string, a ...any) {
@@ -85,9 +92,14 @@ func stopConversionStory() {
 	convStory.mu.Lock()
 	procs := convStory.procs
 	convStory.procs = nil
+	dir := convStory.dir
+	convStory.dir = ""
 	convStory.mu.Unlock()
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop()
+	}
+	if dir != "" {
+		_ = os.RemoveAll(dir)
 	}
 }
 
@@ -385,7 +397,13 @@ func (s *swapWatch) unavailable() (time.Duration, bool) {
 func testConversionToErasureCoding(t *testing.T) {
 	convCleanupOnFailure(t)
 	convStory.written = map[string]string{}
-	dir := t.TempDir()
+	dir, err := os.MkdirTemp("", "couchestor-conversion-story-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	convStory.mu.Lock()
+	convStory.dir = dir
+	convStory.mu.Unlock()
 	// The stand-in (static: it runs in the CSI node image) and the double.
 	if err := os.MkdirAll(filepath.Join(standinDir(), "bin"), 0o755); err != nil {
 		t.Fatal(err)
@@ -758,6 +776,9 @@ func testConversionUndo(t *testing.T) {
 func cleanupConversion(t *testing.T) {
 	_, _ = kubectl(t, "", "delete", "storagepolicy", convPolicy, "--ignore-not-found", "--wait=false")
 	_, _ = kubectl(t, "", "delete", "namespace", convNS, "--ignore-not-found", "--wait=true", "--timeout=180s")
+	if convStory.heatedPV != "" {
+		_, _ = kubectl(t, "", "delete", "pv", convStory.heatedPV, "--ignore-not-found", "--wait=false")
+	}
 	for _, v := range []sim.VolumeSpec{convArchive, convBusy} {
 		_, _ = kubectl(t, "", "delete", "pv", v.Name, "ec-"+v.Name, "--ignore-not-found", "--wait=false")
 		_, _ = kubectl(t, "", "delete", "ecvolume", "ec-"+v.Name, "--ignore-not-found", "--wait=false")

@@ -9,6 +9,7 @@
 //	treeio read-block DEV N    print "sha256  DEV N" of the first N bytes
 //	treeio statfs DIR          print the filesystem's total bytes
 //	treeio hold DIR            keep DIR in use until SIGTERM (a pod holding its volume)
+//	treeio churn DIR           until SIGTERM, rewrite and fsync DIR/.churn (4 KiB) in a loop (a busy pod: IOPS at its export), then remove it
 package main
 
 import (
@@ -73,6 +74,8 @@ func run(args []string) error {
 		}
 		fmt.Println(uint64(st.Blocks) * uint64(st.Bsize))
 		return nil
+	case "churn":
+		return churn(args[1])
 	case "hold":
 		f, err := os.Open(args[1])
 		if err != nil {
@@ -194,4 +197,47 @@ func readBlock(dev string, n int64) error {
 	}
 	fmt.Printf("%s  %s %d\n", hex.EncodeToString(h.Sum(nil)), dev, n)
 	return nil
+}
+
+// churn rewrites one 4 KiB file with fsync until SIGTERM, then removes it
+// (and fsyncs the directory), so the tree reads as before.
+func churn(dir string) error {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	p := filepath.Join(dir, ".churn")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 4096)
+	fmt.Println("churning", p)
+	n := 0
+	for {
+		select {
+		case <-sig:
+			f.Close()
+			if err := os.Remove(p); err != nil {
+				return err
+			}
+			d, err := os.Open(dir)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			if err := d.Sync(); err != nil {
+				return err
+			}
+			fmt.Println("churned", n)
+			return nil
+		default:
+		}
+		b[n%len(b)]++
+		if _, err := f.WriteAt(b, 0); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		n++
+	}
 }
