@@ -53,7 +53,8 @@ func TestCluster(t *testing.T) {
 		{"TieringThroughPrometheus", testTieringThroughPrometheus},
 		// Cold Mayastor volumes (the REST double, its bytes served by the
 		// Mayastor CSI stand-in) converted to erasure coding by the
-		// operator pods, and undone (conversion_test.go). After the
+		// operator pods, back when one heats up (heatup_test.go), and
+		// undone (conversion_test.go). After the
 		// tiering step: the same bridge addresses for the double and
 		// Prometheus, which the operator was given at install.
 		{"ConversionToErasureCoding", csiStep(testConversionToErasureCoding)},
