@@ -42,7 +42,9 @@ func testConversionHeatUp(t *testing.T) {
 		t.Fatalf("PVC busy is bound to %q, want the erasure-coded %s (the step before converts it)", vol, ecPV)
 	}
 	mustKubectl(t, "", "patch", "storagepolicy", convPolicy, "--type=merge", "-p", heatPolicyPatch)
-	defer func() { _, _ = kubectl(t, "", "patch", "storagepolicy", convPolicy, "--type=merge", "-p", heatPolicyRestore) }()
+	defer func() {
+		_, _ = kubectl(t, "", "patch", "storagepolicy", convPolicy, "--type=merge", "-p", heatPolicyRestore)
+	}()
 
 	eventually(t, "the story's Prometheus scrapes the CSI node plugin", 2*time.Minute, func() (bool, string) {
 		v, out := promScalar(t, `max(up{job="couchestor-csi-node"})`)
