@@ -102,6 +102,9 @@ type Store struct {
 	// again before its ECStripe is created or updated; an error stops the
 	// write (the export no longer holds its Lease).
 	Fence func() error
+	// Groups, when set, caches the ECPlacementGroups of PlacementGroups
+	// volumes (see Groups); without it they are read for every stripe.
+	Groups *Groups
 	// AfterShardsDurable, when set, runs after a stripe version's shards are
 	// durable and before its ECStripe is created or updated. It is a
 	// fault-injection seam: tests block here and kill the writer.
@@ -138,6 +141,8 @@ type Volume struct {
 	MinHealthy int
 	StripeSize int64
 	Codec      *erasure.StripeCodec
+	// Layout is the volume's spec.stripeLayout (with its default).
+	Layout storagev1.StripeLayout
 }
 
 // Name of the volume.
@@ -163,7 +168,7 @@ func (s *Store) resolve(ctx context.Context, vol *storagev1.ECVolume) (*Volume, 
 	if err := s.Client.Get(ctx, client.ObjectKey{Name: vol.Spec.PolicyRef}, pol); err != nil {
 		return nil, fmt.Errorf("ECVolume %s: get ErasureCodingPolicy %q (spec.policyRef): %w", vol.Name, vol.Spec.PolicyRef, err)
 	}
-	v := &Volume{Object: vol, Policy: pol.Name}
+	v := &Volume{Object: vol, Policy: pol.Name, Layout: vol.Spec.Layout()}
 	sp := pol.Spec
 	// Schema defaults, in case the object was stored without them.
 	v.K, v.M, v.StripeSize = 4, 2, 1048576
