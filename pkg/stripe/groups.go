@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-
 	storagev1alpha1 "github.com/billyronks/couchestor/apis/storage/v1alpha1"
 	"github.com/billyronks/couchestor/pkg/placement"
 )
@@ -140,4 +139,3 @@ func (s *Store) readGroups(ctx context.Context, v *Volume) (*policyGroups, error
 	}
 	return pg, nil
 }
-
