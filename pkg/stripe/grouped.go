@@ -230,6 +230,17 @@ func (s *Store) forgetPlaced(v *Volume, id int64) {
 	}
 }
 
+// FenceGroups raises the writer fence of a PlacementGroups volume on its
+// groups' members (see fenceGroups; nothing for other layouts or without a
+// WriterEpoch). An export calls it once it holds the volume's Lease, before
+// it serves; reads and writes call it too before their first I/O.
+func (s *Store) FenceGroups(ctx context.Context, v *Volume) error {
+	if v.Layout != storagev1.LayoutPlacementGroups {
+		return nil
+	}
+	return s.fenceGroups(ctx, v)
+}
+
 // fenceGroups raises the volume's writer fence to WriterEpoch on every
 // member of every group of its policy before this Store first reads or
 // writes the volume, and fails unless in every group fewer than k members
