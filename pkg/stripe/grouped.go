@@ -14,6 +14,7 @@ import (
 	"time"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	storagev1alpha1 "github.com/billyronks/couchestor/apis/storage/v1alpha1"
 	"github.com/billyronks/couchestor/apis/storage/v1/geometry"
 	"github.com/billyronks/couchestor/pkg/erasure"
 	"github.com/billyronks/couchestor/pkg/registry"
@@ -49,6 +50,99 @@ type placed struct {
 	held []heldAt
 }
 
+// slotAnswer is what the member of one slot answered about a stripe: its
+// shards of that slot (known), or why it did not answer.
+type slotAnswer struct {
+	known  bool
+	err    error
+	addr   string
+	shards []shardserver.HeldShard
+	// backfilling: the member replaced a lost pool and is not backfilled
+	// yet; its "I hold nothing" is not a positive absence.
+	backfilling bool
+}
+
+// stripeVersion is one written version of a stripe: its generation and
+// stripe checksum (two writers of one generation differ in the latter).
+type stripeVersion struct {
+	gen int64
+	sum string
+}
+
+// quorumDecision is what decideQuorum found.
+type quorumDecision struct {
+	// cur is the newest version k members hold (gen 0: none does).
+	cur     stripeVersion
+	holders []int                 // the slots holding cur
+	first   shardserver.HeldShard // one shard of cur (its stripe metadata)
+	// possible counts the slots that could hold an acknowledged version
+	// newer than cur: unknown, a backfilling member's nothing, or holding
+	// a newer generation (or cur's generation with another checksum).
+	possible int
+	maxSeen  int64 // the newest generation any slot holds
+	errs     []error
+}
+
+// decideQuorum decides a stripe's current version from its members'
+// answers (by slot); valid says whether a shard matches the volume's
+// geometry. The caller refuses the decision (ErrInDoubt) when possible
+// reaches the acknowledgement quorum.
+func decideQuorum(answers []slotAnswer, k int, valid func(slot int, sh shardserver.HeldShard) bool) quorumDecision {
+	var d quorumDecision
+	holders := map[stripeVersion][]int{}
+	first := map[stripeVersion]shardserver.HeldShard{}
+	for slot, a := range answers {
+		for _, sh := range a.shards {
+			d.maxSeen = max(d.maxSeen, sh.Generation)
+			if !valid(slot, sh) {
+				continue
+			}
+			ver := stripeVersion{sh.Generation, sh.StripeChecksum}
+			holders[ver] = append(holders[ver], slot)
+			if _, ok := first[ver]; !ok {
+				first[ver] = sh
+			}
+		}
+	}
+	vers := make([]stripeVersion, 0, len(holders))
+	for ver := range holders {
+		vers = append(vers, ver)
+	}
+	sort.Slice(vers, func(i, j int) bool {
+		if vers[i].gen != vers[j].gen {
+			return vers[i].gen > vers[j].gen
+		}
+		if len(holders[vers[i]]) != len(holders[vers[j]]) {
+			return len(holders[vers[i]]) > len(holders[vers[j]])
+		}
+		return vers[i].sum < vers[j].sum
+	})
+	for _, ver := range vers {
+		if len(holders[ver]) >= k {
+			d.cur, d.holders, d.first = ver, holders[ver], first[ver]
+			break
+		}
+	}
+	for slot, a := range answers {
+		if !a.known {
+			d.possible++
+			d.errs = append(d.errs, fmt.Errorf("slot %d: %w", slot, a.err))
+			continue
+		}
+		if a.backfilling && len(a.shards) == 0 {
+			d.possible++
+			continue
+		}
+		for _, sh := range a.shards {
+			if sh.Generation > d.cur.gen || (sh.Generation == d.cur.gen && sh.StripeChecksum != d.cur.sum) {
+				d.possible++
+				break
+			}
+		}
+	}
+	return d
+}
+
 // quorum is how many durable shards acknowledge a stripe version.
 func (v *Volume) quorum() int { return max(v.MinHealthy, v.K) }
 
@@ -56,9 +150,10 @@ func (v *Volume) quorum() int { return max(v.MinHealthy, v.K) }
 // stripe it holds and decides its current generation: the newest one (with
 // one stripe checksum) whose shard of its slot at least k members hold, as
 // long as the members that answered rule out anything newer having been
-// acknowledged (a version is acknowledged once quorum() members hold it, so
-// fewer than quorum() slots may be unknown or hold something newer);
-// otherwise ErrInDoubt. Zero holders with that rule satisfied is "absent".
+// acknowledged (a version is acknowledged once quorum() >= k members hold
+// it, so fewer than k slots may be unknown or hold something newer: the
+// other n-k+1 are a read quorum meeting every write quorum); otherwise
+// ErrInDoubt. Zero holders with that rule satisfied is "absent".
 func (s *Store) resolvePlaced(ctx context.Context, v *Volume, id int64, fresh bool) (*placed, error) {
 	count, gid, members, _, err := s.groupOf(ctx, v, id, fresh)
 	if err != nil {
@@ -71,18 +166,12 @@ func (s *Store) resolvePlaced(ctx context.Context, v *Volume, id int64, fresh bo
 	n := v.K + v.M
 	start, end := v.stripeRange(id)
 	ss := int64(v.Codec.ShardSize())
-	type answer struct {
-		known  bool
-		err    error
-		addr   string
-		shards []shardserver.HeldShard
-	}
-	answers := make([]answer, n)
+	answers := make([]slotAnswer, n)
 	var wg sync.WaitGroup
 	for slot, m := range members {
 		srv, ok := servers[m.Pool]
 		if !ok {
-			answers[slot].err = fmt.Errorf("slot %d: pool %s has no registered shard server", slot, m.Pool)
+			answers[slot].err = fmt.Errorf("pool %s has no registered shard server", m.Pool)
 			continue
 		}
 		wg.Add(1)
@@ -91,7 +180,7 @@ func (s *Store) resolvePlaced(ctx context.Context, v *Volume, id int64, fresh bo
 			lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			h, err := s.Shards.StripeShards(lctx, addr, v.Name(), string(v.Object.UID), id)
-			a := answer{addr: addr, err: err, known: err == nil}
+			a := slotAnswer{addr: addr, err: err, known: err == nil}
 			for _, sh := range h.Shards {
 				if sh.ShardIndex == slot {
 					a.shards = append(a.shards, sh)
@@ -101,76 +190,26 @@ func (s *Store) resolvePlaced(ctx context.Context, v *Volume, id int64, fresh bo
 		}(slot, srv.Address)
 	}
 	wg.Wait()
-	type version struct {
-		gen int64
-		sum string
-	}
 	valid := func(slot int, sh shardserver.HeldShard) bool {
 		return sh.DataShards == v.K && sh.ParityShards == v.M && sh.StartLBA == start && sh.EndLBA == end && sh.SizeBytes == ss &&
 			len(sh.ShardChecksums) == n && sh.ShardChecksums[slot] == sh.Checksum && sh.StripeChecksum != "" && sh.Generation > 0
 	}
-	holders := map[version][]int{}
-	first := map[version]shardserver.HeldShard{}
-	p := &placed{count: count, group: gid, members: members}
-	for slot, a := range answers {
-		for _, sh := range a.shards {
-			p.maxSeen = max(p.maxSeen, sh.Generation)
-			if !valid(slot, sh) {
-				continue
-			}
-			ver := version{sh.Generation, sh.StripeChecksum}
-			holders[ver] = append(holders[ver], slot)
-			if _, ok := first[ver]; !ok {
-				first[ver] = sh
-			}
-		}
+	for slot := range answers {
+		answers[slot].backfilling = members[slot].State == storagev1alpha1.MemberBackfilling
 	}
-	vers := make([]version, 0, len(holders))
-	for ver := range holders {
-		vers = append(vers, ver)
-	}
-	sort.Slice(vers, func(i, j int) bool {
-		if vers[i].gen != vers[j].gen {
-			return vers[i].gen > vers[j].gen
-		}
-		return len(holders[vers[i]]) > len(holders[vers[j]])
-	})
-	var cur version // zero: absent
-	for _, ver := range vers {
-		if len(holders[ver]) >= v.K {
-			cur = ver
-			break
-		}
-	}
-	// How many slots could hold an acknowledged version newer than cur.
-	possible := 0
-	var errs []error
-	for slot, a := range answers {
-		if !a.known {
-			possible++
-			errs = append(errs, a.err)
-			continue
-		}
-		if members[slot].State == "Backfilling" && len(a.shards) == 0 {
-			// A replacement member not yet backfilled: its "nothing" is
-			// not a positive absence.
-			possible++
-			continue
-		}
-		for _, sh := range a.shards {
-			if sh.Generation > cur.gen || (sh.Generation == cur.gen && sh.StripeChecksum != cur.sum) {
-				possible++
-				break
-			}
-		}
-	}
-	if possible >= v.quorum() {
-		what := fmt.Sprintf("generation %d is held by %d members", cur.gen, len(holders[cur]))
+	d := decideQuorum(answers, v.K, valid)
+	cur, possible, holders, errs := d.cur, d.possible, d.holders, d.errs
+	p := &placed{count: count, group: gid, members: members, maxSeen: d.maxSeen}
+	// Any acknowledged version is durable on quorum() >= k members: fewer
+	// than k slots that could hold a newer one rule it out (k rather than
+	// quorum(): a version acknowledged under a smaller minHealthyShards).
+	if possible >= v.K {
+		what := fmt.Sprintf("generation %d is held by %d members", cur.gen, len(holders))
 		if cur.gen == 0 {
 			what = "no generation is held by k members"
 		}
-		return nil, fmt.Errorf("%w: volume %s stripe %d (group %d): %s; %d of %d members did not answer or hold a newer generation partly, and %d members acknowledge a write: %w",
-			ErrInDoubt, v.Name(), id, gid, what, possible, n, v.quorum(), errors.Join(errs...))
+		return nil, fmt.Errorf("%w: volume %s stripe %d (group %d): %s; %d of %d members did not answer or hold a newer generation partly, and a write acknowledged on %d of them cannot be ruled out: %w",
+			ErrInDoubt, v.Name(), id, gid, what, possible, n, v.K, errors.Join(errs...))
 	}
 	p.gen = cur.gen
 	for slot, a := range answers {
@@ -183,7 +222,7 @@ func (s *Store) resolvePlaced(ctx context.Context, v *Volume, id int64, fresh bo
 	if cur.gen == 0 {
 		return p, nil
 	}
-	ref := first[cur]
+	ref := d.first
 	es := &storagev1.ECStripe{Spec: storagev1.ECStripeSpec{VolumeRef: v.Name(), StripeID: id, PolicyRef: v.Policy,
 		LbaRange: storagev1.LbaRange{StartLba: start, EndLba: end}, Checksum: cur.sum, Generation: cur.gen,
 		ShardLocations: make([]storagev1.ShardLocation, n)}}
@@ -191,7 +230,7 @@ func (s *Store) resolvePlaced(ctx context.Context, v *Volume, id int64, fresh bo
 	for i := 0; i < n; i++ {
 		es.Spec.ShardLocations[i] = storagev1.ShardLocation{ShardIndex: int32(i), IsDataShard: i < v.K, SizeBytes: ss, Checksum: ref.ShardChecksums[i]}
 	}
-	for _, slot := range holders[cur] {
+	for _, slot := range holders {
 		for _, sh := range answers[slot].shards {
 			if sh.Generation == cur.gen && sh.StripeChecksum == cur.sum {
 				es.Spec.ShardLocations[slot].PoolName, es.Spec.ShardLocations[slot].Offset = members[slot].Pool, sh.Offset
