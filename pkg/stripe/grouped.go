@@ -14,8 +14,8 @@ import (
 	"time"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
-	storagev1alpha1 "github.com/billyronks/couchestor/apis/storage/v1alpha1"
 	"github.com/billyronks/couchestor/apis/storage/v1/geometry"
+	storagev1alpha1 "github.com/billyronks/couchestor/apis/storage/v1alpha1"
 	"github.com/billyronks/couchestor/pkg/erasure"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/pkg/shardserver"
