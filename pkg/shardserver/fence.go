@@ -92,10 +92,17 @@ func (f *fences) raise(volume, uid string, epoch uint64) error {
 		return fmt.Errorf("%w: %v", ErrBadShard, err)
 	}
 	g := f.gate(volume)
+	if raiseHook != nil {
+		raiseHook()
+	}
 	g.Lock()
 	defer g.Unlock()
 	return f.admit(volume, uid, epoch)
 }
+
+// raiseHook, when set (tests only), runs in raise before it waits for the
+// volume's writes in flight.
+var raiseHook func()
 
 // admit checks a write of volume (uid) carrying epoch and raises the
 // recorded epoch (durably) when the write's is higher.

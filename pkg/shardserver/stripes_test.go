@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -111,4 +113,59 @@ func getRaw(ctx context.Context, c *Client, addr, path, q string) error {
 	}
 	_, _, err = c.do(ctx, "GET", addr, path, vals, nil, nil)
 	return err
+}
+
+// blockingWrite holds the store file's first payload write until released.
+type blockingWrite struct {
+	storeFile
+	entered chan struct{}
+	release chan struct{}
+	once    *sync.Once
+}
+
+func (b blockingWrite) WriteAt(p []byte, off int64) (int, error) {
+	b.once.Do(func() {
+		close(b.entered)
+		<-b.release
+	})
+	return b.storeFile.WriteAt(p, off)
+}
+
+// A fence raise returns only after the volume's writes admitted under the
+// older epoch have finished (so a new writer that raised the fence and then
+// reads sees every write the old one will ever get acknowledged on this
+// server), and those writes still succeed; the old epoch's next write is
+// refused.
+func TestFenceRaiseWaitsForWritesInFlight(t *testing.T) {
+	srv := limitedServer(t, DefaultLimits())
+	s := srv.store
+	bw := blockingWrite{storeFile: s.data, entered: make(chan struct{}), release: make(chan struct{}), once: &sync.Once{}}
+	s.data = bw
+	p := randBytes(4096, 9)
+	h := header("v", 0, 0, 1, p)
+	h.VolumeUID, h.WriterEpoch = "u1", 1
+	var written atomic.Bool
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := s.Write(h, p)
+		written.Store(true)
+		writeErr <- err
+	}()
+	<-bw.entered // the write is admitted and in flight
+	raiseHook = func() { close(bw.release) }
+	defer func() { raiseHook = nil }()
+	if err := s.RaiseFence("v", "u1", 2); err != nil {
+		t.Fatal(err)
+	}
+	if !written.Load() {
+		t.Fatal("the fence raise returned while a write admitted under the older epoch was still in flight")
+	}
+	if err := <-writeErr; err != nil {
+		t.Fatalf("the write admitted before the raise: %v", err)
+	}
+	h2 := header("v", 1, 0, 1, p)
+	h2.VolumeUID, h2.WriterEpoch = "u1", 1
+	if _, err := s.Write(h2, p); !errors.Is(err, ErrFenced) {
+		t.Fatalf("a write of epoch 1 after the raise to 2: %v", err)
+	}
 }
