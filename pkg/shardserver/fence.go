@@ -8,7 +8,11 @@ package shardserver
 // still have destages in flight. A write without an epoch (rebuild, scrub,
 // recovery tools, which act on stripes the ECStripe precondition guards) is
 // not fenced. The record names the volume's UID: a later volume of the same
-// name starts its epochs afresh.
+// name starts its epochs afresh. A new writer of a PlacementGroups volume
+// raises the record on every member of its groups before it serves
+// (PUT /v1/fences/{volume}, stripes.go); the raise waits for the writes of
+// the volume admitted before it (each holds the volume's gate from admission
+// to acknowledgement), so none of the older writer's lands after it.
 
 import (
 	"errors"
