@@ -113,27 +113,29 @@ func TestPlacementGroupLayoutEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	c.policy("rs-4-2", storagev1.AlgorithmReedSolomon, 4, 2, 1<<20)
 	const groups = 8
-	// Group 7's slots 2..5 are pools without a shard server.
+	const stripes = 24
+	v := c.placedVolume("vol-pg", "rs-4-2", stripes<<20)
+	// The group of the volume's last stripe (the volume UID is random) has
+	// pools without a shard server in its slots 2..5.
+	ghost := groupOf(v, stripes-1, groups)
 	c.placementGroups("rs-4-2", groups, 6, func(g, slot int) string {
-		if g == 7 && slot >= 2 {
+		if g == ghost && slot >= 2 {
 			return "ghost-" + strconv.Itoa(slot)
 		}
 		return roundRobin(7)(g, slot)
 	})
 	c.store.Known = &stripe.Known{}
 	c.store.Groups = &stripe.Groups{}
-	const stripes = 12
-	v := c.placedVolume("vol-pg", "rs-4-2", stripes<<20)
 	written := []int64{}
 	data := make([]byte, stripes<<20)
 	var ghostStripe, unwritten int64 = -1, -1
 	for id := int64(0); id < stripes; id++ {
 		switch {
-		case groupOf(v, id, groups) == 7 && ghostStripe < 0:
+		case groupOf(v, id, groups) == ghost && ghostStripe < 0:
 			ghostStripe = id
-		case groupOf(v, id, groups) != 7 && unwritten < 0 && id > 0:
+		case groupOf(v, id, groups) != ghost && unwritten < 0 && id > 0:
 			unwritten = id
-		case groupOf(v, id, groups) != 7:
+		case groupOf(v, id, groups) != ghost:
 			copy(data[id<<20:], random(t, 1<<20))
 			if err := c.store.WriteAt(ctx, v, data[id<<20:(id+1)<<20], id<<20); err != nil {
 				t.Fatalf("write stripe %d: %v", id, err)
