@@ -84,6 +84,11 @@ func (c *volumeOrphanCollector) Reconcile(ctx context.Context, req ctrl.Request)
 		r.forgetGC(req.Name)
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if vol.Spec.Layout() == storagev1.LayoutPlacementGroups {
+		// Its shards have no ECStripe to be referenced by: the collector
+		// would free them all (stripe.ErrLayoutNotCovered). Not built yet.
+		return ctrl.Result{}, nil
+	}
 	r.mu.Lock()
 	last, collected := r.lastGC[vol.Name]
 	r.mu.Unlock()

@@ -8,7 +8,11 @@ package shardserver
 // still have destages in flight. A write without an epoch (rebuild, scrub,
 // recovery tools, which act on stripes the ECStripe precondition guards) is
 // not fenced. The record names the volume's UID: a later volume of the same
-// name starts its epochs afresh.
+// name starts its epochs afresh. A new writer of a PlacementGroups volume
+// raises the record on every member of its groups before it serves
+// (PUT /v1/fences/{volume}, stripes.go); the raise waits for the writes of
+// the volume admitted before it (each holds the volume's gate from admission
+// to acknowledgement), so none of the older writer's lands after it.
 
 import (
 	"errors"
@@ -36,11 +40,73 @@ type fences struct {
 	dir string
 	mu  sync.Mutex
 	rec map[string]fenceRecord // loaded on first use
+	// gates hold a volume's writes from admission to acknowledgement
+	// (read-locked) against a raise of its fence (write-locked): once a
+	// raise returns, no write admitted under the older epoch is still on
+	// its way to being acknowledged.
+	gates map[string]*sync.RWMutex
 }
 
 func newFences(dataDir string) *fences {
-	return &fences{dir: filepath.Join(dataDir, fencesDirName), rec: map[string]fenceRecord{}}
+	return &fences{dir: filepath.Join(dataDir, fencesDirName), rec: map[string]fenceRecord{}, gates: map[string]*sync.RWMutex{}}
 }
+
+func (f *fences) gate(volume string) *sync.RWMutex {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g := f.gates[volume]
+	if g == nil {
+		g = &sync.RWMutex{}
+		f.gates[volume] = g
+	}
+	return g
+}
+
+// enter admits a write like admit and holds the volume's gate until the
+// returned release is called (after the write is acknowledged or failed).
+func (f *fences) enter(volume, uid string, epoch uint64) (release func(), err error) {
+	if epoch == 0 {
+		return func() {}, nil
+	}
+	if err := ValidateJournalVolume(volume); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadShard, err)
+	}
+	g := f.gate(volume)
+	g.RLock()
+	if err := f.admit(volume, uid, epoch); err != nil {
+		g.RUnlock()
+		return nil, err
+	}
+	return g.RUnlock, nil
+}
+
+// raise records epoch as the volume's writer epoch (refusing one below the
+// recorded epoch with ErrFenced) once every write admitted before it has
+// finished: a new writer calls it on the members of its volume's placement
+// groups before it serves, so an older writer still running can win no
+// quorum of a group (README, "At scale", point 2).
+func (f *fences) raise(volume, uid string, epoch uint64) error {
+	if epoch == 0 {
+		return fmt.Errorf("%w: a fence raise needs a writer epoch above 0", ErrBadShard)
+	}
+	if uid == "" {
+		return fmt.Errorf("%w: a fence raise needs the volume's uid", ErrBadShard)
+	}
+	if err := ValidateJournalVolume(volume); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadShard, err)
+	}
+	g := f.gate(volume)
+	if raiseHook != nil {
+		raiseHook()
+	}
+	g.Lock()
+	defer g.Unlock()
+	return f.admit(volume, uid, epoch)
+}
+
+// raiseHook, when set (tests only), runs in raise before it waits for the
+// volume's writes in flight.
+var raiseHook func()
 
 // admit checks a write of volume (uid) carrying epoch and raises the
 // recorded epoch (durably) when the write's is higher.

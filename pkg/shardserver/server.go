@@ -74,6 +74,8 @@ func NewServer(store *Store, token string) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/space", s.auth(s.space))
 	s.mux.HandleFunc("GET /v1/groups/{group}/count", s.auth(s.groupCount))
 	s.mux.HandleFunc("GET /v1/groups/{group}/entries", s.auth(s.groupEntries))
+	s.mux.HandleFunc("GET /v1/stripes/{stripe}", s.auth(s.stripeShards))
+	s.mux.HandleFunc("PUT /v1/fences/{volume}", s.auth(s.raiseFence))
 	s.registerJournalRoutes()
 	// /healthz is unauthenticated and cheap: it takes no store lock and
 	// walks nothing, it only reports a store that stopped acknowledging.

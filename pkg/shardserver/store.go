@@ -519,9 +519,11 @@ func (s *Store) Write(h *ShardHeader, payload []byte) (Location, error) {
 	if got := erasure.ShardChecksum(payload); got != h.Checksum {
 		return Location{}, fmt.Errorf("%w: payload checksum %s does not match header checksum %s", ErrBadShard, got, h.Checksum)
 	}
-	if err := s.fences.admit(h.Volume, h.VolumeUID, h.WriterEpoch); err != nil {
+	release, err := s.fences.enter(h.Volume, h.VolumeUID, h.WriterEpoch)
+	if err != nil {
 		return Location{}, err
 	}
+	defer release()
 	hdr, err := encodeHeader(h)
 	if err != nil {
 		return Location{}, fmt.Errorf("%w: %v", ErrBadShard, err)

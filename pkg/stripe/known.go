@@ -43,6 +43,31 @@ type Known struct {
 	n          int
 	volumes    map[string]*knownVolume
 	relearning map[string]struct{} // stripes being reread in the background
+	// placed are the resolved stripes of PlacementGroups volumes (by
+	// volume UID and stripe name), bounded by MaxStripes too (cleared
+	// whole when full: they are resolved again from the members).
+	placed map[string]*placed
+}
+
+func (k *Known) getPlaced(key string) *placed {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.placed[key]
+}
+
+func (k *Known) learnPlaced(key string, p *placed) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.placed == nil || len(k.placed) >= k.max() {
+		k.placed = map[string]*placed{}
+	}
+	k.placed[key] = p
+}
+
+func (k *Known) forgetPlaced(key string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.placed, key)
 }
 
 type knownVolume struct {

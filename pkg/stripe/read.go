@@ -37,6 +37,9 @@ func (s *Store) ReadAt(ctx context.Context, v *Volume, p []byte, off int64) (Rea
 	if len(p) == 0 {
 		return rep, nil
 	}
+	if v.Layout == storagev1.LayoutPlacementGroups {
+		return s.readGrouped(ctx, v, p, off)
+	}
 	first, last := off/v.StripeSize, (off+int64(len(p))-1)/v.StripeSize
 	stripes, err := s.stripesFor(ctx, v.Name(), first, last)
 	if err != nil {

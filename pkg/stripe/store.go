@@ -28,6 +28,59 @@
 //     and reconstruct around missing or corrupt shards; when too few survive
 //     and the ECStripe changed meanwhile (a concurrent update freed old
 //     shards), the read is retried against the new version.
+//
+// The above is the ECStripes layout, every volume's default. A volume created
+// with spec.stripeLayout PlacementGroups (fixed at creation by a CEL rule;
+// existing volumes never change to it) is written and read without any
+// ECStripe (grouped.go, groups.go; README, "At scale", points 1-3):
+//   - Placement. Stripe id is in group placement.GroupOf(volume UID, id,
+//     groupCount) of the volume's policy, groupCount and members read from
+//     the policy's ECPlacementGroup objects (cached by Groups, checked
+//     against the policy: width k+m, one groupCount, every slot placed);
+//     shard i goes to the group's slot-i member and nowhere else (no retry
+//     on another pool: a failed slot leaves the stripe one shard short), with
+//     the group count (placementGroups) and the writer epoch in its header.
+//   - The record is the shards. A version (generation, stripe checksum) is
+//     acknowledged once max(k, minHealthyShards) of its shards are durable
+//     (each server commits its index entry before it answers). The current
+//     version of a stripe is the newest one held by at least k members, found
+//     by asking every member what it holds of the stripe
+//     (shardserver.Client.StripeShards, answered from the store's shard
+//     headers: every generation it holds, not just the newest), decided by
+//     decideQuorum. It is served only if fewer than k slots could hold a
+//     newer acknowledged version (unanswered, a Backfilling member's
+//     nothing, holding a newer generation or the same one with another
+//     checksum): the other n-k+1 form a read quorum that meets every write
+//     quorum. Otherwise the stripe is ErrInDoubt: never served as an older
+//     generation, never as zeros. Zeros are served only when at least
+//     n-k+1 members answered that they hold nothing of the stripe: unknown
+//     is never zero.
+//   - Copy-on-write stays: a write resolves the stripe, encodes a new version
+//     of generation max(current, newest seen anywhere)+1 (a dead writer's
+//     partial generation is stepped past), writes it at new offsets and,
+//     only once it is acknowledged, frees every older shard the members
+//     reported (the superseded version and orphans of dead writers). A
+//     writer killed before that leaves both; the next write frees them. A
+//     StaleError (a generation the resolution did not see) re-resolves and
+//     steps past it.
+//   - Memory. An export (Known set) remembers each stripe's resolution and
+//     the shards it wrote, so reads do not ask the members every time; a
+//     read that finds shards missing forgets it, one that cannot decode
+//     resolves again once. Known's bound (MaxStripes) holds for them too.
+//   - Fencing. Before its first read or write of the volume a Store with a
+//     WriterEpoch raises the volume's fence to that epoch on every member of
+//     every group of the policy (PUT /v1/fences, which waits for the writes
+//     in flight of an older epoch), and fails unless every group has fewer
+//     than k members it did not reach: an older writer still running then
+//     reaches fewer than k members of any group and cannot make a version
+//     current (its shards there are refused as ErrFenced). A member that saw
+//     a newer epoch makes the raise fail: this writer is the older one.
+//   - Not on this layout yet: the ECStripe view (no ECStripe is created for
+//     these volumes, and ECVolume status counts none of their stripes),
+//     orphan collection (CollectOrphans refuses them with
+//     ErrLayoutNotCovered: everything would look orphaned), rebuild and
+//     scrub by group, backfill of a replaced member, migration of existing
+//     volumes, and re-fencing a member that joins a group after the raise.
 package stripe
 
 import (
@@ -102,6 +155,9 @@ type Store struct {
 	// again before its ECStripe is created or updated; an error stops the
 	// write (the export no longer holds its Lease).
 	Fence func() error
+	// Groups, when set, caches the ECPlacementGroups of PlacementGroups
+	// volumes (see Groups); without it they are read for every stripe.
+	Groups *Groups
 	// AfterShardsDurable, when set, runs after a stripe version's shards are
 	// durable and before its ECStripe is created or updated. It is a
 	// fault-injection seam: tests block here and kill the writer.
@@ -138,6 +194,8 @@ type Volume struct {
 	MinHealthy int
 	StripeSize int64
 	Codec      *erasure.StripeCodec
+	// Layout is the volume's spec.stripeLayout (with its default).
+	Layout storagev1.StripeLayout
 }
 
 // Name of the volume.
@@ -163,7 +221,7 @@ func (s *Store) resolve(ctx context.Context, vol *storagev1.ECVolume) (*Volume, 
 	if err := s.Client.Get(ctx, client.ObjectKey{Name: vol.Spec.PolicyRef}, pol); err != nil {
 		return nil, fmt.Errorf("ECVolume %s: get ErasureCodingPolicy %q (spec.policyRef): %w", vol.Name, vol.Spec.PolicyRef, err)
 	}
-	v := &Volume{Object: vol, Policy: pol.Name}
+	v := &Volume{Object: vol, Policy: pol.Name, Layout: vol.Spec.Layout()}
 	sp := pol.Spec
 	// Schema defaults, in case the object was stored without them.
 	v.K, v.M, v.StripeSize = 4, 2, 1048576

@@ -42,6 +42,9 @@ func (s *Store) WriteAt(ctx context.Context, v *Volume, p []byte, off int64) err
 	if len(p) == 0 {
 		return nil
 	}
+	if v.Layout == storagev1.LayoutPlacementGroups {
+		return s.writeGrouped(ctx, v, p, off)
+	}
 	first, last := off/v.StripeSize, (off+int64(len(p))-1)/v.StripeSize
 	existing, err := s.stripesFor(ctx, v.Name(), first, last)
 	if err != nil {

@@ -17,6 +17,7 @@ const ECVolumeFinalizer = "storage.billyronks.io/ecvolume-stripes"
 // ECVolumeSpec is the desired volume.
 // +kubebuilder:validation:XValidation:rule="self.policyRef == oldSelf.policyRef",message="spec.policyRef is immutable: existing stripes are encoded under the original policy"
 // +kubebuilder:validation:XValidation:rule="self.sizeBytes >= oldSelf.sizeBytes",message="spec.sizeBytes may only grow: shrinking would orphan written stripes"
+// +kubebuilder:validation:XValidation:rule="(has(self.stripeLayout) ? self.stripeLayout : 'ECStripes') == (has(oldSelf.stripeLayout) ? oldSelf.stripeLayout : 'ECStripes')",message="spec.stripeLayout is immutable: a volume's stripes stay in the layout they were written in (moving an existing volume needs a migration, not built)"
 type ECVolumeSpec struct {
 	// SizeBytes is the volume's size: a positive multiple of 512 (the LBA size).
 	// +kubebuilder:validation:Minimum=512
@@ -25,6 +26,34 @@ type ECVolumeSpec struct {
 	// PolicyRef names the ErasureCodingPolicy every stripe of the volume is written under.
 	// +kubebuilder:validation:MinLength=1
 	PolicyRef string `json:"policyRef"`
+	// StripeLayout is where the volume's per-stripe records live, fixed at
+	// creation. ECStripes (the default, and every volume created before the
+	// field): one ECStripe object per stripe, written on the write path.
+	// PlacementGroups: each stripe's shards on its placement group's members
+	// (ECPlacementGroup), its record in their stripe indexes, no API write
+	// on the write path (README, "At scale", point 2).
+	// +kubebuilder:validation:Enum=ECStripes;PlacementGroups
+	// +optional
+	StripeLayout StripeLayout `json:"stripeLayout,omitempty"`
+}
+
+// StripeLayout is an ECVolume's spec.stripeLayout.
+type StripeLayout string
+
+const (
+	// LayoutECStripes: one ECStripe object per stripe (the default).
+	LayoutECStripes StripeLayout = "ECStripes"
+	// LayoutPlacementGroups: stripes placed by placement group, their
+	// records with the shards.
+	LayoutPlacementGroups StripeLayout = "PlacementGroups"
+)
+
+// Layout is spec.stripeLayout with its default.
+func (s ECVolumeSpec) Layout() StripeLayout {
+	if s.StripeLayout == "" {
+		return LayoutECStripes
+	}
+	return s.StripeLayout
 }
 
 // ECVolumePhase is the lifecycle phase of an ECVolume.

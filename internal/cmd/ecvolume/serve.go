@@ -187,7 +187,7 @@ func (f *serveFlags) openStore(ctx context.Context) (*stripe.Store, error) {
 	// looks shard servers up at most every serverViewTTL instead of asking
 	// the API server before every stripe read and write (stripe.Known).
 	return &stripe.Store{Client: kc, Shards: sc, Registry: &registry.Lookup{Client: kc, Namespace: f.registryNS}, MayastorNamespace: f.mayastorNS,
-		Known: &stripe.Known{MaxStripes: f.knownStripes}, Views: &stripe.ServerViews{TTL: serverViewTTL, OnRefreshError: func(view string, err error) {
+		Known: &stripe.Known{MaxStripes: f.knownStripes}, Groups: &stripe.Groups{TTL: serverViewTTL}, Views: &stripe.ServerViews{TTL: serverViewTTL, OnRefreshError: func(view string, err error) {
 			f.logf("refresh of the %s view failed (the last one keeps serving): %v", view, err)
 		}}}, nil
 }
@@ -305,7 +305,13 @@ func serve(ctx context.Context, f *serveFlags) error {
 		return err
 	}
 	defer ls.stop()
-	if err := st.Prime(ctx, f.volume); err != nil {
+	if vol.Layout == storagev1.LayoutPlacementGroups {
+		// Before anything is read: an older export still running then
+		// reaches fewer than k members of any group.
+		if err := st.FenceGroups(ctx, vol); err != nil {
+			return err
+		}
+	} else if err := st.Prime(ctx, f.volume); err != nil {
 		return err
 	}
 	pol := &storagev1.ErasureCodingPolicy{}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	storagev1 "github.com/billyronks/couchestor/apis/storage/v1"
+	storagev1alpha1 "github.com/billyronks/couchestor/apis/storage/v1alpha1"
 	"github.com/billyronks/couchestor/pkg/registry"
 	"github.com/billyronks/couchestor/tests/testenv"
 )
@@ -28,6 +29,18 @@ import (
 // through a fresh export with a cold cache, i.e. from the stripes and the
 // journal the dead processes left behind.
 func TestCrashOfTheExportOverShardServers(t *testing.T) {
+	crashOfTheExport(t, storagev1.LayoutECStripes)
+}
+
+// TestCrashOfTheExportOverPlacementGroups is the same crash test on a volume
+// of spec.stripeLayout PlacementGroups: the destager writes each stripe's
+// shards to its placement group's members and no ECStripe (checked), and
+// every restart reads its stripes back from what the members hold.
+func TestCrashOfTheExportOverPlacementGroups(t *testing.T) {
+	crashOfTheExport(t, storagev1.LayoutPlacementGroups)
+}
+
+func crashOfTheExport(t *testing.T, layout storagev1.StripeLayout) {
 	c := newECCluster(t, 6)
 	ctx := context.Background()
 	pol := &storagev1.ErasureCodingPolicy{ObjectMeta: metav1.ObjectMeta{Name: "rs-crash"}, Spec: storagev1.ErasureCodingPolicySpec{
@@ -39,8 +52,26 @@ func TestCrashOfTheExportOverShardServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := c.env.Client.Create(ctx, &storagev1.ECVolume{ObjectMeta: metav1.ObjectMeta{Name: exportNm},
-		Spec: storagev1.ECVolumeSpec{SizeBytes: crashBlocks * crashBlock, PolicyRef: "rs-crash"}}); err != nil {
+		Spec: storagev1.ECVolumeSpec{SizeBytes: crashBlocks * crashBlock, PolicyRef: "rs-crash", StripeLayout: layout}}); err != nil {
 		t.Fatal(err)
+	}
+	if layout == storagev1.LayoutPlacementGroups {
+		// 8 groups over the 6 pools, slot i of group g on pool (g+i) mod 6,
+		// as the placement-group controller would record them.
+		for g := 0; g < 8; g++ {
+			o := &storagev1alpha1.ECPlacementGroup{ObjectMeta: metav1.ObjectMeta{Name: "rs-crash-pg-" + strconv.Itoa(g)},
+				Spec: storagev1alpha1.ECPlacementGroupSpec{PolicyRef: "rs-crash", Group: int32(g), GroupCount: 8, Width: 6}}
+			if err := c.env.Client.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+			o.Status.Epoch = 1
+			for slot := 0; slot < 6; slot++ {
+				o.Status.Members = append(o.Status.Members, storagev1alpha1.PlacementMember{Slot: int32(slot), Pool: "pool-" + strconv.Itoa((g+slot)%6), State: storagev1alpha1.MemberUp})
+			}
+			if err := c.env.Client.Status().Update(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 
 	starts := 0
@@ -87,6 +118,28 @@ func TestCrashOfTheExportOverShardServers(t *testing.T) {
 	stripes, err := c.store.ListStripes(ctx, exportNm)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if layout == storagev1.LayoutPlacementGroups {
+		if len(stripes) != 0 {
+			t.Fatalf("%d ECStripes of a PlacementGroups volume", len(stripes))
+		}
+		vol, err := c.store.OpenVolume(ctx, exportNm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reader := *c.store
+		reader.Known, reader.Views = nil, nil
+		rep, err := reader.ReadAt(ctx, vol, make([]byte, vol.Object.Spec.SizeBytes), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Stripes == 0 {
+			t.Fatal("no stripe written: the destager never ran, so the crash did not hit it")
+		}
+		t.Logf("%d stripes on the placement groups' members before the last kill", rep.Stripes)
+		addr, _ := start()
+		verify(t, addr, state)
+		return
 	}
 	if len(stripes) == 0 {
 		t.Fatal("no ECStripe written: the destager never ran, so the crash did not hit it")
