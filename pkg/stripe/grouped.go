@@ -473,13 +473,21 @@ func (s *Store) writePlaced(ctx context.Context, v *Volume, id int64, p []byte, 
 			}
 		}
 		ok := 0
-		var stale *shardserver.StaleError
+		// staleSeen: some member refused the generation as stale; newest
+		// is the newest generation such a member said it holds (-1 when
+		// none said: the fresh lookup below then learns it, never a guess).
+		staleSeen, newest := false, int64(-1)
 		var errs []error
 		for _, w := range puts {
+			var stale *shardserver.StaleError
 			switch {
 			case w.err == nil:
 				ok++
-			case errors.As(w.err, &stale), errors.Is(w.err, shardserver.ErrFenced):
+			case errors.As(w.err, &stale):
+				staleSeen = true
+				if held, known := stale.Held(); known && held > newest {
+					newest = held
+				}
 				errs = append(errs, w.err)
 			default:
 				errs = append(errs, w.err)
@@ -491,11 +499,13 @@ func (s *Store) writePlaced(ctx context.Context, v *Volume, id int64, p []byte, 
 				return fmt.Errorf("stripe %d: %w", id, w.err)
 			}
 		}
-		if stale != nil {
+		if staleSeen {
 			// A generation this resolution did not see (a racing or dead
-			// writer's): step past it and look again.
+			// writer's): step past it and look again (the lookup lists
+			// every generation the members hold, also when a member could
+			// not say which one it holds).
 			free()
-			minGen, fresh = stale.HeldGeneration+1, true
+			minGen, fresh = max(minGen, newest+1), true
 			continue
 		}
 		if ok < v.quorum() {
